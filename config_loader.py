@@ -1,0 +1,677 @@
+"""Load ``config.yaml`` into frozen dataclasses, reporting every problem at once.
+
+Role: the only module that reads YAML or ``os.environ``. ``load_config`` parses the file once with
+``yaml.safe_load``, checks it completely (unknown keys, missing keys, types, ranges, URLs, the
+mappings) and either returns a :class:`Config` or raises one :class:`ConfigError` whose
+``problems`` list names every problem with its key path and a fix.
+
+Invariants of a returned ``Config``:
+- every URL is ``http(s)://host[...]`` without a trailing slash;
+- every file path is absolute (relative paths resolve against the config file's directory, not the
+  working directory, so ``python main.py --config /etc/x/config.yaml`` works from anywhere);
+- secrets from ``DISCOURSE_API_KEY`` / ``DISCOURSE_WEBHOOK_SECRET`` replace the file's values;
+- space ids are unique and of the form ``spaces/...``; no mapping has both category keys.
+
+A missing ``webhook_secret`` is deliberately *not* an error here: only the webhook listener needs
+it, and it refuses to start without one unless ``allow_unsigned_webhooks`` is true.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DiscourseConfig",
+    "GoogleConfig",
+    "InitialHistory",
+    "SpaceMapping",
+    "SyncConfig",
+    "load_config",
+    "parse_duration",
+]
+
+ENV_API_KEY = "DISCOURSE_API_KEY"
+ENV_WEBHOOK_SECRET = "DISCOURSE_WEBHOOK_SECRET"
+
+# Discourse only signs webhook deliveries when the secret has at least 12 characters; a shorter
+# one would silently produce unsigned deliveries that the listener then rejects.
+MIN_WEBHOOK_SECRET_LENGTH = 12
+DEFAULT_POLL_INTERVAL_SECONDS = 15 * 60.0
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+_SPACE_ID_RE = re.compile(r"^spaces/[A-Za-z0-9_-]+$")
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$")
+_DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_DOMAIN_RE = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
+    r"[A-Za-z0-9-]{2,63}$"
+)
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; ``problems`` lists every reason ("key.path: what; fix")."""
+
+    def __init__(self, path: Path, problems: list[str]) -> None:
+        self.path = path
+        self.problems = list(problems)
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        lines = [f"invalid configuration {self.path} ({len(self.problems)} problem(s)):"]
+        lines.extend(f"  - {problem}" for problem in self.problems)
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class DiscourseConfig:
+    url: str  # base URL without a trailing slash
+    # Secrets are left out of repr() so that a logged config or a traceback never shows them.
+    api_key: str = field(repr=False)
+    api_username: str = "system"
+    requests_per_minute: float = 60
+    webhook_secret: str | None = field(default=None, repr=False)
+    allow_unsigned_webhooks: bool = False
+    timeout_seconds: float = 30
+
+
+@dataclass(frozen=True, slots=True)
+class GoogleConfig:
+    credentials_file: Path
+    token_file: Path
+    api_endpoint: str | None = None  # base URL without a trailing slash, or None for Google
+
+
+@dataclass(frozen=True, slots=True)
+class InitialHistory:
+    """How much of a space's history the first poll mirrors."""
+
+    mode: Literal["all", "none", "since"]
+    duration: timedelta | None = None  # set only for mode "since"
+
+
+@dataclass(frozen=True, slots=True)
+class SyncConfig:
+    poll_interval_seconds: float
+    database: Path
+    initial_history: InitialHistory
+    log_file: Path | None = None
+    webhook_host: str = "127.0.0.1"
+    webhook_port: int = 5000
+    log_level: str = "INFO"
+    user_email_domain: str = "users.noreply.invalid"
+    max_attempts: int = 8
+    create_users: bool = True
+    new_user_trust_level: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class SpaceMapping:
+    """One mapped space. DM / group-chat mappings have neither category key (issue 6)."""
+
+    google_space_id: str
+    discourse_category_id: int | None = None
+    discourse_parent_category_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    discourse: DiscourseConfig
+    google: GoogleConfig
+    sync: SyncConfig
+    mappings: tuple[SpaceMapping, ...]
+    path: Path  # the config file that was loaded (absolute)
+
+
+def parse_duration(text: str) -> timedelta | None:
+    """Parse "90m", "12h", "30d" or "2w" into a positive timedelta; None when not of that form."""
+    match = _DURATION_RE.match(text)
+    if match is None:
+        return None
+    amount = int(match.group(1))
+    if amount <= 0:
+        return None
+    return timedelta(**{_DURATION_UNITS[match.group(2)]: amount})
+
+
+# --------------------------------------------------------------------------------------------
+# Checking helpers. Each returns the parsed value or a fallback, appending to ``problems``.
+# --------------------------------------------------------------------------------------------
+
+_MISSING: Any = object()
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+class _Checker:
+    """Collects problems while reading one section (a YAML mapping) of the config."""
+
+    def __init__(self, problems: list[str], section: str, data: Mapping[str, Any]) -> None:
+        self.problems = problems
+        self.section = section
+        self.data = data
+
+    def key(self, name: str) -> str:
+        return f"{self.section}.{name}" if self.section else name
+
+    def add(self, name: str, message: str) -> None:
+        self.problems.append(f"{self.key(name)}: {message}")
+
+    def check_unknown(self, known: tuple[str, ...]) -> None:
+        for name in self.data:
+            if name in known:
+                continue
+            hint = _suggest(str(name), known)
+            self.problems.append(f"{self.key(str(name))}: unknown key; {hint}")
+
+    def get(self, name: str, default: Any = _MISSING, *, how_to_fix: str = "") -> Any:
+        """The raw value, or ``default`` when absent; a missing required key is reported."""
+        if name in self.data:
+            return self.data[name]
+        if default is _MISSING:
+            self.add(name, f"required key is missing; {how_to_fix or 'add it'}")
+        return default
+
+    def string(self, name: str, default: Any = _MISSING, *, how_to_fix: str = "") -> Any:
+        if name not in self.data:
+            return self.get(name, default, how_to_fix=how_to_fix)
+        value = self.data[name]
+        if not isinstance(value, str):
+            self.add(name, f"must be a string, got {_type_name(value)}; quote the value")
+            return _MISSING
+        if not value.strip():
+            self.add(name, "must not be empty; give a value or remove the key")
+            return _MISSING
+        return value
+
+    def boolean(self, name: str, default: bool) -> Any:
+        if name not in self.data:
+            return default
+        value = self.data[name]
+        if not isinstance(value, bool):
+            self.add(
+                name,
+                f"must be true or false, got {_type_name(value)} {value!r}; write true or false",
+            )
+            return _MISSING
+        return value
+
+    def integer(self, name: str, default: Any, *, low: int, high: int | None = None) -> Any:
+        if name not in self.data:
+            return self.get(name, default)
+        value = self.data[name]
+        # bool is a subclass of int in Python; `port: yes` must not become port 1.
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.add(
+                name,
+                f"must be a whole number, got {_type_name(value)} {value!r}; write digits only",
+            )
+            return _MISSING
+        if value < low or (high is not None and value > high):
+            span = f"between {low} and {high}" if high is not None else f"at least {low}"
+            self.add(name, f"{value} is out of range; use a whole number {span}")
+            return _MISSING
+        return value
+
+    def number(self, name: str, default: Any, *, unit: str) -> Any:
+        """A strictly positive, finite int or float (returned as float)."""
+        if name not in self.data:
+            return self.get(name, default)
+        value = self.data[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.add(
+                name,
+                f"must be a number of {unit}, got {_type_name(value)} {value!r}; "
+                "write a number without quotes",
+            )
+            return _MISSING
+        if not math.isfinite(value) or value <= 0:
+            self.add(
+                name, f"must be a positive number of {unit}, got {value!r}; use a value above 0"
+            )
+            return _MISSING
+        return float(value)
+
+    def url(
+        self, name: str, default: Any = _MISSING, *, allow_null: bool = False, how_to_fix: str = ""
+    ) -> Any:
+        if name not in self.data:
+            return self.get(name, default, how_to_fix=how_to_fix)
+        value = self.data[name]
+        if value is None and allow_null:
+            return None
+        if not isinstance(value, str):
+            self.add(name, f"must be a URL string, got {_type_name(value)}; quote the URL")
+            return _MISSING
+        problem = _url_problem(value)
+        if problem:
+            self.add(name, f'{problem}; write it like "https://forum.example.com"')
+            return _MISSING
+        return value.rstrip("/")
+
+    def path(
+        self,
+        name: str,
+        base: Path,
+        default: Any = _MISSING,
+        *,
+        allow_null: bool = False,
+        how_to_fix: str = "",
+    ) -> Any:
+        if name not in self.data:
+            return self.get(name, default, how_to_fix=how_to_fix)
+        value = self.data[name]
+        if value is None and allow_null:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            self.add(
+                name,
+                f"must be a file path string, got {_type_name(value)} {value!r}; "
+                "give a path in quotes",
+            )
+            return _MISSING
+        return _resolve(base, value)
+
+
+def _suggest(name: str, known: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    # A shortened key ("sync" for "sync_settings") is too different for difflib's ratio.
+    close = close or [key for key in known if key.startswith(name) or name.startswith(key)]
+    if close:
+        return f"did you mean {close[0]}?"
+    return "remove it (known keys: " + ", ".join(known) + ")"
+
+
+def _url_problem(value: str) -> str | None:
+    try:
+        parts = urlsplit(value.strip())
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        return f"{value!r} is not a valid URL ({exc})"
+    if value != value.strip():
+        return f"{value!r} has surrounding spaces"
+    if parts.scheme not in ("http", "https"):
+        return f"{value!r} must start with http:// or https://"
+    if not parts.hostname:
+        return f"{value!r} has no host name"
+    if parts.query or parts.fragment:
+        return f"{value!r} must not have a query or fragment"
+    return None
+
+
+def _resolve(base: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _section(problems: list[str], raw: Mapping[str, Any], name: str) -> Mapping[str, Any] | None:
+    """A required top-level section, or None (reported) when it is missing or not a mapping."""
+    if name not in raw:
+        problems.append(f"{name}: required section is missing; add a `{name}:` mapping")
+        return None
+    value = raw[name]
+    if not isinstance(value, dict):
+        problems.append(
+            f"{name}: must be a mapping of keys, got {_type_name(value)}; indent its keys under it"
+        )
+        return None
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+_DISCOURSE_KEYS = (
+    "url",
+    "api_key",
+    "api_username",
+    "requests_per_minute",
+    "webhook_secret",
+    "allow_unsigned_webhooks",
+    "timeout_seconds",
+)
+_GOOGLE_KEYS = ("credentials_file", "token_file", "api_endpoint")
+_SYNC_KEYS = (
+    "poll_interval_minutes",
+    "poll_interval_seconds",
+    "webhook_host",
+    "webhook_port",
+    "database",
+    "log_file",
+    "log_level",
+    "initial_history",
+    "user_email_domain",
+    "max_attempts",
+    "create_users",
+    "new_user_trust_level",
+)
+_MAPPING_KEYS = ("google_space_id", "discourse_category_id", "discourse_parent_category_id")
+_TOP_KEYS = ("discourse", "google", "sync_settings", "mappings")
+
+
+def _env_secret(env: Mapping[str, str], name: str) -> str | None:
+    # An empty variable (as `docker run -e NAME=` produces) means "not set", not "empty secret".
+    value = env.get(name)
+    return value if value else None
+
+
+def _discourse(problems: list[str], data: Mapping[str, Any], env: Mapping[str, str]) -> Any:
+    c = _Checker(problems, "discourse", data)
+    c.check_unknown(_DISCOURSE_KEYS)
+    url = c.url("url", how_to_fix='add the forum\'s base URL, e.g. "https://forum.example.com"')
+    env_key = _env_secret(env, ENV_API_KEY)
+    if env_key is not None:
+        api_key = env_key
+        if "api_key" in data:
+            c.string("api_key")  # still type-check the file's value, then ignore it
+    else:
+        api_key = c.string(
+            "api_key",
+            how_to_fix=f"add the all-users API key of an admin, or set {ENV_API_KEY}",
+        )
+    api_username = c.string("api_username", "system")
+    rpm = c.number("requests_per_minute", 60.0, unit="requests a minute")
+    timeout = c.number("timeout_seconds", 30.0, unit="seconds")
+    allow_unsigned = c.boolean("allow_unsigned_webhooks", False)
+
+    env_secret = _env_secret(env, ENV_WEBHOOK_SECRET)
+    if env_secret is not None:
+        secret: Any = env_secret
+        where = f"${ENV_WEBHOOK_SECRET}"
+        if data.get("webhook_secret") is not None:
+            c.string("webhook_secret")  # still type-check the file's value, then ignore it
+    else:
+        where = "discourse.webhook_secret"
+        # `webhook_secret: null` is the same as leaving the key out.
+        secret = None if data.get("webhook_secret") is None else c.string("webhook_secret")
+    if isinstance(secret, str) and len(secret) < MIN_WEBHOOK_SECRET_LENGTH:
+        # Report under the key path even when the value came from the environment.
+        c.add(
+            "webhook_secret",
+            f"the secret (from {where}) has {len(secret)} characters; Discourse signs "
+            f"deliveries only with {MIN_WEBHOOK_SECRET_LENGTH} or more, use a longer one",
+        )
+    if _MISSING in (url, api_key, api_username, rpm, timeout, secret, allow_unsigned):
+        return None
+    return DiscourseConfig(
+        url=url,
+        api_key=api_key,
+        api_username=api_username,
+        requests_per_minute=rpm,
+        webhook_secret=secret,
+        allow_unsigned_webhooks=allow_unsigned,
+        timeout_seconds=timeout,
+    )
+
+
+def _google(problems: list[str], data: Mapping[str, Any], base: Path) -> Any:
+    c = _Checker(problems, "google", data)
+    c.check_unknown(_GOOGLE_KEYS)
+    credentials = c.path(
+        "credentials_file",
+        base,
+        how_to_fix='add the OAuth client file from Google Cloud, e.g. "credentials.json"',
+    )
+    token = c.path(
+        "token_file",
+        base,
+        how_to_fix='add where `python main.py auth` keeps the token, e.g. "token.json"',
+    )
+    endpoint = c.url("api_endpoint", None, allow_null=True)
+    if _MISSING in (credentials, token, endpoint):
+        return None
+    return GoogleConfig(credentials_file=credentials, token_file=token, api_endpoint=endpoint)
+
+
+def _initial_history(c: _Checker) -> Any:
+    value = c.get("initial_history", "all")
+    if value in ("all", "none"):
+        return InitialHistory(mode=value)
+    duration = parse_duration(value) if isinstance(value, str) else None
+    if duration is None:
+        c.add(
+            "initial_history",
+            f'{value!r} is not understood; use "all", "none" or a positive duration such as '
+            '"90m", "12h", "30d" or "2w"',
+        )
+        return _MISSING
+    return InitialHistory(mode="since", duration=duration)
+
+
+def _sync(problems: list[str], data: Mapping[str, Any], base: Path) -> Any:
+    c = _Checker(problems, "sync_settings", data)
+    c.check_unknown(_SYNC_KEYS)
+    minutes = c.number("poll_interval_minutes", None, unit="minutes")
+    seconds = c.number("poll_interval_seconds", None, unit="seconds")
+    interval: Any
+    if "poll_interval_minutes" in data and "poll_interval_seconds" in data:
+        c.add(
+            "poll_interval_seconds",
+            "both poll_interval_minutes and poll_interval_seconds are set; keep only one",
+        )
+        interval = _MISSING
+    elif minutes is _MISSING or seconds is _MISSING:
+        interval = _MISSING
+    elif minutes is not None:
+        interval = minutes * 60.0
+    elif seconds is not None:
+        interval = seconds
+    else:
+        interval = DEFAULT_POLL_INTERVAL_SECONDS
+
+    host = c.string("webhook_host", "127.0.0.1")
+    port = c.integer("webhook_port", 5000, low=1, high=65535)
+    database = c.path(
+        "database", base, how_to_fix='add the SQLite state file, e.g. "sync_db.sqlite"'
+    )
+    log_file = c.path("log_file", base, None, allow_null=True)
+    level = c.get("log_level", "INFO")
+    if not isinstance(level, str) or level.upper() not in LOG_LEVELS:
+        c.add("log_level", f"{level!r} is not a log level; use one of {', '.join(LOG_LEVELS)}")
+        level = _MISSING
+    else:
+        level = level.upper()
+    history = _initial_history(c)
+    domain = c.string("user_email_domain", "users.noreply.invalid")
+    if isinstance(domain, str) and not _DOMAIN_RE.match(domain):
+        c.add("user_email_domain", f'{domain!r} is not a domain name; use e.g. "example.org"')
+        domain = _MISSING
+    max_attempts = c.integer("max_attempts", 8, low=1)
+    create_users = c.boolean("create_users", True)
+    # Discourse trust levels are 0 (new) to 4 (leader).
+    trust = c.integer("new_user_trust_level", 1, low=0, high=4)
+    values = (interval, host, port, database, log_file, level, history, domain, max_attempts)
+    if _MISSING in (*values, create_users, trust):
+        return None
+    return SyncConfig(
+        poll_interval_seconds=interval,
+        webhook_host=host,
+        webhook_port=port,
+        database=database,
+        log_file=log_file,
+        log_level=level,
+        initial_history=history,
+        user_email_domain=domain,
+        max_attempts=max_attempts,
+        create_users=create_users,
+        new_user_trust_level=trust,
+    )
+
+
+def _mappings(problems: list[str], raw: Mapping[str, Any]) -> Any:
+    if "mappings" not in raw:
+        problems.append(
+            "mappings: required key is missing; add a list of spaces to bridge "
+            "(`mappings: []` to start with none)"
+        )
+        return None
+    value = raw["mappings"]
+    if value is None:
+        value = []
+    if not isinstance(value, list):
+        problems.append(f"mappings: must be a list, got {_type_name(value)}; start items with -")
+        return None
+    result: list[SpaceMapping] = []
+    first_index_of_space: dict[str, int] = {}
+    first_index_of_category: dict[int, int] = {}
+    ok = True
+    for index, item in enumerate(value):
+        section = f"mappings[{index}]"
+        if not isinstance(item, dict):
+            problems.append(
+                f"{section}: must be a mapping with google_space_id, got {_type_name(item)}; "
+                'write it as `- google_space_id: "spaces/..."`'
+            )
+            ok = False
+            continue
+        c = _Checker(problems, section, item)
+        c.check_unknown(_MAPPING_KEYS)
+        space = c.string("google_space_id", how_to_fix='add the space id, e.g. "spaces/AAAA..."')
+        if isinstance(space, str) and not _SPACE_ID_RE.match(space):
+            c.add(
+                "google_space_id",
+                f'{space!r} is not a space id; it looks like "spaces/AAAAxxxx" '
+                "(`python main.py spaces` lists them)",
+            )
+            space = _MISSING
+        category = c.integer("discourse_category_id", None, low=1)
+        parent = c.integer("discourse_parent_category_id", None, low=1)
+        if "discourse_category_id" in item and "discourse_parent_category_id" in item:
+            c.add(
+                "discourse_category_id",
+                "both discourse_category_id and discourse_parent_category_id are set; keep "
+                "discourse_category_id to post into that category, or "
+                "discourse_parent_category_id to create a subcategory under it",
+            )
+            ok = False
+        if isinstance(space, str):
+            if space in first_index_of_space:
+                c.add(
+                    "google_space_id",
+                    f"{space} is already mapped by mappings[{first_index_of_space[space]}]; "
+                    "map each space once",
+                )
+                ok = False
+            else:
+                first_index_of_space[space] = index
+        # Two spaces posting into one category would make Discourse -> Chat ambiguous: a new
+        # topic there could belong to either space.
+        if isinstance(category, int):
+            if category in first_index_of_category:
+                c.add(
+                    "discourse_category_id",
+                    f"category {category} is already used by "
+                    f"mappings[{first_index_of_category[category]}]; give each space its own "
+                    "category (or use discourse_parent_category_id)",
+                )
+                ok = False
+            else:
+                first_index_of_category[category] = index
+        if _MISSING in (space, category, parent):
+            ok = False
+            continue
+        result.append(
+            SpaceMapping(
+                google_space_id=space,
+                discourse_category_id=category,
+                discourse_parent_category_id=parent,
+            )
+        )
+    return tuple(result) if ok else None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys: PyYAML would silently keep the last one."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_constructor: Callable[..., Any] = _construct_mapping
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _constructor)
+
+
+def load_config(path: Path, env: Mapping[str, str] = os.environ) -> Config:
+    """Read, check and return the configuration in ``path``.
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not YAML, or has any problem; every
+            problem found is listed, each with its key path.
+    """
+    path = Path(path).expanduser().absolute()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            path, [f"{path}: file not found; copy config.yaml.example there and edit it"]
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, [f"{path}: cannot read the file ({exc})"]) from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        detail = " ".join(str(exc).split())
+        raise ConfigError(path, [f"{path}: not valid YAML ({detail}); fix the syntax"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            path,
+            [
+                f"{path}: must be a YAML mapping with the sections {', '.join(_TOP_KEYS)}; "
+                f"got {_type_name(raw)}"
+            ],
+        )
+
+    problems: list[str] = []
+    base = path.parent
+    _Checker(problems, "", raw).check_unknown(_TOP_KEYS)
+    # A missing section is one problem, not one per required key inside it.
+    discourse_data = _section(problems, raw, "discourse")
+    discourse = None if discourse_data is None else _discourse(problems, discourse_data, env)
+    google_data = _section(problems, raw, "google")
+    google = None if google_data is None else _google(problems, google_data, base)
+    sync_data = _section(problems, raw, "sync_settings")
+    sync = None if sync_data is None else _sync(problems, sync_data, base)
+    mappings = _mappings(problems, raw)
+    if problems:
+        raise ConfigError(path, problems)
+    assert discourse is not None and google is not None and sync is not None
+    assert mappings is not None
+    return Config(discourse=discourse, google=google, sync=sync, mappings=mappings, path=path)
