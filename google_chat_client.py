@@ -1,0 +1,874 @@
+"""Google Chat API client: auth from the token file, typed records, errors, retries, write pacing.
+
+Role: the only module that talks to chat.googleapis.com (or an emulator standing in for it). It
+returns frozen dataclasses parsed in one place (`from_api`) and raises one small exception tree;
+nothing past this module indexes a raw Chat JSON dict or sees a googleapiclient exception.
+
+Invariants:
+- Every API error, transport error and credential failure becomes a `ChatError` subclass in ONE
+  function (`_to_chat_error`); the retry loop (`_call`) is the only place that retries.
+- Retries are bounded (`max_attempts`) and only for transient failures (`ChatUnavailable`:
+  5xx, 429, timeouts, dropped connections). A 429 waits `Retry-After` when the server sends one.
+  Every wait goes through the injected `sleep`, so tests never really wait.
+- Writes (create, patch, delete, upload) into one space are paced to at most one per
+  `write_interval_seconds` (Chat's per-space quota is 1 write/s, shared by everyone writing in the
+  space). Pacing is per space and thread-safe: a writer only ever waits for its own space.
+- Message creates are retried only because they carry a client-assigned id (`client-...`): a
+  repeat is answered ALREADY_EXISTS, and we then fetch and return the message that exists.
+- `api_endpoint` redirects every call, uploads and downloads included. googleapiclient's
+  `client_options.api_endpoint` leaves uploads on https, so we rewrite the bundled discovery
+  document's `rootUrl`/`baseUrl` instead (see reference/google-chat-api.md §1.4).
+- The token file's `token_uri` is honoured (google-auth's `from_authorized_user_file` would replace
+  it with Google's), and a refreshed access token is written back atomically with mode 0600.
+- Secrets (access/refresh tokens, client secret) are never logged.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import google.auth.credentials
+import google.auth.exceptions
+import google.oauth2.credentials
+import google_auth_httplib2
+import httplib2
+from googleapiclient import discovery, discovery_cache
+from googleapiclient.errors import HttpError, MediaUploadSizeError
+from googleapiclient.http import HttpRequest, MediaInMemoryUpload
+
+logger = logging.getLogger(__name__)
+
+AUTH_HINT = "run `python main.py auth` to authorize the bridge again"
+GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
+MAX_PAGE_SIZE = 1000
+# messageId rules from the discovery doc: "client-" prefix, <= 63 chars of [a-z0-9-].
+_CLIENT_MESSAGE_ID = re.compile(r"^client-[a-z0-9-]{1,56}$")
+_RFC3339 = re.compile(
+    r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})$"
+)
+# 403 reasons that mean "slow down" rather than "forbidden" (googleapiclient treats them so too).
+_RATE_LIMIT_REASONS = frozenset(
+    {"rateLimitExceeded", "userRateLimitExceeded", "RATE_LIMIT_EXCEEDED"}
+)
+# 403 reasons that mean the token itself is not good enough: only re-authorizing helps.
+_AUTH_REASONS = frozenset({"ACCESS_TOKEN_SCOPE_INSUFFICIENT", "insufficientPermissions"})
+
+
+# --------------------------------------------------------------------------------------------
+# Time helpers
+# --------------------------------------------------------------------------------------------
+
+
+def parse_rfc3339(value: str) -> datetime:
+    """Parse a Google RFC 3339 timestamp into an aware UTC datetime.
+
+    Google may send nanoseconds; Python keeps microseconds, so the extra digits are truncated
+    (callers that need the exact value keep the raw string, e.g. `ChatMessage.create_time_raw`).
+
+    Raises:
+        ValueError: the string is not an RFC 3339 timestamp.
+    """
+    match = _RFC3339.match(value.strip())
+    if match is None:
+        raise ValueError(f"not an RFC 3339 timestamp: {value!r}")
+    day, clock, fraction, zone = match.groups()
+    micros = int((fraction or "0")[:6].ljust(6, "0"))
+    naive = datetime.strptime(f"{day}T{clock}", "%Y-%m-%dT%H:%M:%S").replace(microsecond=micros)
+    if zone in ("Z", "z"):
+        tz = UTC
+    else:
+        sign = 1 if zone[0] == "+" else -1
+        hours, minutes = int(zone[1:3]), int(zone[4:6])
+        tz = timezone(sign * timedelta(hours=hours, minutes=minutes))
+    return naive.replace(tzinfo=tz).astimezone(UTC)
+
+
+def format_rfc3339(moment: datetime) -> str:
+    """Format a datetime as RFC 3339 UTC with microseconds (naive values are taken as UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _optional_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    return parse_rfc3339(value)
+
+
+def _space_of(resource_name: str) -> str:
+    """`spaces/S/messages/M` (or any name under a space) -> `spaces/S`."""
+    return "/".join(resource_name.split("/")[:2])
+
+
+# --------------------------------------------------------------------------------------------
+# Records
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChatUser:
+    """A Chat user (`users/{id}`). Under user auth `display_name`/`email` may be absent."""
+
+    name: str
+    display_name: str | None
+    email: str | None
+    type: str  # "HUMAN" | "BOT"; "" when Google sent no sender (tombstones)
+
+    @classmethod
+    def from_api(cls, data: dict[str, Any]) -> ChatUser:
+        return cls(
+            name=str(data.get("name") or ""),
+            display_name=data.get("displayName") or None,
+            email=data.get("email") or None,
+            type=str(data.get("type") or ""),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ChatSpace:
+    """A space; `last_active_time` is the time of its last message (answers "anything new?")."""
+
+    name: str
+    display_name: str | None
+    space_type: str  # "SPACE" | "GROUP_CHAT" | "DIRECT_MESSAGE"
+    threading_state: str | None
+    last_active_time: datetime | None
+
+    @classmethod
+    def from_api(cls, data: dict[str, Any]) -> ChatSpace:
+        space_type = data.get("spaceType")
+        if not space_type:
+            # Only the deprecated `type` present: ROOM is a named space, DM a direct message.
+            space_type = {"ROOM": "SPACE", "DM": "DIRECT_MESSAGE"}.get(str(data.get("type")), "")
+        return cls(
+            name=str(data["name"]),
+            display_name=data.get("displayName") or None,
+            space_type=str(space_type),
+            threading_state=data.get("spaceThreadingState") or None,
+            last_active_time=_optional_time(data.get("lastActiveTime")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ChatAttachment:
+    """An attachment of a message; download uploaded content with `resource_name`."""
+
+    name: str
+    content_name: str | None
+    content_type: str | None
+    resource_name: str | None  # attachmentDataRef.resourceName, for media.download
+    drive_file_id: str | None
+    source: str | None  # "UPLOADED_CONTENT" | "DRIVE_FILE"
+
+    @classmethod
+    def from_api(cls, data: dict[str, Any]) -> ChatAttachment:
+        data_ref = data.get("attachmentDataRef") or {}
+        drive_ref = data.get("driveDataRef") or {}
+        return cls(
+            name=str(data.get("name") or ""),
+            content_name=data.get("contentName") or None,
+            content_type=data.get("contentType") or None,
+            resource_name=data_ref.get("resourceName") or None,
+            drive_file_id=drive_ref.get("driveFileId") or None,
+            source=data.get("source") or None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """A message. Tombstones (`show_deleted`) have `delete_time` set and no content."""
+
+    name: str
+    space_name: str
+    thread_name: str | None
+    sender: ChatUser
+    text: str
+    create_time: datetime
+    create_time_raw: str  # exactly as Google sent it (may carry nanoseconds): use for cursors
+    last_update_time: datetime | None
+    delete_time: datetime | None
+    client_assigned_message_id: str | None
+    thread_reply: bool
+    attachments: tuple[ChatAttachment, ...]
+
+    @classmethod
+    def from_api(cls, data: dict[str, Any]) -> ChatMessage:
+        name = str(data["name"])
+        create_time_raw = str(data["createTime"])
+        space = data.get("space") or {}
+        thread = data.get("thread") or {}
+        return cls(
+            name=name,
+            space_name=str(space.get("name") or _space_of(name)),
+            thread_name=thread.get("name") or None,
+            sender=ChatUser.from_api(data.get("sender") or {}),
+            text=str(data.get("text") or ""),
+            create_time=parse_rfc3339(create_time_raw),
+            create_time_raw=create_time_raw,
+            last_update_time=_optional_time(data.get("lastUpdateTime")),
+            delete_time=_optional_time(data.get("deleteTime")),
+            client_assigned_message_id=data.get("clientAssignedMessageId") or None,
+            thread_reply=bool(data.get("threadReply", False)),
+            attachments=tuple(ChatAttachment.from_api(a) for a in data.get("attachment") or ()),
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Exceptions
+# --------------------------------------------------------------------------------------------
+
+
+class ChatError(Exception):
+    """Base of every error this client raises.
+
+    `status` is the HTTP status (None for transport errors), `reason` Google's status string
+    (`NOT_FOUND`, `RESOURCE_EXHAUSTED`, ...) or a short tag of ours, `method`/`path` the request.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        reason: str | None = None,
+        method: str | None = None,
+        path: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.method = method
+        self.path = path
+
+
+class ChatUnavailable(ChatError):
+    """Transient: 5xx, timeout, connection error. Retry later."""
+
+
+class ChatRateLimited(ChatUnavailable):
+    """429 RESOURCE_EXHAUSTED (or a 403 rate-limit reason); `wait_seconds` from Retry-After."""
+
+    def __init__(self, message: str, *, wait_seconds: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.wait_seconds = wait_seconds
+
+
+class ChatRejected(ChatError):
+    """Permanent for this item (4xx): do not retry it as is."""
+
+
+class ChatNotFound(ChatRejected):
+    """404 NOT_FOUND."""
+
+
+class ChatAlreadyExists(ChatRejected):
+    """409 ALREADY_EXISTS (e.g. a duplicate client-assigned message id)."""
+
+
+class ChatPermissionDenied(ChatRejected):
+    """403 PERMISSION_DENIED for this resource (e.g. the user is not a member of the space)."""
+
+
+class ChatAuthError(ChatError):
+    """The token is missing, revoked or insufficient; the operator must re-authorize.
+
+    The message always names `python main.py auth`.
+    """
+
+    def __init__(self, message: str, **kw: Any) -> None:
+        if "python main.py auth" not in message:
+            message = f"{message}; {AUTH_HINT}"
+        super().__init__(message, **kw)
+
+
+def _google_error(content: bytes) -> tuple[str | None, str | None, list[str]]:
+    """(status, message, detail reasons) out of Google's `{"error": {...}}` body, if any."""
+    try:
+        body = json.loads(content.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None, None, []
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return None, None, []
+    reasons: list[str] = []
+    for item in list(error.get("details") or []) + list(error.get("errors") or []):
+        if isinstance(item, dict) and isinstance(item.get("reason"), str):
+            reasons.append(item["reason"])
+    status = error.get("status") if isinstance(error.get("status"), str) else None
+    message = error.get("message") if isinstance(error.get("message"), str) else None
+    return status, message, reasons
+
+
+def _retry_after(resp: Any) -> float | None:
+    value = resp.get("retry-after") if resp is not None else None
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP-date: rare; fall back to our own backoff
+
+
+def _to_chat_error(exc: BaseException, method: str, path: str) -> ChatError:
+    """The one place where library, transport and HTTP errors become `ChatError`s."""
+    where = {"method": method, "path": path}
+    if isinstance(exc, ChatError):
+        return exc
+    if isinstance(exc, HttpError):
+        status = int(exc.resp.status)
+        google_status, google_message, reasons = _google_error(exc.content or b"")
+        text = f"{method} {path} -> {status} {google_status or ''}: {google_message or ''}".strip()
+        kw: dict[str, Any] = {"status": status, "reason": google_status, **where}
+        if status == 429 or (status == 403 and _RATE_LIMIT_REASONS.intersection(reasons)):
+            return ChatRateLimited(text, wait_seconds=_retry_after(exc.resp), **kw)
+        if status == 401 or (status == 403 and _AUTH_REASONS.intersection(reasons)):
+            return ChatAuthError(text, **kw)
+        if status == 403:
+            return ChatPermissionDenied(text, **kw)
+        if status == 404:
+            return ChatNotFound(text, **kw)
+        if status == 409 and google_status != "ABORTED":
+            return ChatAlreadyExists(text, **kw)
+        if status in (408, 409, 499) or (status >= 500 and status != 501):
+            # 409 ABORTED is a concurrency conflict and 499 CANCELLED a cut-off call: both may
+            # succeed when repeated, like a 5xx.
+            return ChatUnavailable(text, **kw)
+        return ChatRejected(text, **kw)
+    if isinstance(exc, google.auth.exceptions.RefreshError):
+        if getattr(exc, "retryable", False):
+            return ChatUnavailable(f"{method} {path}: token refresh failed transiently", **where)
+        # The token endpoint's error text (e.g. "invalid_grant: Token has been expired or
+        # revoked.") holds no secret, and it is what the operator needs to see.
+        return ChatAuthError(f"Google Chat token refresh failed ({exc.args[0]})", **where)
+    if isinstance(exc, google.auth.exceptions.TransportError):
+        return ChatUnavailable(f"{method} {path}: token endpoint unreachable: {exc}", **where)
+    if isinstance(exc, MediaUploadSizeError):
+        return ChatRejected(
+            f"{method} {path}: upload too large: {exc}", reason="TOO_LARGE", **where
+        )
+    if isinstance(exc, TimeoutError):
+        return ChatUnavailable(f"{method} {path}: timed out", reason="TIMEOUT", **where)
+    if isinstance(exc, OSError | http.client.HTTPException | httplib2.HttpLib2Error):
+        return ChatUnavailable(
+            f"{method} {path}: connection failed: {type(exc).__name__}: {exc}",
+            reason="CONNECTION",
+            **where,
+        )
+    return ChatError(f"{method} {path}: {type(exc).__name__}: {exc}", **where)
+
+
+_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    HttpError,
+    MediaUploadSizeError,
+    google.auth.exceptions.RefreshError,
+    google.auth.exceptions.TransportError,
+    OSError,
+    http.client.HTTPException,
+    httplib2.HttpLib2Error,
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Token file credentials
+# --------------------------------------------------------------------------------------------
+
+
+def _write_private_json(path: Path, data: dict[str, Any]) -> None:
+    """Replace `path` atomically with `data` as JSON, mode 0600 (it holds tokens)."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class _TokenFileCredentials(google.oauth2.credentials.Credentials):
+    """User OAuth credentials that write every refreshed access token back to their file.
+
+    Refreshes are serialized: a thread that waited for another's refresh reuses its result
+    instead of asking the token endpoint again.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        token_file: Path | None = None,
+        file_data: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._token_file = token_file
+        self._file_data = dict(file_data or {})
+        self._refresh_lock = threading.Lock()
+
+    def refresh(self, request: Any) -> None:
+        seen_token = self.token
+        with self._refresh_lock:
+            if self.token != seen_token and self.valid:
+                return  # another thread refreshed while we waited
+            super().refresh(request)
+            logger.info("refreshed the Google access token via %s", self.token_uri)
+            if self._token_file is not None:
+                self._save(self._token_file)
+
+    def _save(self, token_file: Path) -> None:
+        data = dict(self._file_data)
+        data["token"] = self.token
+        if self.refresh_token:
+            data["refresh_token"] = self.refresh_token
+        if self.expiry is not None:
+            # google-auth keeps expiry as naive UTC and writes it the same way.
+            data["expiry"] = self.expiry.isoformat() + "Z"
+        _write_private_json(token_file, data)
+        self._file_data = data
+
+
+def load_token_file(token_file: Path) -> google.oauth2.credentials.Credentials:
+    """Credentials from an authorized-user JSON file, keeping the file's `token_uri`.
+
+    Raises:
+        ChatAuthError: the file is missing, unreadable, or lacks what a refresh needs.
+    """
+    try:
+        data = json.loads(Path(token_file).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ChatAuthError(f"Google token file {token_file} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise ChatAuthError(f"Google token file {token_file} is unreadable: {exc}") from None
+    if not isinstance(data, dict):
+        raise ChatAuthError(f"Google token file {token_file} is not a JSON object")
+    missing = [k for k in ("refresh_token", "client_id", "client_secret") if not data.get(k)]
+    if missing:
+        raise ChatAuthError(f"Google token file {token_file} lacks {', '.join(missing)}")
+    scopes = data.get("scopes")
+    if isinstance(scopes, str):
+        scopes = scopes.split()
+    expiry: datetime | None = None
+    if data.get("expiry"):
+        try:
+            expiry = parse_rfc3339(str(data["expiry"]).rstrip("Zz") + "Z")
+        except ValueError:
+            expiry = None
+        else:
+            expiry = expiry.replace(tzinfo=None)  # google-auth compares naive UTC
+    if expiry is None:
+        # No (readable) expiry: treat the token as expired so that the first call refreshes.
+        expiry = datetime(1970, 1, 1)
+    return _TokenFileCredentials(
+        token=data.get("token"),
+        refresh_token=data["refresh_token"],
+        token_uri=data.get("token_uri") or GOOGLE_TOKEN_URI,
+        client_id=data["client_id"],
+        client_secret=data["client_secret"],
+        scopes=scopes,
+        expiry=expiry,
+        token_file=Path(token_file),
+        file_data=data,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Pacing
+# --------------------------------------------------------------------------------------------
+
+
+class _WritePacer:
+    """At most one write per `interval` per space; each space has its own schedule.
+
+    A caller reserves the next free slot under the lock and sleeps outside it, so writers to
+    other spaces never wait behind it, and concurrent writers to one space get successive slots.
+    """
+
+    def __init__(
+        self, interval: float, clock: Callable[[], float], sleep: Callable[[float], None]
+    ) -> None:
+        self._interval = interval
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._next_slot: dict[str, float] = {}
+
+    def wait_for_slot(self, space_name: str) -> None:
+        with self._lock:
+            now = self._clock()
+            slot = max(now, self._next_slot.get(space_name, now))
+            self._next_slot[space_name] = slot + self._interval
+        delay = slot - now
+        if delay > 0:
+            logger.debug("pacing writes to %s: waiting %.3fs", space_name, delay)
+            self._sleep(delay)
+
+
+# --------------------------------------------------------------------------------------------
+# Client
+# --------------------------------------------------------------------------------------------
+
+
+def _chat_discovery_document(api_endpoint: str) -> dict[str, Any]:
+    """The bundled chat.v1 discovery doc with every URL root pointed at `api_endpoint`."""
+    raw = discovery_cache.get_static_doc("chat", "v1")
+    if raw is None:  # pragma: no cover - the document ships with google-api-python-client
+        raise RuntimeError("googleapiclient has no bundled chat.v1 discovery document")
+    doc: dict[str, Any] = json.loads(raw)
+    root = api_endpoint.rstrip("/") + "/"
+    doc["rootUrl"] = root
+    doc["mtlsRootUrl"] = root
+    doc["baseUrl"] = root + str(doc.get("servicePath") or "")
+    return doc
+
+
+class GoogleChatClient:
+    """Google Chat calls with typed results; see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        credentials: google.auth.credentials.Credentials,
+        *,
+        api_endpoint: str | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        max_attempts: int = 5,
+        write_interval_seconds: float = 1.0,
+        timeout_seconds: float = 30.0,
+        backoff_base_seconds: float = 1.0,
+        backoff_max_seconds: float = 30.0,
+        max_wait_seconds: float = 120.0,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        self._credentials = credentials
+        self._api_endpoint = api_endpoint
+        self._sleep = sleep
+        self._max_attempts = max_attempts
+        self._timeout_seconds = timeout_seconds
+        self._backoff_base = backoff_base_seconds
+        self._backoff_max = backoff_max_seconds
+        self._max_wait = max_wait_seconds
+        self._pacer = _WritePacer(write_interval_seconds, clock, sleep)
+        # httplib2.Http is not thread-safe: one authorized connection object per thread.
+        self._local = threading.local()
+        self._count_lock = threading.Lock()
+        self.request_count = 0  # HTTP attempts sent by this client (for logs and metrics)
+        if api_endpoint:
+            self._service = discovery.build_from_document(
+                _chat_discovery_document(api_endpoint), http=self._http()
+            )
+        else:
+            self._service = discovery.build(
+                "chat", "v1", http=self._http(), static_discovery=True, cache_discovery=False
+            )
+
+    @classmethod
+    def from_token_file(
+        cls, token_file: Path, *, api_endpoint: str | None = None, **kw: Any
+    ) -> GoogleChatClient:
+        """A client authorized by an authorized-user token file (refreshed via its token_uri).
+
+        Raises:
+            ChatAuthError: the file is missing or unusable.
+        """
+        return cls(load_token_file(Path(token_file)), api_endpoint=api_endpoint, **kw)
+
+    # ---- plumbing -----------------------------------------------------------------------
+
+    def _http(self) -> google_auth_httplib2.AuthorizedHttp:
+        authorized = getattr(self._local, "http", None)
+        if authorized is None:
+            authorized = google_auth_httplib2.AuthorizedHttp(
+                self._credentials, http=httplib2.Http(timeout=self._timeout_seconds)
+            )
+            self._local.http = authorized
+        return authorized
+
+    def _backoff(self, attempt: int) -> float:
+        return min(self._backoff_max, self._backoff_base * (2 ** (attempt - 1)))
+
+    def _call(
+        self,
+        make_request: Callable[[], HttpRequest],
+        *,
+        write_space: str | None = None,
+        not_found_after_retry_is_success: bool = False,
+    ) -> Any:
+        """Execute a request with pacing (writes), retries and error mapping.
+
+        `make_request` builds a fresh HttpRequest per attempt. With
+        `not_found_after_retry_is_success`, a 404 answering a *repeated* attempt means an earlier
+        attempt already took effect (deletes), so it returns None instead of raising.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                request = make_request()
+            except TypeError as exc:
+                # googleapiclient validates names against the discovery patterns locally.
+                raise ChatRejected(f"invalid request: {exc}", reason="INVALID_ARGUMENT") from exc
+            method = str(request.method)
+            path = urlsplit(str(request.uri)).path
+            if write_space is not None:
+                self._pacer.wait_for_slot(write_space)
+            with self._count_lock:
+                self.request_count += 1
+            try:
+                result = request.execute(http=self._http())
+            except _TRANSPORT_ERRORS as exc:
+                error = _to_chat_error(exc, method, path)
+                logger.debug("chat %s %s -> %s (attempt %d)", method, path, error.status, attempt)
+                if (
+                    isinstance(error, ChatNotFound)
+                    and not_found_after_retry_is_success
+                    and attempt > 1
+                ):
+                    return None
+                if not isinstance(error, ChatUnavailable) or attempt >= self._max_attempts:
+                    raise error from exc
+                wait = self._backoff(attempt)
+                if isinstance(error, ChatRateLimited) and error.wait_seconds is not None:
+                    wait = error.wait_seconds
+                if wait > self._max_wait:
+                    raise error from exc
+                logger.warning(
+                    "chat %s %s failed (%s); retry %d/%d in %.1fs",
+                    method,
+                    path,
+                    error.reason or error.status,
+                    attempt,
+                    self._max_attempts - 1,
+                    wait,
+                )
+                self._sleep(wait)
+                continue
+            logger.debug("chat %s %s -> ok (attempt %d)", method, path, attempt)
+            return result
+
+    def _messages(self) -> Any:
+        return self._service.spaces().messages()
+
+    # ---- spaces and members ---------------------------------------------------------------
+
+    def list_spaces_page(
+        self,
+        *,
+        page_size: int = MAX_PAGE_SIZE,
+        page_token: str | None = None,
+        space_type: str | None = None,
+    ) -> tuple[list[ChatSpace], str | None]:
+        """One page of the caller's spaces and the next page token (None on the last page)."""
+        params: dict[str, Any] = {"pageSize": min(page_size, MAX_PAGE_SIZE)}
+        if page_token:
+            params["pageToken"] = page_token
+        if space_type:
+            params["filter"] = f'spaceType = "{space_type}"'
+        body = self._call(lambda: self._service.spaces().list(**params)) or {}
+        spaces = [ChatSpace.from_api(s) for s in body.get("spaces") or ()]
+        return spaces, body.get("nextPageToken") or None
+
+    def list_spaces(
+        self, *, space_type: str | None = None, page_size: int = MAX_PAGE_SIZE
+    ) -> Iterator[ChatSpace]:
+        """Every space the caller is a member of (all pages)."""
+        token: str | None = None
+        while True:
+            spaces, token = self.list_spaces_page(
+                page_size=page_size, page_token=token, space_type=space_type
+            )
+            yield from spaces
+            if token is None:
+                return
+
+    def get_space(self, space_name: str) -> ChatSpace:
+        """Raises ChatNotFound when the space does not exist (or is not visible)."""
+        return ChatSpace.from_api(self._call(lambda: self._service.spaces().get(name=space_name)))
+
+    def list_members(self, space_name: str) -> list[ChatUser]:
+        """The users that are members of a space (group memberships are skipped)."""
+        users: list[ChatUser] = []
+        token: str | None = None
+        while True:
+            params: dict[str, Any] = {"parent": space_name, "pageSize": MAX_PAGE_SIZE}
+            if token:
+                params["pageToken"] = token
+            body = self._call(lambda p=params: self._service.spaces().members().list(**p)) or {}
+            for membership in body.get("memberships") or ():
+                member = membership.get("member")
+                if isinstance(member, dict) and member.get("name"):
+                    users.append(ChatUser.from_api(member))
+            token = body.get("nextPageToken") or None
+            if token is None:
+                return users
+
+    # ---- messages ---------------------------------------------------------------------------
+
+    def list_messages(
+        self,
+        space_name: str,
+        *,
+        created_after: str | datetime | None = None,
+        thread_name: str | None = None,
+        show_deleted: bool = False,
+        page_size: int = MAX_PAGE_SIZE,
+    ) -> Iterator[ChatMessage]:
+        """Messages of a space, oldest first, all pages.
+
+        `created_after` is an RFC 3339 string (pass `create_time_raw` of the last message seen to
+        keep Google's full precision) or a datetime; only later messages are returned.
+        """
+        conditions: list[str] = []
+        if created_after is not None:
+            after = (
+                created_after if isinstance(created_after, str) else format_rfc3339(created_after)
+            )
+            conditions.append(f'createTime > "{after}"')
+        if thread_name:
+            # Unquoted, as in every Google example; at most one thread condition is allowed.
+            conditions.append(f"thread.name = {thread_name}")
+        params: dict[str, Any] = {"parent": space_name, "pageSize": min(page_size, MAX_PAGE_SIZE)}
+        if conditions:
+            params["filter"] = " AND ".join(conditions)
+        if show_deleted:
+            params["showDeleted"] = True
+        token: str | None = None
+        while True:
+            page_params = dict(params, pageToken=token) if token else params
+            body = self._call(lambda p=page_params: self._messages().list(**p)) or {}
+            for data in body.get("messages") or ():
+                yield ChatMessage.from_api(data)
+            token = body.get("nextPageToken") or None
+            if token is None:
+                return
+
+    def get_message(self, message_name: str) -> ChatMessage:
+        """A message by name (`spaces/S/messages/M`, M may be a client-assigned id)."""
+        return ChatMessage.from_api(self._call(lambda: self._messages().get(name=message_name)))
+
+    def create_message(
+        self,
+        space_name: str,
+        text: str,
+        *,
+        message_id: str,
+        thread_name: str | None = None,
+        attachments: Sequence[dict[str, Any]] = (),
+    ) -> ChatMessage:
+        """Create a message as the authorized user; idempotent through `message_id`.
+
+        `message_id` must be a client-assigned id (`client-` + up to 56 of `[a-z0-9-]`). If a
+        message with that id already exists (an earlier attempt, perhaps before a crash), that
+        message is returned instead of a second one. With `thread_name` the message replies in
+        that thread (falling back to a new thread if it is gone); without, it starts a thread.
+
+        Raises:
+            ValueError: `message_id` is not a valid client-assigned id.
+            ChatRejected, ChatUnavailable, ChatAuthError: see the module docstring.
+        """
+        if not _CLIENT_MESSAGE_ID.match(message_id):
+            raise ValueError(f"not a client-assigned message id: {message_id!r}")
+        body: dict[str, Any] = {"text": text}
+        params: dict[str, Any] = {"parent": space_name, "messageId": message_id}
+        if thread_name:
+            body["thread"] = {"name": thread_name}
+            # The default reply option ignores `thread` and starts a new thread.
+            params["messageReplyOption"] = "REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD"
+        if attachments:
+            body["attachment"] = [dict(a) for a in attachments]
+        try:
+            data = self._call(
+                lambda: self._messages().create(body=body, **params), write_space=space_name
+            )
+        except ChatRejected as exc:
+            # Google's answer to a duplicate messageId is undocumented (409 ALREADY_EXISTS is
+            # the likely one): on any 400/409 look the id up before giving up.
+            if isinstance(exc, ChatNotFound | ChatPermissionDenied) or exc.status not in (
+                400,
+                409,
+            ):
+                raise
+            try:
+                existing = self.get_message(f"{space_name}/messages/{message_id}")
+            except ChatNotFound:
+                raise exc from None
+            logger.info("message %s already existed in %s; reusing it", message_id, space_name)
+            return existing
+        message = ChatMessage.from_api(data)
+        logger.debug("created %s (%s)", message.name, message_id)
+        return message
+
+    def update_message_text(self, message_name: str, text: str) -> ChatMessage:
+        """Replace a message's text (PATCH updateMask=text)."""
+        data = self._call(
+            lambda: self._messages().patch(
+                name=message_name, updateMask="text", body={"text": text}
+            ),
+            write_space=_space_of(message_name),
+        )
+        return ChatMessage.from_api(data)
+
+    def delete_message(self, message_name: str, *, force: bool = True) -> None:
+        """Delete a message (`force` also deletes its thread replies).
+
+        Raises:
+            ChatNotFound: the message does not exist (unless an earlier attempt of this very call
+                deleted it before its answer was lost).
+        """
+        self._call(
+            lambda: self._messages().delete(name=message_name, force=force),
+            write_space=_space_of(message_name),
+            not_found_after_retry_is_success=True,
+        )
+
+    # ---- media ------------------------------------------------------------------------------
+
+    def download_attachment(self, resource_name: str) -> bytes:
+        """The content of an uploaded attachment (`ChatAttachment.resource_name`)."""
+        content = self._call(
+            lambda: self._service.media().download_media(resourceName=resource_name)
+        )
+        return bytes(content)
+
+    def upload_attachment(
+        self, space_name: str, filename: str, data: bytes, content_type: str
+    ) -> dict[str, Any]:
+        """Upload a file into a space; returns the `attachmentDataRef` for `create_message`.
+
+        Use it as `create_message(..., attachments=[{"attachmentDataRef": ref}])`. A retried
+        upload can leave an unreferenced upload behind, which is harmless.
+        """
+        result = self._call(
+            lambda: self._service.media().upload(
+                parent=space_name,
+                body={"filename": filename},
+                media_body=MediaInMemoryUpload(data, mimetype=content_type, resumable=False),
+            ),
+            write_space=space_name,
+        )
+        data_ref = (result or {}).get("attachmentDataRef")
+        if not isinstance(data_ref, dict):
+            raise ChatError(
+                f"upload into {space_name} returned no attachmentDataRef", reason="BAD_RESPONSE"
+            )
+        return dict(data_ref)
