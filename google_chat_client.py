@@ -573,6 +573,7 @@ class GoogleChatClient:
         self._local = threading.local()
         self._count_lock = threading.Lock()
         self.request_count = 0  # HTTP attempts sent by this client (for logs and metrics)
+        self.rate_limited_count = 0  # 429 answers received
         if api_endpoint:
             self._service = discovery.build_from_document(
                 _chat_discovery_document(api_endpoint), http=self._http()
@@ -639,6 +640,9 @@ class GoogleChatClient:
             except _TRANSPORT_ERRORS as exc:
                 error = _to_chat_error(exc, method, path)
                 logger.debug("chat %s %s -> %s (attempt %d)", method, path, error.status, attempt)
+                if isinstance(error, ChatRateLimited):
+                    with self._count_lock:
+                        self.rate_limited_count += 1
                 if (
                     isinstance(error, ChatNotFound)
                     and not_found_after_retry_is_success
