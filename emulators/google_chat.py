@@ -1,0 +1,1206 @@
+"""A local Google Chat REST API emulator (chat.googleapis.com v1) for tests, benchmarks and demos.
+
+Role: serve the real `/v1/...` paths that googleapiclient calls, with Google's JSON shapes, error
+bodies, quotas and auth, plus a control API under `/_emulator/` that plays the humans in the Chat
+UI and lets tests inspect state, read a request log and inject faults. The rules live in
+`emulators/google_chat_state.py`; this module is the HTTP layer, the `ChatEmulator` entry point
+and the `ChatControl` client (contract: /work/briefs/chat_emulator_contract.md; docs:
+emulators/GOOGLE_CHAT.md).
+
+Invariants:
+- `create_app(state)` is a factory: no module-level app, all state in the `ChatState` passed in.
+- Every error an API or control route answers is Google's `{"error": {code, message, status}}`
+  shape (the OAuth `/token` route answers the OAuth error shape, as Google's token server does).
+- The request log holds API calls only (`/v1/`, `/upload/`, `/token`), never control or discovery.
+- Latency faults sleep outside the state lock so other requests proceed meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import re
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import requests
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
+from werkzeug.serving import make_server
+
+from emulators._server import ServerHandle
+from emulators.google_chat_state import (
+    APP_ONLY_FIELDS,
+    CLIENT_ID_MAX,
+    CLIENT_ID_RE,
+    JSON,
+    MAX_MESSAGE_BYTES,
+    MAX_UPLOAD_BYTES,
+    MESSAGE_FIELDS,
+    REPLY_OPTIONS,
+    STATUS_FOR_HTTP,
+    UPDATE_MASK_PATHS,
+    ApiError,
+    ChatState,
+    Fault,
+    LogEntry,
+    Message,
+    Reaction,
+    Upload,
+    apply_fields,
+    denied,
+    invalid,
+    new_message_id,
+    not_found,
+    parse_fields,
+    parse_member_filter,
+    parse_message_filter,
+    parse_order_by,
+    parse_reaction_filter,
+    parse_rfc3339,
+    parse_space_filter,
+)
+
+logger = logging.getLogger(__name__)
+
+_API_PREFIXES = ("/v1/", "/upload/", "/token")
+_UNAUTH_MISSING = (
+    "Request is missing required authentication credential. Expected OAuth 2 access token, "
+    "login cookie or other valid authentication credential. See "
+    "https://developers.google.com/identity/sign-in/web/devconsole-project."
+)
+_UNAUTH_INVALID = (
+    "Request had invalid authentication credentials. Expected OAuth 2 access token, login "
+    "cookie or other valid authentication credential. See "
+    "https://developers.google.com/identity/sign-in/web/devconsole-project."
+)
+_DEFAULT_SCOPE = "https://www.googleapis.com/auth/chat.messages"
+
+
+def load_discovery() -> JSON:
+    """The chat v1 discovery doc bundled with google-api-python-client (= specs/chat.v1.json)."""
+    from googleapiclient.discovery_cache import get_static_doc
+
+    text = get_static_doc("chat", "v1")
+    if text is None:
+        raise RuntimeError("google-api-python-client has no bundled chat v1 discovery document")
+    return dict(json.loads(text))
+
+
+# --------------------------------------------------------------------------- helpers
+def _json_response(
+    body: JSON, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    resp = Response(json.dumps(body, ensure_ascii=False), status=status, headers=headers)
+    resp.content_type = "application/json; charset=UTF-8"
+    return resp
+
+
+def _bool_arg(name: str) -> bool:
+    raw = request.args.get(name)
+    if raw is None:
+        return False
+    if raw.lower() not in ("true", "false", "1", "0"):
+        raise invalid(f"Invalid value at '{name}' (TYPE_BOOL), \"{raw}\"")
+    return raw.lower() in ("true", "1")
+
+
+def _page_size(default: int, maximum: int) -> int:
+    raw = request.args.get("pageSize")
+    if raw is None:
+        return default
+    try:
+        size = int(raw)
+    except ValueError:
+        raise invalid(f"Invalid value at 'page_size' (TYPE_INT32), \"{raw}\"") from None
+    if size < 0:
+        raise invalid("Page size must not be negative.")
+    # 0 or unset means the default; larger values are coerced to the maximum (reference §3).
+    return default if size == 0 else min(size, maximum)
+
+
+def _json_body(schema_fields: frozenset[str] | None = None) -> JSON:
+    data = request.get_data()
+    if not data:
+        return {}
+    try:
+        body = json.loads(data)
+    except ValueError:
+        raise invalid("Invalid JSON payload received.") from None
+    if not isinstance(body, dict):
+        raise invalid("Invalid JSON payload received. Expected an object.")
+    if schema_fields is not None:
+        for key in body:
+            if key not in schema_fields:
+                raise invalid(
+                    f"Invalid JSON payload received. Unknown name \"{key}\" at 'message': "
+                    "Cannot find field."
+                )
+    return body
+
+
+def _template(rule: str) -> str:
+    """`/v1/spaces/<space_id>/messages` -> `/v1/spaces/{space}/messages` for the log counts."""
+    return re.sub(r"<(?:[a-z]+:)?([A-Za-z]+?)(?:_id)?>", r"{\1}", rule)
+
+
+def _drop_connection() -> None:
+    """Close the client's socket without an answer (a 'dropped connection' fault)."""
+    sock = request.environ.get("werkzeug.socket")
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _multipart(body: bytes, content_type: str) -> tuple[JSON, bytes, str]:
+    """Split a multipart/related upload into (metadata JSON, media bytes, media content type)."""
+    m = re.search(r'boundary="?([^";]+)"?', content_type)
+    if not m:
+        raise invalid("Missing multipart boundary.")
+    delim = b"--" + m.group(1).encode()
+    parts = []
+    for chunk in body.split(delim)[1:]:
+        if chunk.startswith(b"--"):
+            break
+        chunk = chunk[2:] if chunk.startswith(b"\r\n") else chunk.removeprefix(b"\n")
+        sep = b"\r\n\r\n" if b"\r\n\r\n" in chunk else b"\n\n"
+        head, _, payload = chunk.partition(sep)
+        # The CRLF (or LF) before the next delimiter belongs to the delimiter, not the payload.
+        payload = payload[:-2] if payload.endswith(b"\r\n") else payload.removesuffix(b"\n")
+        headers = {}
+        for line in head.decode("latin-1").splitlines():
+            key, _, value = line.partition(":")
+            headers[key.strip().lower()] = value.strip()
+        parts.append((headers, payload))
+    if len(parts) != 2:
+        raise invalid("A multipart upload needs a metadata part and a media part.")
+    try:
+        meta = json.loads(parts[0][1] or b"{}")
+    except ValueError:
+        raise invalid("Invalid JSON payload received in the metadata part.") from None
+    media_type = parts[1][0].get("content-type", "application/octet-stream")
+    return meta, parts[1][1], media_type
+
+
+def _parse_range(header: str, total: int) -> tuple[int, int] | None:
+    m = re.match(r"^bytes=(\d*)-(\d*)$", header.strip())
+    if not m or (not m.group(1) and not m.group(2)):
+        return None
+    if m.group(1):
+        start = int(m.group(1))
+        end = int(m.group(2)) if m.group(2) else total - 1
+    else:
+        start = max(0, total - int(m.group(2)))
+        end = total - 1
+    end = min(end, total - 1)
+    if start > end or start >= total:
+        raise ApiError("OUT_OF_RANGE", "Requested range not satisfiable.", code=416)
+    return start, end
+
+
+# --------------------------------------------------------------------------- the app
+def create_app(state: ChatState, sleep: Callable[[float], None] = time.sleep) -> Flask:
+    """Build the emulator's Flask app around `state` (API, control API, discovery, /token)."""
+    app = Flask("google_chat_emulator")
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    def caller() -> str:
+        return str(g.user)
+
+    @app.before_request
+    def _gate() -> Response | None:
+        path = request.path
+        g.user = None
+        g.api = path.startswith(_API_PREFIXES)
+        if not g.api:
+            return None
+        g.start = time.monotonic()
+        with state.lock:
+            fault = next((f for f in state.faults if f.matches(request.method, path)), None)
+            if fault is not None:
+                fault.count -= 1
+                if fault.count <= 0:
+                    state.faults.remove(fault)
+        if fault is not None:
+            if fault.latency_ms:
+                sleep(fault.latency_ms / 1000.0)
+            if fault.drop_connection:
+                _log(0)
+                g.logged = True
+                _drop_connection()
+                return Response(b"", status=500)
+            if fault.status:
+                status = STATUS_FOR_HTTP.get(fault.status, "UNKNOWN")
+                raise ApiError(status, f"Injected fault ({fault.status}).", code=fault.status)
+        if path == "/token":
+            return None
+        auth = request.headers.get("Authorization", "")
+        if not auth:
+            raise ApiError("UNAUTHENTICATED", _UNAUTH_MISSING)
+        scheme, _, token = auth.partition(" ")
+        with state.lock:
+            user = state.user_for_token(token.strip()) if scheme.lower() == "bearer" else None
+        if user is None:
+            raise ApiError("UNAUTHENTICATED", _UNAUTH_INVALID)
+        g.user = user
+        return None
+
+    def _log(status: int) -> None:
+        rule = request.url_rule.rule if request.url_rule is not None else request.path
+        entry = LogEntry(
+            method=request.method,
+            path=request.path,
+            query={k: v for k, v in request.args.items()},
+            status=status,
+            user=g.get("user"),
+            template=_template(rule),
+        )
+        with state.lock:
+            state.log.append(entry)
+
+    @app.after_request
+    def _after(resp: Response) -> Response:
+        fields = request.args.get("fields")
+        if (
+            fields
+            and g.get("api")
+            and resp.status_code == 200
+            and resp.content_type.startswith("application/json")
+        ):
+            # The `fields` global parameter: a partial response (errors are never trimmed).
+            try:
+                trimmed = apply_fields(json.loads(resp.get_data()), parse_fields(fields))
+                resp.set_data(json.dumps(trimmed, ensure_ascii=False))
+            except ApiError as err:
+                resp = _json_response(err.body(), err.code)
+        if g.get("api") and not g.get("logged"):
+            _log(resp.status_code)
+        return resp
+
+    @app.errorhandler(ApiError)
+    def _api_error(err: ApiError) -> Response:
+        headers = dict(err.headers)
+        if err.status == "UNAUTHENTICATED":
+            headers["WWW-Authenticate"] = 'Bearer realm="https://accounts.google.com/"'
+        return _json_response(err.body(), err.code, headers)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(err: HTTPException) -> Response:
+        code = err.code or 500
+        status = STATUS_FOR_HTTP.get(code, "UNKNOWN")
+        message = "Requested entity was not found." if code == 404 else str(err.description)
+        return _json_response(ApiError(status, message, code=code).body(), code)
+
+    @app.errorhandler(Exception)
+    def _internal(err: Exception) -> Response:
+        logger.error("emulator error on %s %s", request.method, request.path, exc_info=err)
+        return _json_response(ApiError("INTERNAL", "Internal error encountered.").body(), 500)
+
+    # ------------------------------------------------------------- discovery and OAuth
+    discovery = load_discovery()
+
+    @app.get("/$discovery/rest")
+    def _discovery() -> Response:
+        version = request.args.get("version", "v1")
+        if version != "v1":
+            raise not_found()
+        doc = dict(discovery)
+        root = request.host_url  # ends with "/"
+        doc["rootUrl"] = root
+        doc["baseUrl"] = root
+        doc["mtlsRootUrl"] = root
+        return _json_response(doc)
+
+    @app.post("/token")
+    def _token() -> Response:
+        form = request.form
+        if form.get("grant_type") != "refresh_token":
+            return _json_response(
+                {"error": "unsupported_grant_type", "error_description": "Invalid grant_type."},
+                400,
+            )
+        with state.lock:
+            token = state.refresh(form.get("refresh_token", ""))
+            if token is None:
+                return _json_response(
+                    {
+                        "error": "invalid_grant",
+                        "error_description": "Token has been expired or revoked.",
+                    },
+                    400,
+                )
+            g.user = token.user
+            lifetime = int(state.config["access_token_lifetime"])
+        return _json_response(
+            {
+                "access_token": token.access_token,
+                "expires_in": lifetime,
+                "token_type": "Bearer",
+                "scope": form.get("scope") or _DEFAULT_SCOPE,
+            }
+        )
+
+    # ------------------------------------------------------------- spaces and members
+    @app.get("/v1/spaces")
+    def _list_spaces() -> Response:
+        size = _page_size(100, 1000)
+        types = parse_space_filter(request.args.get("filter", ""))
+        with state.lock:
+            user = caller()
+            spaces = [
+                s
+                for s in state.spaces.values()
+                if user in s.members
+                # Group chats and DMs aren't listed until the first message is sent (§6.1).
+                and (s.space_type == "SPACE" or s.last_active is not None)
+                and (types is None or s.space_type in types)
+            ]
+            params = {"filter": request.args.get("filter", ""), "pageSize": size}
+            chunk, token = state.page(spaces, params, size, request.args.get("pageToken"))
+            out: JSON = {}
+            if chunk:
+                out["spaces"] = [state.space_json(s) for s in chunk]
+            if token:
+                out["nextPageToken"] = token
+        return _json_response(out)
+
+    @app.get("/v1/spaces/<space_id>")
+    def _get_space(space_id: str) -> Response:
+        with state.lock:
+            space = state.space_for(f"spaces/{space_id}", caller())
+            state.check_quota("read", space.name)
+            return _json_response(state.space_json(space))
+
+    @app.get("/v1/spaces/<space_id>/members")
+    def _list_members(space_id: str) -> Response:
+        size = _page_size(100, 1000)
+        accepts = parse_member_filter(request.args.get("filter", ""))
+        with state.lock:
+            space = state.space_for(f"spaces/{space_id}", caller())
+            state.check_quota("read", space.name)
+            rows = [state.membership_json(space, u) for u in space.members]
+            if accepts is not None:
+                rows = [r for r in rows if accepts(r["role"], r["member"]["type"])]
+            params = {"filter": request.args.get("filter", ""), "pageSize": size}
+            chunk, token = state.page(rows, params, size, request.args.get("pageToken"))
+            out: JSON = {}
+            if chunk:
+                out["memberships"] = chunk
+            if token:
+                out["nextPageToken"] = token
+        return _json_response(out)
+
+    @app.get("/v1/spaces/<space_id>/members/<member_id>")
+    def _get_member(space_id: str, member_id: str) -> Response:
+        with state.lock:
+            space = state.space_for(f"spaces/{space_id}", caller())
+            state.check_quota("read", space.name)
+            user = caller() if member_id == "me" else state.resolve_user(f"users/{member_id}").name
+            if user not in space.members:
+                raise not_found()
+            return _json_response(state.membership_json(space, user))
+
+    # ------------------------------------------------------------- messages
+    @app.get("/v1/spaces/<space_id>/messages")
+    def _list_messages(space_id: str) -> Response:
+        size = _page_size(25, 1000)
+        flt = parse_message_filter(request.args.get("filter", ""))
+        desc = parse_order_by(request.args.get("orderBy"))
+        show_deleted = _bool_arg("showDeleted")
+        with state.lock:
+            space = state.space_for(f"spaces/{space_id}", caller())
+            state.check_quota("read", space.name, message_method=True)
+            msgs = state.messages[space.name][::-1] if desc else state.messages[space.name]
+            msgs = [m for m in msgs if flt.accepts(m) and (show_deleted or m.delete_time is None)]
+            params = {
+                "filter": request.args.get("filter", ""),
+                "orderBy": desc,
+                "showDeleted": show_deleted,
+                "pageSize": size,
+            }
+            chunk, token = state.page(msgs, params, size, request.args.get("pageToken"))
+            out: JSON = {}
+            if chunk:
+                out["messages"] = [state.message_json(m) for m in chunk]
+            if token:
+                out["nextPageToken"] = token
+        return _json_response(out)
+
+    @app.get("/v1/spaces/<space_id>/messages/<message_id>")
+    def _get_message(space_id: str, message_id: str) -> Response:
+        with state.lock:
+            space = state.space_for(f"spaces/{space_id}", caller())
+            state.check_quota("read", space.name, message_method=True)
+            return _json_response(state.message_json(state.find_message(space.name, message_id)))
+
+    def _create(space_name: str, body: JSON, client_id: str | None, option: str) -> Message:
+        """Create a message from the caller (lock held); shared by create and allowMissing."""
+        space = state.spaces[space_name]
+        for key in APP_ONLY_FIELDS:
+            if body.get(key):
+                # User-auth messages "can only contain text" (reference §4).
+                raise invalid(f"Message {key} are only supported with app authentication.")
+        text = str(body.get("text", ""))
+        if len(text.encode("utf-8")) > MAX_MESSAGE_BYTES:
+            raise invalid(f"Message too long: the maximum size is {MAX_MESSAGE_BYTES} bytes.")
+        attachments = state.attach(space_name, body.get("attachment") or [])
+        if not text.strip() and not attachments:
+            raise invalid("Message cannot be empty. Discarding empty message.")
+        thread, reply = state.resolve_thread(
+            space, option, body.get("thread"), request.args.get("threadKey")
+        )
+        msg = Message(
+            id=new_message_id(),
+            space=space_name,
+            sender=caller(),
+            text=text,
+            create_time=state.next_create_time(),
+            thread_id=thread.id,
+            thread_reply=reply,
+            client_id=client_id,
+            attachments=attachments,
+        )
+        state.add_message(msg)
+        space.last_active = msg.create_time
+        return msg
+
+    def _check_client_id(message_id: str) -> None:
+        if len(message_id) > CLIENT_ID_MAX or not CLIENT_ID_RE.match(message_id):
+            raise invalid(
+                "Invalid message ID: a custom ID must start with client-, contain only "
+                "lowercase letters, numbers and hyphens, and be at most 63 characters."
+            )
+
+    @app.post("/v1/spaces/<space_id>/messages")
+    def _create_message(space_id: str) -> Response:
+        body = _json_body(MESSAGE_FIELDS)
+        option = request.args.get("messageReplyOption", "MESSAGE_REPLY_OPTION_UNSPECIFIED")
+        if option not in REPLY_OPTIONS:
+            raise invalid(f"Invalid value at 'message_reply_option', \"{option}\"")
+        message_id = request.args.get("messageId")
+        request_id = request.args.get("requestId")
+        with state.lock:
+            space = state.space_for(f"spaces/{space_id}", caller())
+            state.check_quota("write", space.name, message_method=True)
+            if request_id:
+                seen = state.request_ids.get((space.name, request_id))
+                if seen is not None:
+                    if seen[0] != caller():
+                        raise invalid("The request ID was already used by another user.")
+                    # A replay returns the existing message and does not update it (§4).
+                    mid = seen[1].rsplit("/", 1)[1]
+                    return _json_response(
+                        state.message_json(state.find_message(space.name, mid, deleted=True))
+                    )
+            if message_id is not None:
+                _check_client_id(message_id)
+                if state.client_id_taken(space.name, message_id):
+                    code = int(state.config["duplicate_message_id_status"])
+                    raise ApiError(
+                        STATUS_FOR_HTTP.get(code, "ALREADY_EXISTS"),
+                        f"Message with ID {message_id} already exists.",
+                        code=code,
+                    )
+            msg = _create(space.name, body, message_id, option)
+            if request_id:
+                state.request_ids[(space.name, request_id)] = (caller(), msg.name)
+            return _json_response(state.message_json(msg))
+
+    @app.route("/v1/spaces/<space_id>/messages/<message_id>", methods=["PATCH", "PUT"])
+    def _update_message(space_id: str, message_id: str) -> Response:
+        body = _json_body(MESSAGE_FIELDS)
+        mask = request.args.get("updateMask", "").strip()
+        allow_missing = _bool_arg("allowMissing")
+        with state.lock:
+            space = state.space_for(f"spaces/{space_id}", caller())
+            state.check_quota("write", space.name, message_method=True)
+            try:
+                msg = state.find_message(space.name, message_id)
+            except ApiError:
+                if not allow_missing:
+                    raise
+                if not CLIENT_ID_RE.match(message_id) or len(message_id) > CLIENT_ID_MAX:
+                    # allowMissing creates only messages with a client-assigned ID (§5).
+                    raise invalid("allowMissing requires a client-assigned message ID.") from None
+                if state.client_id_taken(space.name, message_id):
+                    raise  # a deleted client id is not reusable
+                msg = _create(space.name, body, message_id, "MESSAGE_REPLY_OPTION_UNSPECIFIED")
+                return _json_response(state.message_json(msg))
+            if not mask:
+                raise invalid("updateMask is required.")
+            fields: set[str] = set()
+            for path in mask.split(","):
+                path = path.strip()
+                if path == "*":
+                    fields.update(("text", "attachment"))
+                    continue
+                if path.lower() not in UPDATE_MASK_PATHS:
+                    raise invalid(f"Invalid update mask path: {path!r}")
+                fields.add(UPDATE_MASK_PATHS[path.lower()])
+            if msg.sender != caller():
+                raise denied()
+            for key in APP_ONLY_FIELDS:
+                if key in fields:
+                    raise invalid(f"Message {key} are only supported with app authentication.")
+            if "text" in fields:
+                text = str(body.get("text", ""))
+                if len(text.encode("utf-8")) > MAX_MESSAGE_BYTES:
+                    raise invalid(f"Message too long: the maximum is {MAX_MESSAGE_BYTES} bytes.")
+                msg.text = text
+            if "attachment" in fields:
+                msg.attachments = state.attach(space.name, body.get("attachment") or [])
+            if not msg.text.strip() and not msg.attachments:
+                raise invalid("Message cannot be empty.")
+            msg.last_update = state.now()
+            return _json_response(state.message_json(msg))
+
+    @app.delete("/v1/spaces/<space_id>/messages/<message_id>")
+    def _delete_message(space_id: str, message_id: str) -> Response:
+        force = _bool_arg("force")
+        with state.lock:
+            space = state.space_for(f"spaces/{space_id}", caller())
+            state.check_quota("write", space.name, message_method=True)
+            msg = state.find_message(space.name, message_id)
+            if msg.sender != caller():
+                raise denied()
+            if state.thread_has_replies(msg):
+                if not force:
+                    raise ApiError(
+                        "FAILED_PRECONDITION",
+                        "Message has threaded replies. Set force to true to delete them too.",
+                    )
+                for other in state.messages[space.name]:
+                    if other.thread_id == msg.thread_id and other.delete_time is None:
+                        state.tombstone(other, "CREATOR")
+            state.tombstone(msg, "CREATOR")
+        return _json_response({})
+
+    # ------------------------------------------------------------- reactions
+    @app.post("/v1/spaces/<space_id>/messages/<message_id>/reactions")
+    def _create_reaction(space_id: str, message_id: str) -> Response:
+        body = _json_body(frozenset({"name", "user", "emoji"}))
+        emoji = body.get("emoji") or {}
+        if not isinstance(emoji, dict) or not emoji.get("unicode"):
+            raise invalid("A reaction needs emoji.unicode (custom emoji are not emulated).")
+        with state.lock:
+            space = state.space_for(f"spaces/{space_id}", caller())
+            state.check_quota("write", space.name)
+            msg = state.find_message(space.name, message_id)
+            return _json_response(_react(msg, caller(), str(emoji["unicode"])))
+
+    def _react(msg: Message, user: str, unicode: str) -> JSON:
+        if any(r.user == user and r.unicode == unicode for r in msg.reactions):
+            raise ApiError("ALREADY_EXISTS", "Reaction already exists.")
+        reaction = Reaction(id=secrets.token_hex(8), user=user, unicode=unicode)
+        msg.reactions.append(reaction)
+        return state.reaction_json(msg, reaction)
+
+    @app.get("/v1/spaces/<space_id>/messages/<message_id>/reactions")
+    def _list_reactions(space_id: str, message_id: str) -> Response:
+        size = _page_size(25, 200)
+        accepts = parse_reaction_filter(request.args.get("filter", ""))
+        with state.lock:
+            space = state.space_for(f"spaces/{space_id}", caller())
+            state.check_quota("read", space.name)
+            msg = state.find_message(space.name, message_id)
+            rows = [r for r in msg.reactions if accepts is None or accepts(r)]
+            params = {"filter": request.args.get("filter", ""), "pageSize": size}
+            chunk, token = state.page(rows, params, size, request.args.get("pageToken"))
+            out: JSON = {}
+            if chunk:
+                out["reactions"] = [state.reaction_json(msg, r) for r in chunk]
+            if token:
+                out["nextPageToken"] = token
+        return _json_response(out)
+
+    @app.delete("/v1/spaces/<space_id>/messages/<message_id>/reactions/<reaction_id>")
+    def _delete_reaction(space_id: str, message_id: str, reaction_id: str) -> Response:
+        with state.lock:
+            space = state.space_for(f"spaces/{space_id}", caller())
+            state.check_quota("write", space.name)
+            msg = state.find_message(space.name, message_id)
+            reaction = next((r for r in msg.reactions if r.id == reaction_id), None)
+            if reaction is None:
+                raise not_found()
+            if reaction.user != caller():
+                raise denied()
+            msg.reactions.remove(reaction)
+        return _json_response({})
+
+    # ------------------------------------------------------------- media
+    def _store_upload(space: str, filename: str | None, ctype: str, data: bytes) -> JSON:
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise invalid("The file exceeds the maximum upload size of 200 MB.")
+        upload = Upload(secrets.token_urlsafe(24), space, filename, ctype, data)
+        state.uploads[upload.resource_name] = upload
+        return {
+            "attachmentDataRef": {
+                "resourceName": upload.resource_name,
+                "attachmentUploadToken": upload.token,
+            }
+        }
+
+    @app.post("/upload/v1/spaces/<space_id>/attachments:upload")
+    def _upload(space_id: str) -> Response:
+        kind = request.args.get("uploadType", "")
+        with state.lock:
+            space = state.space_for(f"spaces/{space_id}", caller())
+            state.check_quota("write", space.name)
+            if kind == "multipart":
+                meta, data, ctype = _multipart(request.get_data(), request.content_type or "")
+                return _json_response(_store_upload(space.name, meta.get("filename"), ctype, data))
+            if kind == "media":
+                ctype = request.content_type or "application/octet-stream"
+                return _json_response(_store_upload(space.name, None, ctype, request.get_data()))
+            if kind == "resumable":
+                meta = _json_body()
+                try:
+                    total = int(request.headers.get("X-Upload-Content-Length", "-1"))
+                except ValueError:
+                    raise invalid("Invalid X-Upload-Content-Length.") from None
+                if total > MAX_UPLOAD_BYTES:
+                    raise invalid("The file exceeds the maximum upload size of 200 MB.")
+                upload_id = secrets.token_urlsafe(16)
+                state.resumable[upload_id] = {
+                    "space": space.name,
+                    "filename": meta.get("filename"),
+                    "ctype": request.headers.get("X-Upload-Content-Type")
+                    or "application/octet-stream",
+                    "data": bytearray(),
+                    "user": caller(),
+                }
+            else:
+                raise invalid(f"Invalid uploadType: {kind!r}")
+        location = (
+            f"{request.host_url}upload/v1/spaces/{space_id}/attachments:upload"
+            f"?uploadType=resumable&upload_id={upload_id}"
+        )
+        # Session start: an empty 200 whose Location is the session URL for the PUTs.
+        return Response(b"", status=200, headers={"Location": location})
+
+    @app.put("/upload/v1/spaces/<space_id>/attachments:upload")
+    def _upload_chunk(space_id: str) -> Response:
+        upload_id = request.args.get("upload_id", "")
+        with state.lock:
+            session = state.resumable.get(upload_id)
+            if session is None or session["space"] != f"spaces/{space_id}":
+                raise not_found()
+            if session["user"] != caller():
+                raise denied()
+            data = request.get_data()
+            crange = request.headers.get("Content-Range", "")
+            m = re.match(r"^bytes (?:(\d+)-(\d+)|\*)/(\d+|\*)$", crange.strip())
+            if crange and not m:
+                raise invalid("Invalid Content-Range.")
+            buf: bytearray = session["data"]
+            if m and m.group(1) is not None:
+                if int(m.group(1)) != len(buf):
+                    raise invalid("Content-Range does not continue the upload.")
+                buf.extend(data)
+            elif not crange:
+                buf.extend(data)
+            total = int(m.group(3)) if m and m.group(3) != "*" else None
+            if total is None and not crange:
+                total = len(buf)
+            if total is not None and len(buf) >= total:
+                del state.resumable[upload_id]
+                result = _store_upload(
+                    session["space"], session["filename"], session["ctype"], bytes(buf)
+                )
+                return _json_response(result)
+            headers = {"Range": f"bytes=0-{len(buf) - 1}"} if buf else {}
+        # 308 "Resume Incomplete": googleapiclient sends the next chunk from Range.
+        return Response(b"", status=308, headers=headers)
+
+    @app.get("/v1/media/<path:resource>")
+    def _download(resource: str) -> Response:
+        m = re.match(r"^(spaces/[^/]+)/attachments/[^/]+$", resource)
+        with state.lock:
+            if not m:
+                raise not_found()
+            space = state.space_for(m.group(1), caller())
+            state.check_quota("read", space.name)
+            upload = state.uploads.get(resource)
+            if upload is None:
+                raise not_found()
+        if request.args.get("alt") != "media":
+            return _json_response({"resourceName": resource})
+        total = len(upload.data)
+        rng = _parse_range(request.headers["Range"], total) if "Range" in request.headers else None
+        if rng is None:
+            resp = Response(upload.data, status=200, content_type=upload.content_type)
+        else:
+            start, end = rng
+            resp = Response(
+                upload.data[start : end + 1], status=206, content_type=upload.content_type
+            )
+            resp.headers["Content-Range"] = f"bytes {start}-{end}/{total}"
+        resp.headers["Accept-Ranges"] = "bytes"
+        return resp
+
+    _register_control(app, state)
+    return app
+
+
+# --------------------------------------------------------------------------- control API
+def _register_control(app: Flask, state: ChatState) -> None:
+    def body() -> JSON:
+        return _json_body()
+
+    @app.post("/_emulator/reset")
+    def _reset() -> Response:
+        with state.lock:
+            state.reset()
+        return _json_response({})
+
+    @app.post("/_emulator/users")
+    def _add_user() -> Response:
+        with state.lock:
+            user = state.add_user(body())
+            return _json_response(state.user_json(user.name, full=True))
+
+    @app.post("/_emulator/spaces")
+    def _add_space() -> Response:
+        with state.lock:
+            return _json_response(state.space_json(state.add_space(body())))
+
+    @app.post("/_emulator/tokens")
+    def _add_token() -> Response:
+        with state.lock:
+            return _json_response(state.add_token(body()))
+
+    @app.post("/_emulator/tokens/expire")
+    def _expire() -> Response:
+        access = body().get("access_token")
+        with state.lock:
+            for token in state.tokens.values():
+                if access is None or token.access_token == access:
+                    token.expires_at = state.clock() - 1
+        return _json_response({})
+
+    @app.post("/_emulator/tokens/revoke")
+    def _revoke() -> Response:
+        data = body()
+        refresh, access = data.get("refresh_token"), data.get("access_token")
+        with state.lock:
+            for token in state.tokens.values():
+                if (
+                    (refresh is None and access is None)
+                    or token.access_token == access
+                    or (refresh is not None and token.refresh_token == refresh)
+                ):
+                    token.revoked = True
+            for name, (user, _revoked) in list(state.refresh_tokens.items()):
+                if (refresh is None and access is None) or name == refresh:
+                    state.refresh_tokens[name] = (user, True)
+        return _json_response({})
+
+    @app.post("/_emulator/spaces/<space_id>/messages")
+    def _post(space_id: str) -> Response:
+        data = body()
+        with state.lock:
+            space = state.spaces.get(f"spaces/{space_id}")
+            if space is None:
+                raise not_found()
+            sender = state.resolve_user(str(data.get("sender", ""))).name
+            if sender not in space.members:
+                raise invalid(f"{sender} is not a member of {space.name}")
+            thread_name = data.get("threadName")
+            if thread_name:
+                tid = str(thread_name).rsplit("/", 1)[-1]
+                if not str(thread_name).startswith(f"{space.name}/threads/") or (
+                    tid not in state.threads[space.name]
+                ):
+                    raise not_found()
+                thread, reply = state.threads[space.name][tid], True
+            else:
+                thread, reply = state.new_thread(space.name, None), False
+            wanted = parse_rfc3339(data["createTime"]) if data.get("createTime") else None
+            uploads = []
+            for att in data.get("attachments") or []:
+                up = Upload(
+                    secrets.token_urlsafe(24),
+                    space.name,
+                    att.get("filename"),
+                    att.get("contentType", "application/octet-stream"),
+                    base64.b64decode(att.get("dataBase64", "")),
+                )
+                state.uploads[up.resource_name] = up
+                uploads.append((secrets.token_urlsafe(12), up))
+            msg = Message(
+                id=new_message_id(),
+                space=space.name,
+                sender=sender,
+                text=str(data.get("text", "")),
+                create_time=state.next_create_time(wanted),
+                thread_id=thread.id,
+                thread_reply=reply,
+                attachments=uploads,
+            )
+            state.add_message(msg)
+            if space.last_active is None or msg.create_time > space.last_active:
+                space.last_active = msg.create_time
+            return _json_response(state.message_json(msg))
+
+    @app.patch("/_emulator/spaces/<space_id>/messages/<message_id>")
+    def _edit(space_id: str, message_id: str) -> Response:
+        data = body()
+        with state.lock:
+            msg = state.find_message(f"spaces/{space_id}", message_id)
+            msg.text = str(data.get("text", ""))
+            msg.last_update = state.now()
+            return _json_response(state.message_json(msg))
+
+    @app.delete("/_emulator/spaces/<space_id>/messages/<message_id>")
+    def _delete(space_id: str, message_id: str) -> Response:
+        with state.lock:
+            state.tombstone(state.find_message(f"spaces/{space_id}", message_id), "CREATOR")
+        return _json_response({})
+
+    @app.post("/_emulator/spaces/<space_id>/messages/<message_id>/reactions")
+    def _control_react(space_id: str, message_id: str) -> Response:
+        data = body()
+        with state.lock:
+            msg = state.find_message(f"spaces/{space_id}", message_id)
+            user = state.resolve_user(str(data.get("user", ""))).name
+            unicode = str(data.get("unicode", ""))
+            if any(r.user == user and r.unicode == unicode for r in msg.reactions):
+                raise ApiError("ALREADY_EXISTS", "Reaction already exists.")
+            reaction = Reaction(id=secrets.token_hex(8), user=user, unicode=unicode)
+            msg.reactions.append(reaction)
+            return _json_response(state.reaction_json(msg, reaction))
+
+    @app.get("/_emulator/state")
+    def _state() -> Response:
+        with state.lock:
+            return _json_response(state.state_json())
+
+    @app.get("/_emulator/requests")
+    def _requests() -> Response:
+        with state.lock:
+            counts: dict[str, int] = {}
+            for e in state.log:
+                key = f"{e.method} {e.template}"
+                counts[key] = counts.get(key, 0) + 1
+            rows = [
+                {
+                    "method": e.method,
+                    "path": e.path,
+                    "query": e.query,
+                    "status": e.status,
+                    "user": e.user,
+                }
+                for e in state.log
+            ]
+        return _json_response({"requests": rows, "counts": counts})
+
+    @app.delete("/_emulator/requests")
+    def _clear_requests() -> Response:
+        with state.lock:
+            state.log.clear()
+        return _json_response({})
+
+    @app.post("/_emulator/faults")
+    def _add_fault() -> Response:
+        data = body()
+        fault = Fault(
+            count=int(data.get("count", 1)),
+            status=int(data["status"]) if data.get("status") is not None else None,
+            method=data.get("method"),
+            path_regex=data.get("path_regex"),
+            latency_ms=int(data.get("latency_ms", 0)),
+            drop_connection=bool(data.get("drop_connection", False)),
+        )
+        if fault.status is None and not fault.latency_ms and not fault.drop_connection:
+            fault.status = 503
+        with state.lock:
+            state.faults.append(fault)
+        return _json_response({})
+
+    @app.delete("/_emulator/faults")
+    def _clear_faults() -> Response:
+        with state.lock:
+            state.faults.clear()
+        return _json_response({})
+
+    @app.post("/_emulator/config")
+    def _config() -> Response:
+        data = body()
+        with state.lock:
+            for key, value in data.items():
+                if key not in state.config:
+                    raise invalid(f"Unknown config key: {key!r}")
+                state.config[key] = value
+            if state.config["sender_details"] not in ("full", "minimal"):
+                raise invalid("sender_details must be 'full' or 'minimal'")
+            return _json_response(dict(state.config))
+
+
+# --------------------------------------------------------------------------- Python entry points
+class ChatControl:
+    """A thin `requests` client for the control API; each method returns the parsed JSON.
+
+    Methods take Pythonic arguments and also the route's JSON body keys as keyword arguments
+    (`create_user(displayName="A", name="users/1")`), since callers code against the routes.
+    Message-addressing methods accept a full name `spaces/S/messages/M` or `(space, message_id)`.
+
+    Raises:
+        requests.HTTPError: the control API answered 4xx/5xx (body in Google's error shape).
+    """
+
+    def __init__(self, base_url: str, timeout: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+
+    def _call(self, method: str, path: str, body: JSON | None = None) -> Any:
+        resp = self.session.request(
+            method, f"{self.base_url}/_emulator{path}", json=body, timeout=self.timeout
+        )
+        resp.raise_for_status()
+        return resp.json()
+
+    def reset(self) -> JSON:
+        return self._call("POST", "/reset")
+
+    def create_user(
+        self,
+        display_name: str | None = None,
+        name: str | None = None,
+        email: str | None = None,
+        type: str | None = None,
+        **body: Any,
+    ) -> JSON:
+        return self._call(
+            "POST",
+            "/users",
+            _merge(body, displayName=display_name, name=name, email=email, type=type),
+        )
+
+    def create_space(
+        self,
+        members: list[str] | None = None,
+        space_type: str | None = None,
+        display_name: str | None = None,
+        name: str | None = None,
+        threading_state: str | None = None,
+        **body: Any,
+    ) -> JSON:
+        merged = _merge(
+            body,
+            members=members,
+            spaceType=space_type,
+            displayName=display_name,
+            name=name,
+            spaceThreadingState=threading_state,
+        )
+        merged.setdefault("spaceType", "SPACE")
+        merged.setdefault("members", [])
+        return self._call("POST", "/spaces", merged)
+
+    def add_token(
+        self,
+        user: str,
+        access_token: str | None = None,
+        refresh_token: str | None = None,
+        expires_in: float | None = None,
+    ) -> JSON:
+        body = _merge(
+            {"user": user},
+            access_token=access_token,
+            refresh_token=refresh_token,
+            expires_in=expires_in,
+        )
+        return self._call("POST", "/tokens", body)
+
+    def expire_tokens(self, access_token: str | None = None) -> JSON:
+        return self._call("POST", "/tokens/expire", _merge({}, access_token=access_token))
+
+    def revoke_token(
+        self, refresh_token: str | None = None, access_token: str | None = None
+    ) -> JSON:
+        body = _merge({}, refresh_token=refresh_token, access_token=access_token)
+        return self._call("POST", "/tokens/revoke", body)
+
+    def post_message(
+        self,
+        space: str,
+        sender: str | None = None,
+        text: str | None = None,
+        thread_name: str | None = None,
+        create_time: str | None = None,
+        attachments: list[JSON] | None = None,
+        **body: Any,
+    ) -> JSON:
+        """Post as a human in the Chat UI; `space` is `spaces/X` or `X`."""
+        merged = _merge(
+            body,
+            sender=sender,
+            text=text,
+            threadName=thread_name,
+            createTime=create_time,
+            attachments=attachments,
+        )
+        return self._call("POST", f"/{_space_path(space)}/messages", merged)
+
+    def edit_message(self, *message: str, text: str | None = None) -> JSON:
+        """`edit_message(name, text)` or `edit_message(space, message_id, text)`."""
+        parts = list(message)
+        if text is None:
+            text = parts.pop()
+        return self._call("PATCH", f"/{_message_path(parts)}", {"text": text})
+
+    def delete_message(self, *message: str) -> JSON:
+        """`delete_message(name)` or `delete_message(space, message_id)`."""
+        return self._call("DELETE", f"/{_message_path(list(message))}")
+
+    def add_reaction(
+        self, *message: str, user: str | None = None, unicode: str | None = None
+    ) -> JSON:
+        """`add_reaction(name, user, unicode)` or `(space, message_id, user, unicode)`."""
+        parts = list(message)
+        if unicode is None:
+            unicode = parts.pop()
+        if user is None:
+            user = parts.pop()
+        path = f"/{_message_path(parts)}/reactions"
+        return self._call("POST", path, {"user": user, "unicode": unicode})
+
+    def state(self) -> JSON:
+        return self._call("GET", "/state")
+
+    def requests(self) -> JSON:
+        return self._call("GET", "/requests")
+
+    def clear_requests(self) -> JSON:
+        return self._call("DELETE", "/requests")
+
+    def add_fault(
+        self,
+        count: int = 1,
+        status: int | None = None,
+        method: str | None = None,
+        path_regex: str | None = None,
+        latency_ms: int | None = None,
+        drop_connection: bool = False,
+    ) -> JSON:
+        body = _merge(
+            {"count": count, "drop_connection": drop_connection},
+            status=status,
+            method=method,
+            path_regex=path_regex,
+            latency_ms=latency_ms,
+        )
+        return self._call("POST", "/faults", body)
+
+    def clear_faults(self) -> JSON:
+        return self._call("DELETE", "/faults")
+
+    def configure(self, **settings: Any) -> JSON:
+        return self._call("POST", "/config", settings)
+
+
+def _merge(body: JSON, **values: Any) -> JSON:
+    """`body` plus the keyword values that are not None."""
+    out = dict(body)
+    out.update({k: v for k, v in values.items() if v is not None})
+    return out
+
+
+def _message_path(parts: list[str]) -> str:
+    if len(parts) == 1 and "/messages/" in parts[0]:
+        return parts[0]
+    if len(parts) == 2:
+        space, message = parts
+        if "/messages/" in message:
+            return message
+        return f"{_space_path(space)}/messages/{message}"
+    raise TypeError("expected a message name, or a space and a message id")
+
+
+def _serve(app: Flask, host: str, port: int) -> ServerHandle:
+    """Like `_server.serve_in_thread`, but polling for shutdown every 50 ms instead of 500 ms,
+    so that stopping an emulator per test does not cost half a second."""
+    server = make_server(host, port, app, threaded=True)
+    thread = threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": 0.05},
+        name=f"chat-{server.port}",
+        daemon=True,
+    )
+    thread.start()
+    return ServerHandle(server=server, thread=thread, app=app)
+
+
+def _space_path(space: str) -> str:
+    return space if space.startswith("spaces/") else f"spaces/{space}"
+
+
+class ChatEmulator:
+    """A running emulator: `url`, `control`, `state` (for in-process inspection), `stop()`."""
+
+    def __init__(self, handle: ServerHandle, state: ChatState) -> None:
+        self._handle = handle
+        self.state = state
+        self.url = handle.url
+        self.control = ChatControl(self.url)
+
+    @classmethod
+    def start(
+        cls,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> ChatEmulator:
+        """Serve a fresh emulator on `host:port` (0 = any free port) in a daemon thread."""
+        state = ChatState(clock=clock, monotonic=monotonic)
+        handle = _serve(create_app(state), host, port)
+        logger.info("google chat emulator listening on %s", handle.url)
+        return cls(handle, state)
+
+    @property
+    def port(self) -> int:
+        return self._handle.port
+
+    def discovery_url(self) -> str:
+        """The `discoveryServiceUrl` template for googleapiclient's `build()`."""
+        return f"{self.url}/$discovery/rest?version={{apiVersion}}"
+
+    def discovery_document(self) -> JSON:
+        """chat.v1.json with rootUrl/baseUrl pointing here (for `build_from_document`)."""
+        doc = load_discovery()
+        doc["rootUrl"] = doc["baseUrl"] = doc["mtlsRootUrl"] = self.url + "/"
+        return doc
+
+    def stop(self) -> None:
+        self.control.session.close()
+        self._handle.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m emulators.google_chat --port 9001 [--host 127.0.0.1]`."""
+    parser = argparse.ArgumentParser(description="Local Google Chat API emulator")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9001)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    emu = ChatEmulator.start(host=args.host, port=args.port)
+    try:
+        emu._handle.thread.join()
+    except KeyboardInterrupt:
+        emu.stop()
+
+
+if __name__ == "__main__":
+    main()

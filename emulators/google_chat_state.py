@@ -1,0 +1,944 @@
+"""In-memory state of the Google Chat emulator: users, spaces, messages, tokens, quotas, faults.
+
+Role: the data model and the rules that do not depend on HTTP (threading, client ids, request ids,
+filters, paging, quotas, JSON rendering). `emulators/google_chat.py` wraps it in a Flask app.
+
+Invariants:
+- Every read or write of a `ChatState` happens under `ChatState.lock` (the server is threaded).
+  The objects below are deliberately mutable: they are the emulator's private store, never handed
+  out; everything that leaves the emulator is rendered to JSON under the lock first.
+- Message `createTime`s are strictly increasing per emulator, so ordering and `createTime`
+  filters are deterministic even when two messages arrive within the same microsecond.
+- Errors are raised as `ApiError`, which the app renders in Google's `{"error": {...}}` shape.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import hashlib
+import json
+import re
+import secrets
+import string
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+JSON = dict[str, Any]
+
+# google.rpc code -> HTTP status (googleapis-common-protos google/rpc/code.proto).
+HTTP_FOR_STATUS: dict[str, int] = {
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "OUT_OF_RANGE": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "ABORTED": 409,
+    "RESOURCE_EXHAUSTED": 429,
+    "CANCELLED": 499,
+    "UNKNOWN": 500,
+    "INTERNAL": 500,
+    "DATA_LOSS": 500,
+    "UNIMPLEMENTED": 501,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+}
+STATUS_FOR_HTTP: dict[int, str] = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ALREADY_EXISTS",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "UNIMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+NOT_FOUND_MESSAGE = "Requested entity was not found."
+PERMISSION_MESSAGE = "The caller does not have permission"
+
+MAX_MESSAGE_BYTES = 32_000
+MAX_UPLOAD_BYTES = 209_715_200
+CLIENT_ID_RE = re.compile(r"^client-[a-z0-9-]+$")
+CLIENT_ID_MAX = 63
+SPACE_TYPES = ("SPACE", "GROUP_CHAT", "DIRECT_MESSAGE")
+THREADING_STATES = ("THREADED_MESSAGES", "GROUPED_MESSAGES", "UNTHREADED_MESSAGES")
+REPLY_OPTIONS = (
+    "MESSAGE_REPLY_OPTION_UNSPECIFIED",
+    "REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD",
+    "REPLY_MESSAGE_OR_FAIL",
+)
+# Message fields a request body may carry (the discovery `Message` properties); anything else is
+# rejected as Google's JSON parser does ("Invalid JSON payload received. Unknown name ...").
+MESSAGE_FIELDS = frozenset(
+    [
+        "accessoryWidgets",
+        "actionResponse",
+        "annotations",
+        "argumentText",
+        "attachedGifs",
+        "attachment",
+        "cards",
+        "cardsV2",
+        "clientAssignedMessageId",
+        "createTime",
+        "deleteTime",
+        "deletionMetadata",
+        "elements",
+        "emojiReactionSummaries",
+        "fallbackText",
+        "formattedText",
+        "lastUpdateTime",
+        "markupSyntax",
+        "matchedUrl",
+        "name",
+        "privateMessageViewer",
+        "quotedMessageMetadata",
+        "sender",
+        "silent",
+        "slashCommand",
+        "space",
+        "text",
+        "thread",
+        "threadReply",
+    ]
+)
+# updateMask paths: snake_case per the discovery doc, camelCase accepted too (reference §5).
+UPDATE_MASK_PATHS = {
+    "text": "text",
+    "attachment": "attachment",
+    "cards": "cards",
+    "cards_v2": "cardsV2",
+    "cardsv2": "cardsV2",
+    "accessory_widgets": "accessoryWidgets",
+    "accessorywidgets": "accessoryWidgets",
+    "quoted_message_metadata": "quotedMessageMetadata",
+    "quotedmessagemetadata": "quotedMessageMetadata",
+}
+APP_ONLY_FIELDS = ("cards", "cardsV2", "accessoryWidgets")
+
+DEFAULT_CONFIG: JSON = {
+    "time_scale": 1.0,
+    "quotas_enabled": True,
+    "sender_details": "full",
+    "duplicate_message_id_status": 409,
+    # Quota limits: (requests, window seconds) before time_scale is applied.
+    "space_write_limit": [1, 1.0],
+    "space_read_limit": [15, 1.0],
+    "project_write_limit": [3000, 60.0],
+    "project_read_limit": [3000, 60.0],
+    "access_token_lifetime": 3599,
+    "retry_after_header": False,
+}
+
+
+class ApiError(Exception):
+    """An error answered in Google's JSON error shape."""
+
+    def __init__(
+        self,
+        status: str,
+        message: str,
+        *,
+        code: int | None = None,
+        details: list[JSON] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code if code is not None else HTTP_FOR_STATUS.get(status, 500)
+        self.details = details
+        self.headers = headers or {}
+
+    def body(self) -> JSON:
+        err: JSON = {"code": self.code, "message": self.message, "status": self.status}
+        if self.details:
+            err["details"] = self.details
+        return {"error": err}
+
+
+def invalid(message: str) -> ApiError:
+    return ApiError("INVALID_ARGUMENT", message)
+
+
+def not_found(message: str = NOT_FOUND_MESSAGE) -> ApiError:
+    return ApiError("NOT_FOUND", message)
+
+
+def denied(message: str = PERMISSION_MESSAGE) -> ApiError:
+    return ApiError("PERMISSION_DENIED", message)
+
+
+def rfc3339(ts: datetime) -> str:
+    """Google's output form: UTC with microseconds and a `Z` (precision UNCONFIRMED, §2.1)."""
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """Parse an RFC 3339 timestamp; a naive or malformed one raises ValueError."""
+    if not re.match(
+        r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$", text
+    ):
+        raise ValueError(text)
+    # fromisoformat accepts at most 6 fractional digits; Google accepts nanoseconds.
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text)
+    return datetime.fromisoformat(text.replace("z", "Z")).astimezone(UTC)
+
+
+def _rand(alphabet: str, n: int) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(n))
+
+
+_ID_CHARS = string.ascii_letters + string.digits + "_-"
+
+
+def new_message_id() -> str:
+    return f"{_rand(_ID_CHARS, 11)}.{_rand(_ID_CHARS, 11)}"
+
+
+def new_user_id() -> str:
+    return "1" + _rand(string.digits, 20)
+
+
+@dataclass
+class User:
+    name: str
+    display_name: str
+    email: str | None
+    type: str
+
+
+@dataclass
+class Space:
+    name: str
+    display_name: str
+    space_type: str
+    threading: str
+    create_time: datetime
+    members: dict[str, datetime] = field(default_factory=dict)  # user name -> join time
+    last_active: datetime | None = None
+
+    @property
+    def supports_replies(self) -> bool:
+        # messageReplyOption is "only supported in named spaces"; unthreaded spaces never reply.
+        return self.space_type == "SPACE" and self.threading != "UNTHREADED_MESSAGES"
+
+
+@dataclass
+class Upload:
+    token: str
+    space: str
+    filename: str | None
+    content_type: str
+    data: bytes
+
+    @property
+    def resource_name(self) -> str:
+        return f"{self.space}/attachments/{self.token}"
+
+
+@dataclass
+class Reaction:
+    id: str
+    user: str
+    unicode: str
+
+
+@dataclass
+class Message:
+    id: str
+    space: str
+    sender: str
+    text: str
+    create_time: datetime
+    thread_id: str
+    thread_reply: bool
+    client_id: str | None = None
+    last_update: datetime | None = None
+    delete_time: datetime | None = None
+    deletion_type: str | None = None
+    attachments: list[tuple[str, Upload]] = field(default_factory=list)  # (attachment id, blob)
+    reactions: list[Reaction] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.space}/messages/{self.id}"
+
+
+@dataclass
+class Thread:
+    id: str
+    key: str | None
+
+
+@dataclass
+class Token:
+    access_token: str
+    user: str
+    refresh_token: str | None
+    expires_at: float  # wall-clock seconds
+    revoked: bool = False
+
+
+@dataclass
+class Fault:
+    count: int
+    status: int | None
+    method: str | None
+    path_regex: str | None
+    latency_ms: int
+    drop_connection: bool
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.method and self.method.upper() != method.upper():
+            return False
+        return not self.path_regex or re.search(self.path_regex, path) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    method: str
+    path: str
+    query: dict[str, str]
+    status: int
+    user: str | None
+    template: str
+
+
+class ChatState:
+    """All emulator state plus the API rules; callers hold `lock` around every method."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.lock = threading.RLock()
+        self.clock = clock
+        self.monotonic = monotonic
+        self.reset()
+
+    def reset(self) -> None:
+        self.config: JSON = json.loads(json.dumps(DEFAULT_CONFIG))
+        self.users: dict[str, User] = {}
+        self.spaces: dict[str, Space] = {}
+        self.messages: dict[str, list[Message]] = {}
+        # space -> server id or client id -> message, so lookups stay O(1) in big backfills.
+        self.message_index: dict[str, dict[str, Message]] = {}
+        self.threads: dict[str, dict[str, Thread]] = {}
+        self.uploads: dict[str, Upload] = {}  # resource name -> blob
+        self.resumable: dict[str, JSON] = {}  # upload id -> session
+        self.request_ids: dict[tuple[str, str], tuple[str, str]] = {}  # -> (user, message name)
+        self.tokens: dict[str, Token] = {}
+        self.refresh_tokens: dict[str, tuple[str, bool]] = {}  # -> (user, revoked)
+        self.faults: list[Fault] = []
+        self.log: list[LogEntry] = []
+        self.quota_hits: dict[tuple[str, str], collections.deque[float]] = {}
+        self.page_tokens: dict[str, tuple[str, int]] = {}  # token -> (params digest, offset)
+        self._last_time: datetime | None = None
+
+    # ----------------------------------------------------------------- time, ids
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC)
+
+    def next_create_time(self, wanted: datetime | None = None) -> datetime:
+        ts = wanted or self.now()
+        if wanted is None and self._last_time is not None and ts <= self._last_time:
+            ts = self._last_time + timedelta(microseconds=1)
+        if wanted is None or self._last_time is None or ts > self._last_time:
+            self._last_time = ts
+        return ts
+
+    # ----------------------------------------------------------------- users, spaces
+    def add_user(self, body: JSON) -> User:
+        name = body.get("name") or f"users/{new_user_id()}"
+        if not re.match(r"^users/[^/]+$", name):
+            raise invalid("user name must look like users/{id}")
+        user = User(
+            name=name,
+            display_name=str(body.get("displayName", "")),
+            email=body.get("email"),
+            type=body.get("type", "HUMAN"),
+        )
+        if user.type not in ("HUMAN", "BOT"):
+            raise invalid("type must be HUMAN or BOT")
+        self.users[name] = user
+        return user
+
+    def resolve_user(self, name: str) -> User:
+        """Canonical user for `users/{id}` or the `users/{email}` alias (reference §2.2)."""
+        if name in self.users:
+            return self.users[name]
+        alias = name.removeprefix("users/")
+        for user in self.users.values():
+            if user.email and user.email.lower() == alias.lower():
+                return user
+        raise not_found()
+
+    def add_space(self, body: JSON) -> Space:
+        space_type = body.get("spaceType", "SPACE")
+        if space_type not in SPACE_TYPES:
+            raise invalid("spaceType must be one of " + ", ".join(SPACE_TYPES))
+        default_threading = "THREADED_MESSAGES" if space_type == "SPACE" else "UNTHREADED_MESSAGES"
+        threading_state = body.get("spaceThreadingState", default_threading)
+        if threading_state not in THREADING_STATES:
+            raise invalid("spaceThreadingState must be one of " + ", ".join(THREADING_STATES))
+        name = body.get("name") or f"spaces/AAAA{_rand(string.ascii_letters + string.digits, 7)}"
+        if not re.match(r"^spaces/[^/]+$", name):
+            raise invalid("space name must look like spaces/{id}")
+        if name in self.spaces:
+            raise ApiError("ALREADY_EXISTS", "Space already exists.")
+        if space_type == "SPACE" and not body.get("displayName"):
+            raise invalid("displayName is required for a SPACE")
+        space = Space(
+            name=name,
+            display_name=str(body.get("displayName", "")),
+            space_type=space_type,
+            threading=threading_state,
+            create_time=self.now(),
+        )
+        for member in body.get("members", []):
+            space.members[self.resolve_user(member).name] = self.now()
+        self.spaces[name] = space
+        self.messages[name] = []
+        self.message_index[name] = {}
+        self.threads[name] = {}
+        return space
+
+    def space_for(self, name: str, user: str) -> Space:
+        space = self.spaces.get(name)
+        if space is None:
+            raise not_found()
+        if user not in space.members:
+            raise denied()
+        return space
+
+    # ----------------------------------------------------------------- quotas
+    def check_quota(self, kind: str, space: str | None, *, message_method: bool = False) -> None:
+        """Count one `kind` ("read"/"write") call; raise 429 when over a per-space/project limit.
+
+        The per-project quota (3,000/min) is counted for message methods only (get/list for
+        reads; create/patch/update/delete for writes), as the reference's quota table assigns it.
+        Sliding windows, shortened by `time_scale` so tests need not wait real seconds. A refused
+        call does not consume quota, as a client backing off must eventually get through.
+        """
+        if not self.config["quotas_enabled"]:
+            return
+        scale = float(self.config["time_scale"]) or 1.0
+        now = self.monotonic()
+        keys: list[tuple[tuple[str, str], int, float]] = []
+        if space is not None:
+            limit, window = self.config[f"space_{kind}_limit"]
+            keys.append(((f"space_{kind}", space), int(limit), float(window) / scale))
+        if message_method:
+            limit, window = self.config[f"project_{kind}_limit"]
+            keys.append(((f"project_{kind}", ""), int(limit), float(window) / scale))
+        for key, limit, window in keys:
+            hits = self.quota_hits.setdefault(key, collections.deque())
+            while hits and hits[0] <= now - window:
+                hits.popleft()
+            if len(hits) >= limit:
+                headers = {}
+                if self.config.get("retry_after_header"):
+                    headers["Retry-After"] = str(max(1, round(hits[0] + window - now)))
+                raise ApiError(
+                    "RESOURCE_EXHAUSTED",
+                    "Resource has been exhausted (e.g. check quota).",
+                    details=[
+                        {
+                            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                            "reason": "RATE_LIMIT_EXCEEDED",
+                            "domain": "googleapis.com",
+                            "metadata": {"service": "chat.googleapis.com"},
+                        }
+                    ],
+                    headers=headers,
+                )
+        for key, _limit, _window in keys:
+            self.quota_hits[key].append(now)
+
+    # ----------------------------------------------------------------- tokens
+    def add_token(self, body: JSON) -> JSON:
+        user = self.resolve_user(str(body.get("user", ""))).name
+        access = body.get("access_token") or "ya29.emu-" + secrets.token_urlsafe(24)
+        refresh = body.get("refresh_token") or "1//emu-" + secrets.token_urlsafe(24)
+        lifetime = float(body.get("expires_in", self.config["access_token_lifetime"]))
+        self.tokens[access] = Token(access, user, refresh, self.clock() + lifetime)
+        self.refresh_tokens[refresh] = (user, False)
+        return {"access_token": access, "refresh_token": refresh}
+
+    def refresh(self, refresh_token: str) -> Token | None:
+        entry = self.refresh_tokens.get(refresh_token)
+        if entry is None or entry[1]:
+            return None
+        access = "ya29.emu-" + secrets.token_urlsafe(24)
+        lifetime = float(self.config["access_token_lifetime"])
+        token = Token(access, entry[0], refresh_token, self.clock() + lifetime)
+        self.tokens[access] = token
+        return token
+
+    def user_for_token(self, access: str) -> str | None:
+        token = self.tokens.get(access)
+        if token is None or token.revoked or token.expires_at <= self.clock():
+            return None
+        if token.refresh_token and self.refresh_tokens.get(token.refresh_token, ("", False))[1]:
+            return None
+        return token.user
+
+    # ----------------------------------------------------------------- paging
+    def page(
+        self, items: list[Any], params: JSON, page_size: int, token: str | None
+    ) -> tuple[list[Any], str | None]:
+        """Slice `items` for one page; the token is bound to the other request parameters."""
+        digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+        offset = 0
+        if token:
+            entry = self.page_tokens.get(token)
+            if entry is None:
+                raise invalid("The page token is invalid.")
+            if entry[0] != digest:
+                # Reference §3: all other parameters must match the call that produced the token.
+                raise invalid("The page token does not match the request parameters.")
+            offset = entry[1]
+        chunk = items[offset : offset + page_size]
+        next_token = None
+        if offset + page_size < len(items):
+            next_token = base64.urlsafe_b64encode(secrets.token_bytes(18)).decode()
+            self.page_tokens[next_token] = (digest, offset + page_size)
+        return chunk, next_token
+
+    # ----------------------------------------------------------------- messages
+    def find_message(self, space: str, message_id: str, *, deleted: bool = False) -> Message:
+        msg = self.message_index.get(space, {}).get(message_id)
+        if msg is None or (msg.delete_time is not None and not deleted):
+            raise not_found()
+        return msg
+
+    def client_id_taken(self, space: str, client_id: str) -> bool:
+        """True when a message (even a deleted one) of `space` already has this client id."""
+        return client_id in self.message_index.get(space, {})
+
+    def add_message(self, msg: Message) -> None:
+        """Store a message in createTime order and index it by server and client id."""
+        msgs = self.messages[msg.space]
+        msgs.append(msg)
+        if len(msgs) > 1 and msgs[-2].create_time > msg.create_time:
+            msgs.sort(key=lambda m: m.create_time)  # a backdated control-API post
+        self.message_index[msg.space][msg.id] = msg
+        if msg.client_id:
+            self.message_index[msg.space][msg.client_id] = msg
+
+    def new_thread(self, space: str, key: str | None) -> Thread:
+        thread = Thread(id=_rand(_ID_CHARS, 11), key=key)
+        self.threads[space][thread.id] = thread
+        return thread
+
+    def thread_by_key(self, space: str, key: str) -> Thread | None:
+        # threadKey is unique per Chat app; the emulator serves one app, so per space.
+        for thread in self.threads[space].values():
+            if thread.key == key:
+                return thread
+        return None
+
+    def resolve_thread(
+        self, space: Space, option: str, thread_body: JSON | None, legacy_key: str | None
+    ) -> tuple[Thread, bool]:
+        """Pick the thread for a new message: (thread, is_reply). Reference §4 semantics."""
+        if not space.supports_replies:
+            return self.new_thread(space.name, None), False
+        thread_body = thread_body or {}
+        key = thread_body.get("threadKey") or legacy_key
+        tname = thread_body.get("name")
+        if option == "MESSAGE_REPLY_OPTION_UNSPECIFIED":
+            # The default starts a new thread and ignores thread.name and threadKey.
+            return self.new_thread(space.name, None), False
+        if tname:
+            prefix = f"{space.name}/threads/"
+            tid = tname[len(prefix) :] if tname.startswith(prefix) else None
+            if tid and tid in self.threads[space.name]:
+                return self.threads[space.name][tid], True
+            if option == "REPLY_MESSAGE_OR_FAIL" and not key:
+                raise not_found()
+        if key:
+            existing = self.thread_by_key(space.name, key)
+            if existing is not None:
+                return existing, True
+            # A new threadKey creates its thread under both reply options.
+            return self.new_thread(space.name, key), False
+        if option == "REPLY_MESSAGE_OR_FAIL":
+            raise not_found()
+        return self.new_thread(space.name, None), False
+
+    def thread_has_replies(self, msg: Message) -> bool:
+        if msg.thread_reply:
+            return False
+        return any(
+            m is not msg and m.thread_id == msg.thread_id and m.delete_time is None
+            for m in self.messages[msg.space]
+        )
+
+    def tombstone(self, msg: Message, deletion_type: str) -> None:
+        msg.delete_time = self.now()
+        msg.deletion_type = deletion_type
+
+    def attach(self, space: str, refs: Iterable[JSON]) -> list[tuple[str, Upload]]:
+        out = []
+        for ref in refs:
+            data_ref = ref.get("attachmentDataRef") or {}
+            upload = self.uploads.get(str(data_ref.get("resourceName", "")))
+            if upload is None:
+                token = data_ref.get("attachmentUploadToken")
+                upload = next((u for u in self.uploads.values() if u.token == token), None)
+            if upload is None or upload.space != space:
+                raise invalid("Invalid attachment: unknown attachmentDataRef.")
+            out.append((_rand(_ID_CHARS, 16), upload))
+        return out
+
+    # ----------------------------------------------------------------- rendering
+    def user_json(self, name: str, *, full: bool | None = None) -> JSON:
+        user = self.users.get(name)
+        if user is None:
+            return {"name": name, "type": "HUMAN"}
+        if full is None:
+            full = self.config["sender_details"] == "full"
+        out: JSON = {"name": user.name, "type": user.type}
+        if full:
+            if user.display_name:
+                out["displayName"] = user.display_name
+            if user.email:
+                out["email"] = user.email
+        return out
+
+    def space_json(self, space: Space) -> JSON:
+        sid = space.name.removeprefix("spaces/")
+        kind = "room" if space.space_type == "SPACE" else "dm"
+        out: JSON = {
+            "name": space.name,
+            "type": "DM" if space.space_type == "DIRECT_MESSAGE" else "ROOM",
+            "spaceType": space.space_type,
+            "singleUserBotDm": False,
+            "threaded": space.threading == "THREADED_MESSAGES",
+            "spaceThreadingState": space.threading,
+            "spaceHistoryState": "HISTORY_ON",
+            "externalUserAllowed": False,
+            "createTime": rfc3339(space.create_time),
+            "membershipCount": {
+                "joinedDirectHumanUserCount": sum(
+                    1
+                    for u in space.members
+                    if self.users.get(u, User("", "", None, "HUMAN")).type == "HUMAN"
+                )
+            },
+            "spaceUri": f"https://chat.google.com/{kind}/{sid}?cls=11",
+        }
+        if space.display_name:
+            out["displayName"] = space.display_name
+        if space.last_active is not None:
+            out["lastActiveTime"] = rfc3339(space.last_active)
+        return out
+
+    def membership_json(self, space: Space, user: str) -> JSON:
+        first = next(iter(space.members), None)
+        return {
+            "name": f"{space.name}/members/{user.removeprefix('users/')}",
+            "state": "JOINED",
+            "role": "ROLE_MANAGER"
+            if user == first and space.space_type == "SPACE"
+            else "ROLE_MEMBER",
+            "member": self.user_json(user),
+            "createTime": rfc3339(space.members[user]),
+        }
+
+    def message_json(self, msg: Message) -> JSON:
+        if msg.delete_time is not None:
+            # showDeleted tombstone: deletion data but no content (reference §2.3).
+            return {
+                "name": msg.name,
+                "createTime": rfc3339(msg.create_time),
+                "deleteTime": rfc3339(msg.delete_time),
+                "deletionMetadata": {"deletionType": msg.deletion_type or "CREATOR"},
+            }
+        thread = self.threads[msg.space][msg.thread_id]
+        thread_json: JSON = {"name": f"{msg.space}/threads/{thread.id}"}
+        if thread.key:
+            thread_json["threadKey"] = thread.key
+        out: JSON = {
+            "name": msg.name,
+            "sender": self.user_json(msg.sender),
+            "createTime": rfc3339(msg.create_time),
+            "text": msg.text,
+            "formattedText": msg.text,
+            "argumentText": msg.text,
+            "thread": thread_json,
+            "threadReply": msg.thread_reply,
+            "space": {"name": msg.space},
+        }
+        annotations = self.mention_annotations(msg.text)
+        if annotations:
+            out["annotations"] = annotations
+        if msg.last_update is not None:
+            out["lastUpdateTime"] = rfc3339(msg.last_update)
+        if msg.client_id:
+            out["clientAssignedMessageId"] = msg.client_id
+        if msg.attachments:
+            out["attachment"] = [
+                {
+                    "name": f"{msg.name}/attachments/{aid}",
+                    **({"contentName": up.filename} if up.filename else {}),
+                    "contentType": up.content_type,
+                    "attachmentDataRef": {"resourceName": up.resource_name},
+                    "source": "UPLOADED_CONTENT",
+                }
+                for aid, up in msg.attachments
+            ]
+        if msg.reactions:
+            counts: dict[str, int] = {}
+            for reaction in msg.reactions:
+                counts[reaction.unicode] = counts.get(reaction.unicode, 0) + 1
+            out["emojiReactionSummaries"] = [
+                {"emoji": {"unicode": emoji}, "reactionCount": n} for emoji, n in counts.items()
+            ]
+        return out
+
+    def mention_annotations(self, text: str) -> list[JSON]:
+        """USER_MENTION annotations for `<users/{id}>` in the text (what `text` holds for a
+        real received mention is UNCONFIRMED, reference §2.3; this is the input syntax)."""
+        out = []
+        for m in re.finditer(r"<(users/[^>\s]+)>", text):
+            try:
+                user = self.resolve_user(m.group(1)).name
+            except ApiError:
+                continue
+            out.append(
+                {
+                    "type": "USER_MENTION",
+                    # Indices count UTF-16 code units, as protobuf JSON strings do.
+                    "startIndex": len(text[: m.start()].encode("utf-16-le")) // 2,
+                    "length": len(m.group(0).encode("utf-16-le")) // 2,
+                    "userMention": {"user": self.user_json(user), "type": "MENTION"},
+                }
+            )
+        return out
+
+    def reaction_json(self, msg: Message, reaction: Reaction) -> JSON:
+        return {
+            "name": f"{msg.name}/reactions/{reaction.id}",
+            "user": self.user_json(reaction.user),
+            "emoji": {"unicode": reaction.unicode},
+        }
+
+    def state_json(self) -> JSON:
+        return {
+            "users": [self.user_json(u, full=True) for u in self.users],
+            "spaces": [self.space_json(s) for s in self.spaces.values()],
+            "memberships": {
+                s.name: [self.membership_json(s, u) for u in s.members]
+                for s in self.spaces.values()
+            },
+            "messages": {
+                space: [self.message_json(m) for m in sorted(msgs, key=lambda m: m.create_time)]
+                for space, msgs in self.messages.items()
+            },
+        }
+
+
+# --------------------------------------------------------------------------- filters
+_TIME_COND = re.compile(r'^(create_time|createTime)\s*(>|<)\s*"([^"]*)"$')
+_THREAD_COND = re.compile(r"^thread\.name\s*=\s*(spaces/[^/\s\"]+/threads/[^/\s\"]+)$")
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFilter:
+    after: datetime | None = None
+    before: datetime | None = None
+    thread: str | None = None
+
+    def accepts(self, msg: Message) -> bool:
+        if self.after is not None and not msg.create_time > self.after:
+            return False
+        if self.before is not None and not msg.create_time < self.before:
+            return False
+        return self.thread is None or f"{msg.space}/threads/{msg.thread_id}" == self.thread
+
+
+def parse_message_filter(text: str) -> MessageFilter:
+    """Parse a messages.list filter (reference §3); anything undocumented is INVALID_ARGUMENT."""
+    text = text.strip()
+    if not text:
+        return MessageFilter()
+    after = before = thread = None
+    for part in re.split(r"\s+AND\s+", text):
+        part = part.strip()
+        if m := _TIME_COND.match(part):
+            try:
+                ts = parse_rfc3339(m.group(3))
+            except ValueError:
+                raise invalid(f"Invalid timestamp in filter: {m.group(3)!r}") from None
+            if m.group(2) == ">":
+                after = ts if after is None else max(after, ts)
+            else:
+                before = ts if before is None else min(before, ts)
+        elif m := _THREAD_COND.match(part):
+            if thread is not None:
+                raise invalid("Only one thread.name may be given in a filter.")
+            thread = m.group(1)
+        else:
+            raise invalid(f"Invalid filter: {text!r}")
+    return MessageFilter(after=after, before=before, thread=thread)
+
+
+def parse_order_by(text: str | None) -> bool:
+    """Return True for descending. Accepts ASC/DESC with optional create_time/createTime."""
+    if not text:
+        return False
+    m = re.match(r"^\s*(?:(?:create_time|createtime)\s+)?(asc|desc)\s*$", text, re.IGNORECASE)
+    if not m:
+        raise invalid(f"Invalid orderBy: {text!r}")
+    return m.group(1).lower() == "desc"
+
+
+def parse_space_filter(text: str) -> set[str] | None:
+    """spaces.list filter: `space_type = "X"` / `spaceType = "X"` joined by OR (§6.1)."""
+    text = text.strip()
+    if not text:
+        return None
+    types: set[str] = set()
+    for part in re.split(r"\s+OR\s+", text):
+        m = re.match(r'^(space_type|spaceType)\s*=\s*"([A-Z_]+)"$', part.strip())
+        if not m or m.group(2) not in SPACE_TYPES:
+            raise invalid(f"Invalid filter: {text!r}")
+        types.add(m.group(2))
+    return types
+
+
+_MEMBER_COND = re.compile(r'^(role|member\.type)\s*(=|!=)\s*"([A-Z_]+)"$')
+
+
+def parse_member_filter(text: str) -> Callable[[str, str], bool] | None:
+    """members.list filter on role and member.type (§6.2): OR of AND groups, no parentheses."""
+    text = text.strip()
+    if not text:
+        return None
+    groups: list[list[tuple[str, str, str]]] = []
+    for alt in re.split(r"\s+OR\s+", text):
+        conds = []
+        for part in re.split(r"\s+AND\s+", alt.strip("() ")):
+            m = _MEMBER_COND.match(part.strip("() "))
+            if not m:
+                raise invalid(f"Invalid filter: {text!r}")
+            field_, op, value = m.groups()
+            allowed = ("ROLE_MEMBER", "ROLE_MANAGER") if field_ == "role" else ("HUMAN", "BOT")
+            if value not in allowed or (field_ == "role" and op == "!="):
+                raise invalid(f"Invalid filter: {text!r}")
+            conds.append((field_, op, value))
+        eq_fields = [c[0] for c in conds if c[1] == "="]
+        if len(eq_fields) != len(set(eq_fields)):
+            # e.g. member.type = "HUMAN" AND member.type = "BOT" (documented invalid).
+            raise invalid(f"Invalid filter: {text!r}")
+        groups.append(conds)
+
+    def accepts(role: str, member_type: str) -> bool:
+        def one(c: tuple[str, str, str]) -> bool:
+            actual = role if c[0] == "role" else member_type
+            return (actual == c[2]) == (c[1] == "=")
+
+        return any(all(one(c) for c in g) for g in groups)
+
+    return accepts
+
+
+_REACTION_COND = re.compile(
+    r'^(emoji\.unicode|emoji\.custom_emoji\.uid|user\.name)\s*=\s*"([^"]*)"$'
+)
+
+
+def parse_reaction_filter(text: str) -> Callable[[Reaction], bool] | None:
+    """reactions.list filter (§8): OR within one field group, AND between emoji and user."""
+    text = text.strip()
+    if not text:
+        return None
+    clauses: list[tuple[str, list[tuple[str, str]]]] = []
+    for clause in re.split(r"\s+AND\s+", text):
+        clause = clause.strip()
+        if clause.startswith("(") and clause.endswith(")"):
+            clause = clause[1:-1]
+        conds = []
+        for part in re.split(r"\s+OR\s+", clause):
+            m = _REACTION_COND.match(part.strip())
+            if not m:
+                raise invalid(f"Invalid filter: {text!r}")
+            conds.append((m.group(1), m.group(2)))
+        groups = {"user" if f == "user.name" else "emoji" for f, _ in conds}
+        if len(groups) != 1:
+            raise invalid(f"Invalid filter: {text!r}")
+        clauses.append((groups.pop(), conds))
+    if len({g for g, _ in clauses}) != len(clauses):
+        raise invalid(f"Invalid filter: {text!r}")
+
+    def accepts(reaction: Reaction) -> bool:
+        def one(c: tuple[str, str]) -> bool:
+            if c[0] == "emoji.unicode":
+                return reaction.unicode == c[1]
+            if c[0] == "user.name":
+                return reaction.user == c[1]
+            return False  # custom emoji are not emulated
+
+        return all(any(one(c) for c in conds) for _g, conds in clauses)
+
+    return accepts
+
+
+# --------------------------------------------------------------------------- partial responses
+def parse_fields(text: str) -> dict[str, Any]:
+    """Parse the `fields` global parameter (`a,b(c,d),e/f`) into a tree; {} = keep everything."""
+    pos = 0
+
+    def parse_list(stop: str | None) -> dict[str, Any]:
+        nonlocal pos
+        tree: dict[str, Any] = {}
+        while pos < len(text):
+            m = re.match(r"\s*([A-Za-z0-9_*]+(?:/[A-Za-z0-9_*]+)*)\s*", text[pos:])
+            if not m:
+                raise invalid(f"Invalid field selection {text!r}")
+            pos += m.end()
+            node = tree
+            path = m.group(1).split("/")
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+            leaf = node.setdefault(path[-1], {})
+            if pos < len(text) and text[pos] == "(":
+                pos += 1
+                leaf.update(parse_list(")"))
+            if pos < len(text) and text[pos] == ",":
+                pos += 1
+                continue
+            if stop is not None and pos < len(text) and text[pos] == stop:
+                pos += 1
+                return tree
+            if pos < len(text):
+                raise invalid(f"Invalid field selection {text!r}")
+        if stop is not None:
+            raise invalid(f"Invalid field selection {text!r}")
+        return tree
+
+    return parse_list(None)
+
+
+def apply_fields(value: Any, tree: dict[str, Any]) -> Any:
+    """Keep only the selected fields (lists are filtered element by element)."""
+    if not tree or "*" in tree:
+        return value
+    if isinstance(value, list):
+        return [apply_fields(v, tree) for v in value]
+    if not isinstance(value, dict):
+        return value
+    return {k: apply_fields(v, tree[k]) for k, v in value.items() if k in tree}
