@@ -85,6 +85,7 @@ class DiscourseConfig:
     webhook_secret: str | None = field(default=None, repr=False)
     allow_unsigned_webhooks: bool = False
     timeout_seconds: float = 30
+    rate_window_seconds: float = 60  # Discourse's limiter window; shorter only for emulators
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,6 +356,7 @@ _DISCOURSE_KEYS = (
     "api_key",
     "api_username",
     "requests_per_minute",
+    "rate_window_seconds",
     "webhook_secret",
     "allow_unsigned_webhooks",
     "timeout_seconds",
@@ -401,6 +403,7 @@ def _discourse(problems: list[str], data: Mapping[str, Any], env: Mapping[str, s
     api_username = c.string("api_username", "system")
     rpm = c.number("requests_per_minute", 60.0, unit="requests a minute")
     timeout = c.number("timeout_seconds", 30.0, unit="seconds")
+    window = c.number("rate_window_seconds", 60.0, unit="seconds")
     allow_unsigned = c.boolean("allow_unsigned_webhooks", False)
 
     env_secret = _env_secret(env, ENV_WEBHOOK_SECRET)
@@ -420,7 +423,7 @@ def _discourse(problems: list[str], data: Mapping[str, Any], env: Mapping[str, s
             f"the secret (from {where}) has {len(secret)} characters; Discourse signs "
             f"deliveries only with {MIN_WEBHOOK_SECRET_LENGTH} or more, use a longer one",
         )
-    if _MISSING in (url, api_key, api_username, rpm, timeout, secret, allow_unsigned):
+    if _MISSING in (url, api_key, api_username, rpm, timeout, window, secret, allow_unsigned):
         return None
     return DiscourseConfig(
         url=url,
@@ -430,6 +433,7 @@ def _discourse(problems: list[str], data: Mapping[str, Any], env: Mapping[str, s
         webhook_secret=secret,
         allow_unsigned_webhooks=allow_unsigned,
         timeout_seconds=timeout,
+        rate_window_seconds=window,
     )
 
 

@@ -250,6 +250,7 @@ class DiscoursePost:
     topic_archetype: str | None
     reply_to_post_number: int | None
     version: int
+    display_name: str | None = None  # the author's full name (`name`), when the forum shows it
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> DiscoursePost:
@@ -271,7 +272,35 @@ class DiscoursePost:
             topic_archetype=_opt_str(data.get("topic_archetype")),
             reply_to_post_number=_opt_int(data.get("reply_to_post_number")),
             version=int(data.get("version") or 1),
+            display_name=_opt_str(data.get("name")),
         )
+
+    def to_api(self) -> dict[str, Any]:
+        """The post in the API's own JSON shape (the inverse of `from_api`), for storing."""
+
+        def time(value: datetime | None) -> str | None:
+            return value.isoformat().replace("+00:00", "Z") if value else None
+
+        return {
+            "id": self.id,
+            "topic_id": self.topic_id,
+            "post_number": self.post_number,
+            "username": self.username,
+            "name": self.display_name,
+            "raw": self.raw,
+            "cooked": self.cooked,
+            "post_type": self.post_type,
+            "created_at": time(self.created_at),
+            "updated_at": time(self.updated_at),
+            "deleted_at": time(self.deleted_at),
+            "user_deleted": self.user_deleted,
+            "hidden": self.hidden,
+            "category_id": self.category_id,
+            "topic_title": self.topic_title,
+            "topic_archetype": self.topic_archetype,
+            "reply_to_post_number": self.reply_to_post_number,
+            "version": self.version,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -511,6 +540,7 @@ class DiscourseClient:
         api_username: str,
         *,
         requests_per_minute: float = 60,
+        rate_window_seconds: float = RATE_WINDOW_SECONDS,
         timeout_seconds: float = 30.0,
         max_attempts: int = 5,
         sleep: Callable[[float], None] = time.sleep,
@@ -526,7 +556,7 @@ class DiscourseClient:
         self._max_attempts = max_attempts
         self._sleep = sleep
         self._clock = clock
-        self._budget = _RequestBudget(int(requests_per_minute), RATE_WINDOW_SECONDS, clock, sleep)
+        self._budget = _RequestBudget(int(requests_per_minute), rate_window_seconds, clock, sleep)
         # One session per client, configured here and never mutated afterwards: the acting
         # user is a per-request header, so threads can share it.
         self._session = session or requests.Session()

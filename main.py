@@ -1,0 +1,259 @@
+"""Entry point: `python main.py [--config PATH] [run] [--once]`.
+
+Wiring only (STYLE H15): load the config, open the store, build both clients and the sync
+services, run a catch-up poll at once and then every `poll_interval` on an APScheduler job that
+never overlaps itself, and shut down cleanly on SIGINT/SIGTERM (the cycle in hand stops between two
+messages, so nothing is half-done beyond what the store's pending writes cover).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import logging.handlers
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from config_loader import Config, ConfigError, load_config
+from db import Store
+from discourse_client import DiscourseClient
+from google_chat_client import ChatAuthError, GoogleChatClient
+from metrics import BridgeMetrics
+from sync_discourse_to_gchat import DiscourseToGchat, InboxWorker
+from sync_gchat_to_discourse import GchatToDiscourse
+from users import UserDirectory
+from webhook_listener import Readiness, WebhookConfigError, WebhookServer, create_app
+
+logger = logging.getLogger("gchat_discourse")
+
+EXIT_CONFIG = 2
+EXIT_CREDENTIALS = 3
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """Everything a running bridge holds, built once and passed explicitly."""
+
+    config: Config
+    store: Store
+    chat: GoogleChatClient
+    discourse: DiscourseClient
+    gchat_to_discourse: GchatToDiscourse
+    discourse_to_gchat: DiscourseToGchat
+    metrics: BridgeMetrics
+    stop: threading.Event
+    started_at: datetime
+
+
+def setup_logging(config: Config) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if config.sync.log_file is not None:
+        config.sync.log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(
+            logging.handlers.RotatingFileHandler(
+                config.sync.log_file, maxBytes=10 * 1024 * 1024, backupCount=5, encoding="utf-8"
+            )
+        )
+    logging.basicConfig(
+        level=config.sync.log_level, format=LOG_FORMAT, handlers=handlers, force=True
+    )
+    # googleapiclient logs every discovery/cache detail at INFO; keep the operator's log readable.
+    logging.getLogger("googleapiclient").setLevel(logging.WARNING)
+    # "skipped: maximum number of running instances reached" is the intended effect of
+    # max_instances=1 when a cycle outlasts the interval, not a problem to report.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
+
+
+def build_runtime(config: Config, stop: threading.Event) -> Runtime:
+    store = Store(config.sync.database)
+    chat = GoogleChatClient.from_token_file(
+        config.google.token_file, api_endpoint=config.google.api_endpoint
+    )
+    discourse = DiscourseClient(
+        config.discourse.url,
+        config.discourse.api_key,
+        config.discourse.api_username,
+        requests_per_minute=config.discourse.requests_per_minute,
+        rate_window_seconds=config.discourse.rate_window_seconds,
+        timeout_seconds=config.discourse.timeout_seconds,
+    )
+    users = UserDirectory(
+        store,
+        discourse,
+        chat,
+        api_username=config.discourse.api_username,
+        email_domain=config.sync.user_email_domain,
+        create_users=config.sync.create_users,
+        new_user_trust_level=config.sync.new_user_trust_level,
+    )
+    g2d = GchatToDiscourse(config, store, chat, discourse, users, stop=stop)
+    d2g = DiscourseToGchat(config, store, chat, discourse)
+    metrics = BridgeMetrics()
+    metrics.watch(
+        inbox_depth=store.inbox_depth,
+        dead_letters=lambda: len(store.dead_events()),
+        parked=lambda: len(store.parked_items()),
+        requests=lambda: {"discourse": discourse.request_count, "google_chat": chat.request_count},
+        rate_limited=lambda: {
+            "discourse": discourse.rate_limited_count,
+            "google_chat": chat.rate_limited_count,
+        },
+    )
+    return Runtime(config, store, chat, discourse, g2d, d2g, metrics, stop, datetime.now(UTC))
+
+
+def poll_job(runtime: Runtime) -> None:
+    """The scheduler's job: one cycle of both pulls; a failure is logged, never fatal."""
+    try:
+        with runtime.metrics.poll_duration.time():
+            result = runtime.gchat_to_discourse.poll_once()
+            runtime.metrics.bridged.labels("gchat_to_discourse").inc(result.mirrored)
+            runtime.metrics.failures.labels("gchat_to_discourse").inc(result.parked)
+            runtime.discourse_to_gchat.catch_up()
+    except Exception:  # boundary: the scheduler must keep running whatever one cycle did
+        logger.exception("poll cycle failed")
+        runtime.store.set_status("last_catch_up_error", datetime.now(UTC).isoformat())
+
+
+def readiness(runtime: Runtime) -> Readiness:
+    """What `/readyz` reports: the database writable, the last poll recent and successful."""
+    reasons: list[str] = []
+    now = datetime.now(UTC)
+    try:
+        runtime.store.set_status("readyz_probe", now.isoformat())
+    except Exception as exc:  # any database failure means not ready, whatever its kind
+        reasons.append(f"database not writable: {exc}")
+    last = _last_poll(runtime)
+    interval = runtime.config.sync.poll_interval_seconds
+    if last is None:
+        if (now - runtime.started_at).total_seconds() > interval + 60:
+            reasons.append("no poll cycle has completed yet")
+    else:
+        if not last.get("ok", False):
+            reasons.append("last poll failed: " + "; ".join(last.get("errors", []))[:500])
+        age = (now - datetime.fromisoformat(last["time"])).total_seconds()
+        if age > 3 * interval + 60:
+            reasons.append(f"last poll was {age:.0f}s ago (interval {interval:.0f}s)")
+    oldest = runtime.store.oldest_pending_received_at()
+    if oldest is not None and (now - oldest).total_seconds() > 15 * 60:
+        reasons.append(f"inbox stuck: an event has waited since {oldest.isoformat()}")
+    return Readiness(not reasons, tuple(reasons))
+
+
+def _last_poll(runtime: Runtime) -> dict[str, Any] | None:
+    text = runtime.store.get_status("last_poll")
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def run(config: Config, *, once: bool) -> int:
+    stop = threading.Event()
+    try:
+        runtime = build_runtime(config, stop)
+    except ChatAuthError as exc:
+        logger.error("%s", exc)
+        return EXIT_CREDENTIALS
+    if once:
+        result = runtime.gchat_to_discourse.poll_once()
+        runtime.discourse_to_gchat.catch_up()
+        runtime.discourse_to_gchat.drain()
+        runtime.store.close()
+        return 0 if result.ok else 1
+    try:
+        app = create_app(
+            secret=config.discourse.webhook_secret,
+            allow_unsigned=config.discourse.allow_unsigned_webhooks,
+            enqueue=runtime.discourse_to_gchat.enqueue,
+            readiness=lambda: readiness(runtime),
+            registry=runtime.metrics.registry,
+        )
+    except WebhookConfigError as exc:
+        logger.error("%s", exc)
+        runtime.store.close()
+        return EXIT_CONFIG
+    server = WebhookServer(app, config.sync.webhook_host, config.sync.webhook_port)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logger.info("received %s: shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    scheduler = BackgroundScheduler(timezone=UTC)
+    scheduler.add_job(
+        poll_job,
+        "interval",
+        args=[runtime],
+        seconds=config.sync.poll_interval_seconds,
+        max_instances=1,
+        coalesce=True,
+        next_run_time=datetime.now(UTC),  # the catch-up poll runs at once
+        id="poll",
+    )
+    worker = InboxWorker(runtime.discourse_to_gchat, stop)
+    worker.start()
+    server.start()
+    scheduler.start()
+    logger.info(
+        "bridge running: %d mappings, polling every %.1fs",
+        len(config.mappings),
+        config.sync.poll_interval_seconds,
+    )
+    stop.wait()
+    # Stop taking webhooks first, then let the item in hand finish, then close the database.
+    server.stop()
+    scheduler.shutdown(wait=True)
+    worker.join(timeout=10)
+    runtime.store.close()
+    logger.info("stopped")
+    return 0
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python main.py", description="Two-way bridge between Google Chat and Discourse."
+    )
+    parser.add_argument(
+        "--config", type=Path, default=Path("config.yaml"), help="path of config.yaml"
+    )
+    commands = parser.add_subparsers(dest="command")
+    run_parser = commands.add_parser("run", help="run the bridge (the default)")
+    run_parser.add_argument(
+        "--once", action="store_true", help="run one poll cycle and exit (for cron or testing)"
+    )
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args.command = "run"
+        args.once = False
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(config)
+    return run(config, once=args.once)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

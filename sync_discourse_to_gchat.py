@@ -1,0 +1,424 @@
+"""Discourse → Google Chat: webhook events and a catch-up pull, through one durable inbox.
+
+Invariants (DESIGN §3):
+- Every event is first stored in the inbox (`enqueue`), keyed so that a repeated delivery, or the
+  catch-up pull finding a post a webhook already brought, is processed once. The inbox worker
+  hands out only the oldest pending event of each topic, so replies keep their order.
+- Only real content crosses: regular posts (`post_type` 1) in mapped categories, not private
+  messages, hidden or deleted posts, not posts by bridge-created users or carrying the origin
+  marker of a Chat message (those came from Chat in the first place).
+- Every Chat message the bridge writes has the client-assigned id `client-dp-<post id>`, so a
+  repeat after a crash is answered ALREADY_EXISTS and linked, never duplicated, and the Chat →
+  Discourse poll knows it as ours.
+- A reply goes into its topic's Chat thread with REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD; if the
+  topic's first post was never bridged it is bridged first, so the thread exists.
+- Transient failures are retried with backoff; past `max_attempts`, or for an item Google refuses,
+  the event is dead-lettered with its reason (`status` lists it, `retry` requeues it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import formatting
+from config_loader import Config
+from db import InboxEvent, Store
+from discourse_client import (
+    DiscourseClient,
+    DiscourseError,
+    DiscourseNotFound,
+    DiscoursePost,
+    DiscourseRejected,
+    DiscourseUnavailable,
+)
+from google_chat_client import (
+    ChatAuthError,
+    ChatError,
+    ChatRejected,
+    ChatUnavailable,
+    GoogleChatClient,
+)
+from webhook_listener import WebhookDelivery
+
+logger = logging.getLogger(__name__)
+
+HIGH_WATER_KEY = "discourse_high_water_post_id"
+POST_EVENTS = frozenset({"post_created", "post_edited", "post_destroyed", "post_recovered"})
+MAX_BACKOFF = timedelta(minutes=5)
+AUTH_RETRY = timedelta(seconds=30)
+
+
+# ---------------------------------------------------------------------------- pure
+
+
+def inbox_keys(event_name: str, body: Mapping[str, Any]) -> tuple[str, str]:
+    """(dedupe key, ordering key) for a webhook body.
+
+    A post's creation is keyed by its id alone, so the webhook and the catch-up pull meet on one
+    row; later events by id and version, so a redelivery is dropped but a new edit is not.
+
+    Raises:
+        ValueError: the body lacks the ids the event needs.
+    """
+    for kind in ("post", "topic", "chat_message"):
+        if kind in body and isinstance(body[kind], Mapping):
+            payload = body[kind]
+            break
+    else:
+        raise ValueError("no post, topic or chat_message object in the body")
+    if event_name.startswith("post_"):
+        post_id, topic_id = _int(payload, "id"), _int(payload, "topic_id")
+        if event_name == "post_created":
+            return f"post_created:{post_id}", f"topic:{topic_id}"
+        return f"{event_name}:{post_id}:{payload.get('version')}", f"topic:{topic_id}"
+    if event_name.startswith("topic_"):
+        topic_id = _int(payload, "id")
+        return f"{event_name}:{topic_id}:{payload.get('posts_count')}", f"topic:{topic_id}"
+    message = payload.get("message")
+    channel = payload.get("channel")
+    if not isinstance(message, Mapping) or not isinstance(channel, Mapping):
+        raise ValueError("chat_message needs message and channel objects")
+    message_id, channel_id = _int(message, "id"), _int(channel, "id")
+    return f"{event_name}:{message_id}:{message.get('edited')}", f"chat_channel:{channel_id}"
+
+
+def _int(payload: Mapping[str, Any], key: str) -> int:
+    value = payload.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{key} missing or not an integer")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class PostToChat:
+    """Write `post` into `gchat_space_name`: into `gchat_thread_name`, or a new thread if None."""
+
+    post: DiscoursePost
+    gchat_space_name: str
+    gchat_thread_name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeTopicFirst:
+    """A reply in a topic whose first post never reached Chat: bridge post #1 first."""
+
+    post: DiscoursePost
+    gchat_space_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    reason: str
+
+
+PostAction = PostToChat | BridgeTopicFirst | Skip
+
+
+def plan_post(
+    post: DiscoursePost,
+    *,
+    space_for_category: Mapping[int, str],
+    thread_for_topic: str | None,
+    already_bridged: bool,
+    by_bridge_user: bool,
+) -> PostAction:
+    """Decide what a new Discourse post becomes in Chat. No I/O."""
+    if already_bridged:
+        return Skip("already in Chat")
+    if post.post_type != 1:
+        return Skip(f"post_type {post.post_type} (whisper, small action or moderator notice)")
+    if post.topic_archetype == "private_message":
+        return Skip("private message")
+    if post.hidden or post.user_deleted or post.deleted_at is not None:
+        return Skip("hidden or deleted")
+    if by_bridge_user or (post.raw and formatting.find_origin_marker(post.raw)):
+        return Skip("came from Chat")
+    space = space_for_category.get(post.category_id) if post.category_id is not None else None
+    if space is None and thread_for_topic is None:
+        return Skip(f"category {post.category_id} is not mapped")
+    if post.post_number == 1:
+        if thread_for_topic is not None:
+            return Skip("topic already has a Chat thread")
+        return PostToChat(post, space or "", None)
+    if thread_for_topic is None:
+        return BridgeTopicFirst(post, space or "")
+    return PostToChat(post, space or _space_of_thread(thread_for_topic), thread_for_topic)
+
+
+def _space_of_thread(gchat_thread_name: str) -> str:
+    return "/".join(gchat_thread_name.split("/")[:2])
+
+
+def render_message(
+    post: DiscoursePost, *, base_url: str, mention_lookup: Callable[[str], str | None]
+) -> str:
+    """The Chat text for `post`: attribution, the title for a first post, then the body."""
+    lines = [formatting.attribution_line(post.display_name, post.username)]
+    if post.post_number == 1 and post.topic_title:
+        lines.append(f"*{post.topic_title}*")
+    body = formatting.discourse_to_gchat_text(
+        formatting.strip_origin_marker(post.raw or ""),
+        base_url=base_url,
+        mention_lookup=mention_lookup,
+    )
+    lines.append(body)
+    text = "\n".join(line for line in lines if line)
+    parts = formatting.split_for_limit(text, formatting.CHAT_MAX_BYTES)
+    if len(parts) > 1:
+        # One Chat message per post keeps edits and deletes one-to-one; the rest is one click away.
+        link = f"\n… <{base_url}/p/{post.id}|read the whole post on Discourse>"
+        parts = formatting.split_for_limit(text, formatting.CHAT_MAX_BYTES - len(link.encode()))
+        return parts[0] + link
+    return text
+
+
+# ---------------------------------------------------------------------------- I/O
+
+
+class DiscourseToGchat:
+    """Stores incoming events, pulls what webhooks missed, and writes posts into Chat."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        chat: GoogleChatClient,
+        discourse: DiscourseClient,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        wake: threading.Event | None = None,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._chat = chat
+        self._discourse = discourse
+        self._clock = clock
+        self.wake = wake or threading.Event()
+        # The worker and a manual `retry` must not write the same post twice at once.
+        self._lock = threading.Lock()
+        self.bridged = 0
+        self.failed = 0
+
+    # -- intake
+
+    def enqueue(self, delivery: WebhookDelivery) -> bool:
+        """Store a webhook delivery in the inbox; False if it was a duplicate."""
+        dedupe_key, ordering_key = inbox_keys(delivery.event_name, delivery.body)
+        stored = self._store.enqueue_event(
+            event_id=delivery.event_id,
+            event_type=delivery.event_type,
+            event_name=delivery.event_name,
+            payload=delivery.raw_body,
+            dedupe_key=dedupe_key,
+            ordering_key=ordering_key,
+            received_at=self._clock(),
+        )
+        if stored:
+            self.wake.set()
+        logger.debug("webhook %s %s stored=%s", delivery.event_id, delivery.event_name, stored)
+        return stored
+
+    def catch_up(self) -> int:
+        """Enqueue every post newer than the high-water mark; returns how many were new.
+
+        Webhooks are a speed-up, not the record: this pull covers deliveries lost while the
+        bridge was down (Discourse does not retry them by default).
+        """
+        mark = self._store.get_cursor(HIGH_WATER_KEY)
+        page = self._discourse.latest_posts()
+        if mark is None:
+            # First start: Discourse's past is not replayed into Chat; from now on nothing is
+            # missed.
+            newest = max((p.id for p in page), default=0)
+            self._store.set_cursor(HIGH_WATER_KEY, str(newest))
+            logger.info("Discourse high-water mark set to post %d", newest)
+            return 0
+        high_water = int(mark)
+        found: dict[int, DiscoursePost] = {}
+        while page:
+            found.update((p.id, p) for p in page if p.id > high_water)
+            oldest = min(p.id for p in page)
+            if oldest <= high_water + 1:
+                break
+            page = self._discourse.latest_posts(before=oldest - 1)
+        for post in sorted(found.values(), key=lambda p: p.id):
+            self._store.enqueue_event(
+                event_id="",
+                event_type="post",
+                event_name="post_created",
+                payload=json.dumps({"post": post.to_api()}),
+                dedupe_key=f"post_created:{post.id}",
+                ordering_key=f"topic:{post.topic_id}",
+                received_at=self._clock(),
+            )
+        if found:
+            self._store.set_cursor(HIGH_WATER_KEY, str(max(found)))
+            self.wake.set()
+            logger.info("catch-up pull found %d posts newer than %d", len(found), high_water)
+        return len(found)
+
+    # -- worker
+
+    def drain(self, limit: int = 50) -> int:
+        """Process the due events, oldest of each topic first; returns how many were handled."""
+        handled = 0
+        while True:
+            events = self._store.due_events(self._clock(), limit)
+            if not events:
+                return handled
+            for event in events:
+                self._process(event)
+                handled += 1
+
+    def _process(self, event: InboxEvent) -> None:
+        try:
+            with self._lock:
+                self.handle(event.event_name, json.loads(event.payload))
+        except ChatAuthError as exc:
+            # Not the event's fault: keep it until the credentials are fixed (`/readyz` says so).
+            self._store.mark_retry(event.id, str(exc), self._clock() + AUTH_RETRY)
+            logger.error("event %s waits for Google credentials: %s", event.dedupe_key, exc)
+        except (ChatUnavailable, DiscourseUnavailable) as exc:
+            self._retry_or_bury(event, str(exc))
+        except (ChatRejected, DiscourseRejected, ValueError, KeyError) as exc:
+            self._store.mark_dead(event.id, f"refused: {exc}")
+            self.failed += 1
+            logger.error("dead-lettered %s: %s", event.dedupe_key, exc)
+        except Exception as exc:  # per-item boundary: one bad event must not stop the inbox
+            logger.exception("event %s failed", event.dedupe_key)
+            self._retry_or_bury(event, repr(exc))
+        else:
+            self._store.mark_done(event.id)
+
+    def _retry_or_bury(self, event: InboxEvent, error: str) -> None:
+        attempts = event.attempts + 1
+        if attempts >= self._config.sync.max_attempts:
+            self._store.mark_dead(event.id, f"gave up after {attempts} attempts: {error}")
+            self.failed += 1
+            logger.error(
+                "dead-lettered %s after %d attempts: %s", event.dedupe_key, attempts, error
+            )
+            return
+        delay = min(timedelta(seconds=2**attempts), MAX_BACKOFF)
+        self._store.mark_retry(event.id, error, self._clock() + delay)
+        logger.warning("will retry %s in %s: %s", event.dedupe_key, delay, error)
+
+    # -- one event
+
+    def handle(self, event_name: str, body: Mapping[str, Any]) -> None:
+        """Carry out one stored event. Raises the clients' exceptions for the worker to sort."""
+        if event_name != "post_created":
+            # Edits, deletions and chat messages are carried by later issues; acknowledged here.
+            logger.debug("no handler for %s yet", event_name)
+            return
+        post = DiscoursePost.from_api(body["post"])
+        self._bridge_post(post)
+
+    def _bridge_post(self, post: DiscoursePost) -> None:
+        action = plan_post(
+            post,
+            space_for_category=self._space_for_category(),
+            thread_for_topic=self._store.thread_for_topic(post.topic_id),
+            already_bridged=self._store.message_for_post(post.id) is not None,
+            by_bridge_user=self._store.is_bridge_user(post.username),
+        )
+        if isinstance(action, Skip):
+            logger.debug("post %d not bridged: %s", post.id, action.reason)
+            return
+        if isinstance(action, BridgeTopicFirst):
+            try:
+                first = self._discourse.get_post_by_number(post.topic_id, 1)
+            except DiscourseNotFound:
+                logger.warning(
+                    "topic %d has no first post; reply %d not bridged", post.topic_id, post.id
+                )
+                return
+            self._bridge_post(first)
+            if self._store.thread_for_topic(post.topic_id) is None:
+                logger.info("reply %d not bridged: its topic is not bridged", post.id)
+                return
+            self._bridge_post(post)
+            return
+        self._write(action)
+
+    def _write(self, action: PostToChat) -> None:
+        post = action.post
+        text = render_message(
+            post, base_url=self._config.discourse.url, mention_lookup=self._mention_lookup
+        )
+        message = self._chat.create_message(
+            action.gchat_space_name,
+            text,
+            message_id=formatting.client_message_id_for_post(post.id),
+            thread_name=action.gchat_thread_name,
+        )
+        thread = message.thread_name or message.name
+        with self._store.transaction():
+            if self._store.thread_for_topic(post.topic_id) is None:
+                self._store.link_thread(thread, post.topic_id, action.gchat_space_name)
+            self._store.link_message(
+                message.name,
+                post.id,
+                gchat_thread_name=thread,
+                discourse_topic_id=post.topic_id,
+                origin="discourse",
+                content_hash=formatting.content_hash(text),
+            )
+        self.bridged += 1
+        logger.info("bridged post %d -> %s", post.id, message.name)
+
+    def _space_for_category(self) -> dict[int, str]:
+        spaces: dict[int, str] = {}
+        for mapping in self._config.mappings:
+            category = mapping.discourse_category_id
+            if category is None and mapping.discourse_parent_category_id is not None:
+                category = self._store.category_for_space(mapping.google_space_id)
+            if category is not None:
+                spaces[category] = mapping.google_space_id
+        return spaces
+
+    def _mention_lookup(self, discourse_username: str) -> str | None:
+        link = self._store.user_for_discourse(discourse_username)
+        return link.gchat_user_name if link else None
+
+
+class InboxWorker:
+    """A thread that drains the inbox whenever it is woken, and at least once a second."""
+
+    def __init__(self, d2g: DiscourseToGchat, stop: threading.Event) -> None:
+        self._d2g = d2g
+        self._stop = stop
+        self._thread = threading.Thread(target=self._run, name="inbox-worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        self._d2g.wake.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._d2g.drain()
+            except Exception:  # boundary: the worker thread must survive anything
+                logger.exception("inbox worker failed; retrying in a second")
+            self._d2g.wake.wait(timeout=1.0)
+            self._d2g.wake.clear()
+
+
+__all__ = [
+    "DiscourseError",
+    "DiscourseToGchat",
+    "InboxWorker",
+    "inbox_keys",
+    "plan_post",
+    "render_message",
+    "ChatError",
+]

@@ -1,0 +1,558 @@
+"""Google Chat → Discourse: poll each mapped room space and mirror new messages as posts.
+
+Invariants (DESIGN §3):
+- Only what is new is read: a space whose `lastActiveTime` has not moved since its last full read
+  costs no message request, and an active one is read from its stored cursor (with a small overlap;
+  messages already linked are skipped).
+- Effects happen in the order create remotely → link in the store → advance the cursor, so a crash
+  repeats work but never loses it. Before each create the store records a pending write; a pending
+  write found on the next attempt means a crash may have left the post behind, so the topic is
+  looked up by `external_id`, or the topic's last posts are scanned for the origin marker, before
+  anything is created again. Without a pending write no lookup is spent.
+- Messages the bridge wrote into Chat (client-assigned ids of ours) are never mirrored back.
+- A message Discourse refuses is parked with its reason (visible in `status`), never dropped
+  silently and never retried forever; a transient failure stops the space for this cycle so that
+  order is kept, and parks the message once it has failed `max_attempts` times.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Container, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import formatting
+from config_loader import Config, SpaceMapping
+from db import Store
+from discourse_client import (
+    DiscourseAuthError,
+    DiscourseClient,
+    DiscourseError,
+    DiscourseNotFound,
+    DiscourseRejected,
+    DiscourseUnavailable,
+)
+from google_chat_client import (
+    ChatAuthError,
+    ChatError,
+    ChatMessage,
+    ChatSpace,
+    GoogleChatClient,
+)
+from users import Author, UserDirectory
+
+logger = logging.getLogger(__name__)
+
+DIRECTION = "gchat_to_discourse"
+# Re-read this far behind the cursor: Chat's createTime is assigned by distributed front ends,
+# so a message may become visible with a createTime slightly before one we already handled.
+CURSOR_OVERLAP = timedelta(seconds=10)
+# How many of a topic's last posts are scanned for an origin marker after a crash.
+RECONCILE_WINDOW = 20
+# A retry of a transiently failed message waits at least this long (doubling per attempt).
+RETRY_BASE_DELAY = timedelta(seconds=30)
+
+
+# ---------------------------------------------------------------------------- pure planning
+
+
+@dataclass(frozen=True, slots=True)
+class CreateTopic:
+    """Start a topic from the first message of a thread the bridge has not seen."""
+
+    message: ChatMessage
+    gchat_thread_name: str
+    title: str
+
+
+@dataclass(frozen=True, slots=True)
+class CreateReply:
+    """Add a message to the topic of its thread (linked before or created earlier in the plan)."""
+
+    message: ChatMessage
+    gchat_thread_name: str
+    title: str  # used only if the thread's topic could not be made (then this starts it)
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    message: ChatMessage
+    reason: str
+
+
+Action = CreateTopic | CreateReply | Skip
+
+
+def is_bridge_origin(message: ChatMessage) -> bool:
+    """True for messages the bridge itself created in Chat (DESIGN §3 rule 1)."""
+    client_id = message.client_assigned_message_id
+    return client_id is not None and (
+        formatting.post_id_from_client_message_id(client_id) is not None
+        or client_id.startswith("client-dc-")
+    )
+
+
+def thread_of(message: ChatMessage) -> str:
+    # A message in an unthreaded space has no thread: it stands alone as its own topic.
+    return message.thread_name or message.name
+
+
+def plan(
+    messages: Sequence[ChatMessage],
+    *,
+    linked_messages: Container[str],
+    linked_threads: Container[str],
+    fallback_title: Callable[[ChatMessage], str],
+    mirror_app_messages: bool = False,
+) -> list[Action]:
+    """Decide what to do with each new Chat message, oldest first. No I/O.
+
+    `linked_messages` holds message names already mirrored; `linked_threads` thread names that
+    already have a topic.
+    """
+    actions: list[Action] = []
+    started: set[str] = set()
+    for message in sorted(messages, key=lambda m: m.create_time):
+        if message.name in linked_messages:
+            continue
+        thread = thread_of(message)
+        title = formatting.title_from_text(message.text, fallback=fallback_title(message))
+        if is_bridge_origin(message):
+            actions.append(Skip(message, "written by the bridge"))
+        elif message.delete_time is not None:
+            actions.append(Skip(message, "deleted in Chat"))
+        elif message.sender.type == "BOT" and not mirror_app_messages:
+            actions.append(Skip(message, "written by a Chat app"))
+        elif thread in linked_threads or thread in started:
+            actions.append(CreateReply(message, thread, title))
+        else:
+            started.add(thread)
+            actions.append(CreateTopic(message, thread, title))
+    return actions
+
+
+def render_post(
+    message: ChatMessage, author: Author, mention_lookup: Callable[[str], str | None]
+) -> str:
+    """The raw of the Discourse post for `message`, ending with its origin marker."""
+    body = formatting.gchat_to_discourse_markdown(message.text, mention_lookup=mention_lookup)
+    if not body.strip():
+        body = "_(a message with no text)_"
+    if author.attribution:
+        body = f"{author.attribution}\n\n{body}"
+    # The marker makes the post recognisable as ours (echo prevention, crash reconciliation) and
+    # makes two identical texts distinct for Discourse's 120 s memoization of API posts.
+    return f"{body}\n\n{formatting.origin_marker(message.name)}"
+
+
+def cursor_key(gchat_space_name: str) -> str:
+    return f"gchat_cursor:{gchat_space_name}"
+
+
+def active_key(gchat_space_name: str) -> str:
+    return f"gchat_active:{gchat_space_name}"
+
+
+def created_after(cursor: str | None, initial_history: object, now: datetime) -> str | None:
+    """The `createTime >` bound for listing a space: behind the cursor by the overlap.
+
+    Without a cursor the configured initial history decides: everything, nothing older than now,
+    or a duration back from now.
+    """
+    if cursor is not None:
+        return _rfc3339(_parse_time(cursor) - CURSOR_OVERLAP)
+    mode = getattr(initial_history, "mode", "all")
+    if mode == "none":
+        return _rfc3339(now)
+    if mode == "since":
+        return _rfc3339(now - initial_history.duration)  # type: ignore[attr-defined]
+    return None
+
+
+def _parse_time(value: str) -> datetime:
+    # Chat sends nanoseconds; datetime keeps microseconds, enough for a bound with an overlap.
+    text = value.replace("Z", "+00:00")
+    if "." in text:
+        head, rest = text.split(".", 1)
+        frac = "".join(ch for ch in rest if ch.isdigit())
+        tz = rest[len(frac) :]
+        text = f"{head}.{frac[:6].ljust(6, '0')}{tz}"
+    return datetime.fromisoformat(text)
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# ---------------------------------------------------------------------------- apply (I/O)
+
+
+class CycleAborted(Exception):
+    """The whole cycle must stop (credentials refused): said in `status` and `/readyz`."""
+
+
+@dataclass
+class PollResult:
+    """What one poll cycle did, for logs, `status` and metrics."""
+
+    spaces_checked: int = 0
+    spaces_read: int = 0
+    mirrored: int = 0
+    skipped: int = 0
+    parked: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+class GchatToDiscourse:
+    """Mirrors mapped room spaces into Discourse; one instance per process, one cycle at a time."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        chat: GoogleChatClient,
+        discourse: DiscourseClient,
+        users: UserDirectory,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        stop: threading.Event | None = None,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._chat = chat
+        self._discourse = discourse
+        self._users = users
+        self._clock = clock
+        self._stop = stop or threading.Event()
+        # One cycle at a time: the scheduler and a `backfill` must not mirror the same message.
+        self._lock = threading.Lock()
+
+    # -- entry points
+
+    def poll_once(self) -> PollResult:
+        """One cycle over every mapped room space."""
+        with self._lock:
+            started = time.monotonic()
+            result = PollResult()
+            try:
+                self._poll(result)
+            except CycleAborted as exc:
+                result.errors.append(str(exc))
+                logger.error("poll cycle aborted: %s", exc)
+            duration = time.monotonic() - started
+            self._store.set_status(
+                "last_poll",
+                _status_line(self._clock(), result, duration),
+            )
+            logger.info(
+                "poll cycle done in %.2fs: %d spaces checked, %d read, %d mirrored, "
+                "%d skipped, %d parked, %d errors",
+                duration,
+                result.spaces_checked,
+                result.spaces_read,
+                result.mirrored,
+                result.skipped,
+                result.parked,
+                len(result.errors),
+            )
+            return result
+
+    # -- cycle
+
+    def _poll(self, result: PollResult) -> None:
+        mappings = [m for m in self._config.mappings if _is_room_mapping(m)]
+        if not mappings:
+            return
+        spaces = self._fetch_spaces({m.google_space_id for m in mappings}, result)
+        for mapping in mappings:
+            if self._stop.is_set():
+                return
+            space = spaces.get(mapping.google_space_id)
+            if space is None:
+                continue
+            result.spaces_checked += 1
+            try:
+                self._poll_space(mapping, space, result)
+            except CycleAborted:
+                raise
+            except (ChatError, DiscourseError) as exc:
+                result.errors.append(f"{space.name}: {exc}")
+                logger.warning("poll of %s stopped: %s", space.name, exc)
+            except Exception as exc:  # per-item boundary: one space must not stop the others
+                result.errors.append(f"{space.name}: {exc!r}")
+                logger.exception("poll of %s failed", space.name)
+
+    def _fetch_spaces(self, wanted: set[str], result: PollResult) -> dict[str, ChatSpace]:
+        """The mapped spaces with their lastActiveTime, from as few spaces.list pages as can be."""
+        found: dict[str, ChatSpace] = {}
+        try:
+            for space in self._chat.list_spaces():
+                if space.name in wanted:
+                    found[space.name] = space
+                    if len(found) == len(wanted):
+                        break
+        except ChatAuthError as exc:
+            raise CycleAborted(f"Google refused the credentials: {exc}") from exc
+        except ChatError as exc:
+            raise CycleAborted(f"cannot list Chat spaces: {exc}") from exc
+        for name in sorted(wanted - found.keys()):
+            # Not in the listing: the account may have left the space. Ask once to say why.
+            try:
+                found[name] = self._chat.get_space(name)
+            except ChatAuthError as exc:
+                raise CycleAborted(f"Google refused the credentials: {exc}") from exc
+            except ChatError as exc:
+                result.errors.append(f"{name}: cannot read the space: {exc}")
+                logger.error("mapped space %s is not readable: %s", name, exc)
+        return found
+
+    def _poll_space(self, mapping: SpaceMapping, space: ChatSpace, result: PollResult) -> None:
+        last_active = space.last_active_time.isoformat() if space.last_active_time else None
+        if (
+            last_active is not None
+            and self._store.get_cursor(active_key(space.name)) == last_active
+        ):
+            return  # nothing new: no message request at all
+        category_id = self._category_for(mapping, space)
+        after = created_after(
+            self._store.get_cursor(cursor_key(space.name)),
+            self._config.sync.initial_history,
+            self._clock(),
+        )
+        result.spaces_read += 1
+        try:
+            messages = list(self._chat.list_messages(space.name, created_after=after))
+        except ChatAuthError as exc:
+            raise CycleAborted(f"Google refused the credentials: {exc}") from exc
+        fallback = _fallback_title(space)
+        linked = {m.name for m in messages if self._store.post_for_message(m.name) is not None}
+        threads = {
+            thread_of(m)
+            for m in messages
+            if self._store.topic_for_thread(thread_of(m)) is not None
+        }
+        for action in plan(
+            messages, linked_messages=linked, linked_threads=threads, fallback_title=fallback
+        ):
+            if self._stop.is_set():
+                return
+            if not self._apply(action, space, category_id, result):
+                return  # transient failure: keep order, try again next cycle
+            self._store.set_cursor(cursor_key(space.name), action.message.create_time_raw)
+        if last_active is not None:
+            self._store.set_cursor(active_key(space.name), last_active)
+
+    def _category_for(self, mapping: SpaceMapping, space: ChatSpace) -> int:
+        if mapping.discourse_category_id is not None:
+            return mapping.discourse_category_id
+        parent = mapping.discourse_parent_category_id
+        known = self._store.category_for_space(space.name)
+        if known is not None:
+            return known
+        name = (space.display_name or space.name)[:50]
+        try:
+            category = self._discourse.create_category(name, parent_category_id=parent)
+        except DiscourseRejected:
+            # Most likely the name is taken under this parent (an earlier run that crashed before
+            # storing the link, or an operator-made category): adopt it.
+            category = next(
+                (
+                    c
+                    for c in self._discourse.list_categories()
+                    if c.parent_category_id == parent and c.name.lower() == name.lower()
+                ),
+                None,
+            )
+            if category is None:
+                raise
+        self._store.set_category_for_space(space.name, category.id)
+        logger.info("space %s -> subcategory %d under %s", space.name, category.id, parent)
+        return category.id
+
+    # -- one action
+
+    def _apply(
+        self, action: Action, space: ChatSpace, category_id: int, result: PollResult
+    ) -> bool:
+        """Perform one action; False when the space must stop for this cycle."""
+        message = action.message
+        if isinstance(action, Skip):
+            logger.debug("skip %s: %s", message.name, action.reason)
+            result.skipped += 1
+            return True
+        if not self._due(message.name):
+            return False
+        try:
+            self._mirror(action, space, category_id)
+        except DiscourseAuthError as exc:
+            raise CycleAborted(f"Discourse refused the API key: {exc}") from exc
+        except ChatAuthError as exc:
+            raise CycleAborted(f"Google refused the credentials: {exc}") from exc
+        except DiscourseRejected as exc:
+            self._store.record_failure(
+                DIRECTION,
+                message.name,
+                f"Discourse refused it: {exc}",
+                max_attempts=1,
+                next_attempt_at=self._clock(),
+            )
+            logger.error("parked %s: Discourse refused it: %s", message.name, exc)
+            result.parked += 1
+            return True
+        except (DiscourseUnavailable, ChatError) as exc:
+            failure = self._store.record_failure(
+                DIRECTION,
+                message.name,
+                str(exc),
+                max_attempts=self._config.sync.max_attempts,
+                next_attempt_at=self._clock() + RETRY_BASE_DELAY,
+            )
+            if failure.parked:
+                logger.error(
+                    "parked %s after %d attempts: %s", message.name, failure.attempts, exc
+                )
+                result.parked += 1
+                return True
+            result.errors.append(f"{message.name}: {exc}")
+            logger.warning("will retry %s (attempt %d): %s", message.name, failure.attempts, exc)
+            return False
+        self._store.clear_failure(DIRECTION, message.name)
+        result.mirrored += 1
+        return True
+
+    def _due(self, gchat_message_name: str) -> bool:
+        failure = self._store.failure_for(DIRECTION, gchat_message_name)
+        if failure is None or failure.parked:
+            return failure is None
+        return failure.next_attempt_at <= self._clock()
+
+    def _mirror(
+        self, action: CreateTopic | CreateReply, space: ChatSpace, category_id: int
+    ) -> None:
+        message = action.message
+        author = self._users.author_for(message.sender, space.name)
+        raw = render_post(message, author, self._mention_lookup)
+        topic_id = self._store.topic_for_thread(action.gchat_thread_name)
+        if topic_id is None:
+            self._create_topic(action, author, raw, category_id, space)
+        else:
+            self._create_reply(message, action.gchat_thread_name, topic_id, author, raw)
+
+    def _create_topic(
+        self,
+        action: CreateTopic | CreateReply,
+        author: Author,
+        raw: str,
+        category_id: int,
+        space: ChatSpace,
+    ) -> None:
+        message = action.message
+        external_id = formatting.external_id_for_thread(action.gchat_thread_name)
+        if self._store.has_pending_write(message.name):
+            topic = self._discourse.find_topic_by_external_id(external_id)
+            if topic is not None and topic.post_ids:
+                logger.info("reconciled %s with existing topic %d", message.name, topic.id)
+                self._link(message, action.gchat_thread_name, topic.id, topic.post_ids[0], raw)
+                return
+        self._store.begin_write(message.name)
+        post = self._discourse.create_topic(
+            title=action.title,
+            raw=raw,
+            category_id=category_id,
+            external_id=external_id,
+            created_at=message.create_time,
+            as_user=author.discourse_username,
+        )
+        self._link(message, action.gchat_thread_name, post.topic_id, post.id, raw)
+        logger.info("mirrored %s -> topic %d (post %d)", message.name, post.topic_id, post.id)
+
+    def _create_reply(
+        self, message: ChatMessage, gchat_thread_name: str, topic_id: int, author: Author, raw: str
+    ) -> None:
+        if self._store.has_pending_write(message.name):
+            post_id = self._find_marked_post(topic_id, message.name)
+            if post_id is not None:
+                logger.info("reconciled %s with existing post %d", message.name, post_id)
+                self._link(message, gchat_thread_name, topic_id, post_id, raw)
+                return
+        self._store.begin_write(message.name)
+        post = self._discourse.create_post(
+            topic_id=topic_id,
+            raw=raw,
+            created_at=message.create_time,
+            as_user=author.discourse_username,
+        )
+        self._link(message, gchat_thread_name, topic_id, post.id, raw)
+        logger.info("mirrored %s -> post %d in topic %d", message.name, post.id, topic_id)
+
+    def _find_marked_post(self, topic_id: int, gchat_message_name: str) -> int | None:
+        try:
+            topic = self._discourse.get_topic(topic_id)
+        except DiscourseNotFound:
+            return None
+        recent = list(topic.post_ids[-RECONCILE_WINDOW:])
+        if not recent:
+            return None
+        for post in self._discourse.get_topic_posts(topic_id, recent):
+            if post.raw and formatting.find_origin_marker(post.raw) == gchat_message_name:
+                return post.id
+        return None
+
+    def _link(
+        self, message: ChatMessage, gchat_thread_name: str, topic_id: int, post_id: int, raw: str
+    ) -> None:
+        with self._store.transaction():
+            if self._store.topic_for_thread(gchat_thread_name) is None:
+                self._store.link_thread(gchat_thread_name, topic_id, message.space_name)
+            self._store.link_message(
+                message.name,
+                post_id,
+                gchat_thread_name=gchat_thread_name,
+                discourse_topic_id=topic_id,
+                origin="gchat",
+                content_hash=formatting.content_hash(raw),
+            )
+            self._store.finish_write(message.name)
+
+    def _mention_lookup(self, gchat_user_name: str) -> str | None:
+        link = self._store.user_for_gchat(gchat_user_name)
+        return link.discourse_username if link else None
+
+
+def _is_room_mapping(mapping: SpaceMapping) -> bool:
+    return (
+        mapping.discourse_category_id is not None
+        or mapping.discourse_parent_category_id is not None
+    )
+
+
+def _fallback_title(space: ChatSpace) -> Callable[[ChatMessage], str]:
+    label = space.display_name or space.name
+
+    def title(message: ChatMessage) -> str:
+        return f"Chat thread in {label} ({message.create_time:%Y-%m-%d %H:%M})"
+
+    return title
+
+
+def _status_line(now: datetime, result: PollResult, duration: float) -> str:
+    return json.dumps(
+        {
+            "time": now.isoformat(),
+            "ok": result.ok,
+            "errors": result.errors[:20],
+            "mirrored": result.mirrored,
+            "skipped": result.skipped,
+            "parked": result.parked,
+            "spaces_read": result.spaces_read,
+            "duration_seconds": round(duration, 3),
+        }
+    )

@@ -1,0 +1,302 @@
+"""Issue 4 acceptance, end to end: `python main.py` against both emulators."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.harness import (
+    BridgeProcess,
+    register_bridge_account,
+    run_main,
+    wait_for,
+    write_config,
+)
+
+pytestmark = pytest.mark.e2e
+
+BRIDGE_USER = "users/100000000000000000001"
+MARKER = re.compile(r"<!-- gchat:(spaces/[^ ]+/messages/[^ ]+) -->")
+
+
+class World:
+    """Both emulators, the bridge's account and config, and readers of the forum's state."""
+
+    def __init__(self, chat: Any, discourse: Any, tmp_path: Path) -> None:
+        self.chat = chat
+        self.discourse = discourse
+        self.tmp_path = tmp_path
+        self.people: list[dict[str, Any]] = []
+        # Discourse's real admin-API budget is 60 a minute; tests about other things lift it so
+        # that they run in seconds (the budget test sets it back).
+        discourse.control.settings(max_admin_api_reqs_per_minute=100000)
+        chat.control.create_user(
+            name=BRIDGE_USER, displayName="Bridge Bot", email="bridge@example.com"
+        )
+
+    def add_people(self, *names: str) -> list[str]:
+        made = []
+        for i, display in enumerate(names, start=len(self.people) + 1):
+            user = self.chat.control.create_user(
+                name=f"users/2000000000000000000{i:02d}",
+                displayName=display,
+                email=f"{display.lower().replace(' ', '.')}.{i}@example.com",
+            )
+            self.people.append(user)
+            made.append(user["name"])
+        return made
+
+    def add_space(self, display_name: str, members: list[str]) -> str:
+        space = self.chat.control.create_space(
+            displayName=display_name, spaceType="SPACE", members=[BRIDGE_USER, *members]
+        )
+        return space["name"]
+
+    def say(self, space: str, sender: str, text: str, thread: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"sender": sender, "text": text}
+        if thread:
+            body["threadName"] = thread
+        return self.chat.control.post_message(space.split("/", 1)[1], **body)
+
+    def category(self, name: str) -> int:
+        return int(self.discourse.control.create_category(name=name)["id"])
+
+    def config(self, mappings: list[dict[str, Any]], **kw: Any):
+        files = write_config(
+            self.tmp_path / "bridge",
+            chat_url=self.chat.url,
+            discourse_url=self.discourse.url,
+            mappings=mappings,
+            **kw,
+        )
+        if not files.token.exists():
+            register_bridge_account(self.chat.control, BRIDGE_USER, self.chat.url, files.token)
+        return files
+
+    # -- forum state
+
+    def live_posts(self) -> list[dict[str, Any]]:
+        state = self.discourse.control.state()
+        return [
+            p for p in state["posts"] if p.get("deleted_at") is None and p.get("post_type", 1) == 1
+        ]
+
+    def topics(self) -> list[dict[str, Any]]:
+        return [t for t in self.discourse.control.state()["topics"] if t.get("deleted_at") is None]
+
+    def markers(self) -> Counter[str]:
+        return Counter(m for p in self.live_posts() for m in MARKER.findall(p.get("raw") or ""))
+
+
+@pytest.fixture
+def world(chat_emulator: Any, discourse_emulator: Any, tmp_path: Path) -> World:
+    return World(chat_emulator, discourse_emulator, tmp_path)
+
+
+def run_once(files: Any) -> None:
+    done = run_main(["--config", str(files.config), "run", "--once"], timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_threads_become_topics_with_authors_in_order_and_later_polls_add_only_new(
+    world: World,
+) -> None:
+    ada, bob, cy, dee = world.add_people("Ada Lovelace", "Bob Stone", "Cy Young", "Dee Dee")
+    space = world.add_space("Team Room", [ada, bob, cy, dee])
+    category = world.category("Team Room")
+    authors = [ada, bob, cy, dee]
+    roots = {}
+    expected: dict[str, list[tuple[str, str]]] = {}
+    for size, opener in ((1, "Lunch plans for Friday?"), (5, "Release 2.3 checklist"),
+                         (40, "Incident review: login outage")):  # fmt: skip
+        root = world.say(space, authors[size % 4], opener)
+        thread = root["thread"]["name"]
+        roots[thread] = opener
+        expected[thread] = [(authors[size % 4], opener)]
+        for n in range(1, size):
+            sender = authors[n % 4]
+            text = f"reply {n} in {opener}"
+            world.say(space, sender, text, thread=thread)
+            expected[thread].append((sender, text))
+    files = world.config([{"google_space_id": space, "discourse_category_id": category}])
+    run_once(files)
+
+    topics = [t for t in world.topics() if t["category_id"] == category]
+    assert sorted(t["title"] for t in topics) == sorted(roots.values())
+    posts = world.live_posts()
+    assert len(posts) == 46
+    chat_people = {p["name"]: p for p in world.people}
+    forum_users = {u["username"]: u for u in world.discourse.control.state()["users"]}
+    for topic in topics:
+        in_topic = sorted(
+            (p for p in posts if p["topic_id"] == topic["id"]), key=lambda p: p["post_number"]
+        )
+        thread = next(t for t, title in roots.items() if title == topic["title"])
+        assert len(in_topic) == len(expected[thread])
+        for post, (sender, text) in zip(in_topic, expected[thread], strict=True):
+            assert text in post["raw"]
+            assert forum_users[post["username"]]["email"] == chat_people[sender]["email"]
+        # The first post is the message itself, not the title repeated.
+        assert in_topic[0]["raw"].count(topic["title"]) == 1
+
+    # A later poll adds only what is new.
+    world.say(
+        space,
+        bob,
+        "one more thing about the release",
+        thread=next(iter(t for t, title in roots.items() if title.startswith("Release"))),
+    )
+    world.say(space, cy, "A brand new topic about the offsite")
+    run_once(files)
+    assert len(world.live_posts()) == 48
+    assert len([t for t in world.topics() if t["category_id"] == category]) == 4
+    assert all(count == 1 for count in world.markers().values())
+
+
+def test_chat_sized_messages_land(world: World) -> None:
+    (ada,) = world.add_people("Ada Lovelace")
+    space = world.add_space("Short Talk", [ada])
+    category = world.category("Short Talk")
+    root = world.say(space, ada, "k")
+    thread = root["thread"]["name"]
+    texts = ["👍", "https://example.com", "same text", "same text", "same text", "?"]
+    for text in texts:
+        world.say(space, ada, text, thread=thread)
+    files = world.config([{"google_space_id": space, "discourse_category_id": category}])
+    run_once(files)
+    posts = sorted(world.live_posts(), key=lambda p: p["post_number"])
+    assert len(posts) == 1 + len(texts)
+    bodies = [MARKER.sub("", p["raw"]).strip() for p in posts]
+    assert bodies == ["k", *texts]
+    topic = world.topics()[0]
+    assert len(topic["title"]) >= 15
+
+
+def test_sigkill_in_the_middle_of_a_backfill_neither_loses_nor_duplicates(world: World) -> None:
+    people = world.add_people("Ada Lovelace", "Bob Stone", "Cy Young")
+    space = world.add_space("Busy Room", people)
+    category = world.category("Busy Room")
+    for t in range(10):
+        root = world.say(space, people[t % 3], f"Thread number {t} about the quarterly plan")
+        for n in range(29):
+            world.say(
+                space, people[n % 3], f"message {n} of thread {t}", thread=root["thread"]["name"]
+            )
+    # Slow the forum a little so that the kill lands in the middle of the backfill.
+    world.discourse.control.add_fault(
+        count=100000, latency_ms=15, method="POST", path_regex="^/posts"
+    )
+    files = world.config([{"google_space_id": space, "discourse_category_id": category}])
+    bridge = BridgeProcess(files)
+    try:
+        wait_for(lambda: len(world.live_posts()) >= 60, timeout=120, what="60 posts")
+        bridge.kill()
+        at_kill = len(world.live_posts())
+        assert at_kill < 300, "the backfill finished before the kill; the test proves nothing"
+        bridge = BridgeProcess(files)
+        wait_for(lambda: len(world.live_posts()) >= 300, timeout=180, what="300 posts")
+        bridge.wait_cycles(bridge.completed_cycles() + 2, timeout=60)
+    finally:
+        bridge.kill()
+    posts = world.live_posts()
+    assert len(posts) == 300
+    assert set(world.markers().values()) == {1}
+    topics = [t for t in world.topics() if t["category_id"] == category]
+    assert len(topics) == 10
+
+
+def test_backfill_within_the_admin_api_budget(world: World) -> None:
+    people = world.add_people("Ada Lovelace", "Bob Stone")
+    space = world.add_space("Budget Room", people)
+    category = world.category("Budget Room")
+    for t in range(4):
+        root = world.say(space, people[0], f"Budget thread {t} for the planning week")
+        for n in range(49):
+            world.say(
+                space,
+                people[n % 2],
+                f"budget message {n} in thread {t}",
+                thread=root["thread"]["name"],
+            )
+    # Discourse's real rule, 60 admin-API requests a minute, with time running 50x faster; the
+    # bridge is told the same budget in the same time unit.
+    scale = 50
+    world.discourse.control.settings(max_admin_api_reqs_per_minute=60, time_scale=scale)
+    files = world.config(
+        [{"google_space_id": space, "discourse_category_id": category}],
+        requests_per_minute=60,
+        extra_discourse={"rate_window_seconds": 60 / scale},
+    )
+    run_once(files)
+    assert len(world.live_posts()) == 200
+    assert set(world.markers().values()) == {1}
+    statuses = Counter(r["status"] for r in world.discourse.control.requests()["requests"])
+    assert statuses[429] <= 5, statuses
+
+
+def test_idle_poll_of_twenty_spaces_costs_one_chat_request_and_no_discourse_request(
+    world: World,
+) -> None:
+    (ada,) = world.add_people("Ada Lovelace")
+    mappings = []
+    for i in range(20):
+        space = world.add_space(f"Room {i}", [ada])
+        category = world.category(f"Room {i}")
+        world.say(space, ada, f"Hello from room number {i}")
+        mappings.append({"google_space_id": space, "discourse_category_id": category})
+    files = world.config(mappings)
+    run_once(files)
+    assert len(world.live_posts()) == 20
+    world.chat.control.clear_requests()
+    world.discourse.control.clear_requests()
+    run_once(files)
+    chat_requests = world.chat.control.requests()["requests"]
+    assert len(chat_requests) == 1, chat_requests
+    # Chat -> Discourse spends nothing; the one Discourse request is the other direction's
+    # catch-up pull of /posts.json.
+    discourse_requests = world.discourse.control.requests()["requests"]
+    assert [(r["method"], r["path"]) for r in discourse_requests] == [("GET", "/posts.json")]
+
+
+def test_daemon_polls_on_its_interval_and_stops_on_sigterm(world: World) -> None:
+    (ada,) = world.add_people("Ada Lovelace")
+    space = world.add_space("Live Room", [ada])
+    category = world.category("Live Room")
+    world.say(space, ada, "First message before the bridge starts")
+    files = world.config([{"google_space_id": space, "discourse_category_id": category}])
+    bridge = BridgeProcess(files)
+    try:
+        wait_for(lambda: len(world.live_posts()) == 1, timeout=60, what="the first post")
+        world.say(space, ada, "Second message while the bridge runs")
+        wait_for(lambda: len(world.live_posts()) == 2, timeout=60, what="the second post")
+        assert bridge.terminate(timeout=15) == 0
+    finally:
+        bridge.kill()
+
+
+def test_bad_config_exits_non_zero_naming_every_problem(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "discourse:\n"
+        "  url: 'http://127.0.0.1:8888'\n"
+        "  api_usernme: system\n"  # typo'd key
+        "google:\n"
+        "  token_file: token.json\n"
+        "sync_settings:\n"
+        "  poll_interval_minutes: soon\n"  # wrong type
+        "mappings:\n"
+        "  - google_space_id: spaces/AAAA\n"
+        "    discourse_category_id: 3\n"
+        "    discourse_parent_category_id: 4\n"  # both category keys
+    )
+    done = run_main(["--config", str(config)], timeout=60)
+    assert done.returncode != 0
+    err = done.stderr
+    assert "discourse.api_key" in err  # missing key (no env override in this environment)
+    assert "api_usernme" in err and "api_username" in err  # typo, with the suggestion
+    assert "poll_interval_minutes" in err
+    assert "mappings[0]" in err

@@ -1,0 +1,249 @@
+"""Identity: one Discourse user per Google Chat user, stable across restarts.
+
+Naming is pure (`username_candidates`, `sanitize_username`); `UserDirectory` does the I/O: it
+links a Chat user to an existing Discourse user with the same email, or creates one, and
+remembers the link in the store. Two people who share a display name never share an account:
+candidates after the first carry a suffix derived from the Google user id, and every candidate
+is checked against the store and the forum before use. When no account can be had, posts go out
+as the API user with an attribution line instead of being dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import secrets
+import threading
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from db import Store, UserLink
+from discourse_client import DiscourseClient, DiscourseError, DiscourseRejected, DiscourseUser
+from google_chat_client import ChatError, ChatUser, GoogleChatClient
+
+logger = logging.getLogger(__name__)
+
+MIN_USERNAME_LENGTH = 3
+MAX_USERNAME_LENGTH = 20
+# Discourse's default `reserved_usernames` plus the automatic group names, which share the
+# username namespace (reference §6.2).
+RESERVED_USERNAMES = frozenset(
+    (
+        "admin moderator administrator mod sys system community info you name username user "
+        "nickname discourse discourseorg discourseforum support all here everyone staff admins "
+        "moderators trust_level_0 trust_level_1 trust_level_2 trust_level_3 trust_level_4"
+    ).split()
+)
+_FORBIDDEN_SUFFIXES = (
+    ".json", ".js", ".css", ".htm", ".html", ".xml", ".jpg", ".jpeg", ".png", ".gif", ".bmp",
+    ".ico", ".tif", ".tiff", ".woff",
+)  # fmt: skip
+_INVALID_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+_SPECIAL_RUN = re.compile(r"[-_.]{2,}")
+_MAX_CANDIDATES = 6
+
+
+@dataclass(frozen=True, slots=True)
+class Author:
+    """Who a bridged post is written as, and the attribution line it needs (if any)."""
+
+    discourse_username: str
+    attribution: str | None = None
+
+
+def sanitize_username(base: str) -> str:
+    """Fold `base` into Discourse's ASCII username alphabet; may return "" if nothing is left."""
+    ascii_text = unicodedata.normalize("NFKD", base).encode("ascii", "ignore").decode("ascii")
+    name = _INVALID_CHARS.sub("_", ascii_text.strip())
+    # No two special characters in a row; keep the first of each run.
+    name = _SPECIAL_RUN.sub(lambda m: m.group(0)[0], name)
+    # Must begin with an alphanumeric or "_" and end with an alphanumeric.
+    name = name.lstrip("-.")
+    name = name[:MAX_USERNAME_LENGTH].rstrip("-_.")
+    return name
+
+
+def _is_acceptable(username: str) -> bool:
+    lowered = username.lower()
+    return (
+        MIN_USERNAME_LENGTH <= len(username) <= MAX_USERNAME_LENGTH
+        and lowered not in RESERVED_USERNAMES
+        and not lowered.endswith(_FORBIDDEN_SUFFIXES)
+        and _SPECIAL_RUN.search(username) is None
+        and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*[A-Za-z0-9]", username) is not None
+    )
+
+
+def _with_suffix(base: str, suffix: str) -> str:
+    room = MAX_USERNAME_LENGTH - len(suffix)
+    return base[:room].rstrip("-_.") + suffix
+
+
+def username_candidates(
+    display_name: str | None, email: str | None, gchat_user_name: str
+) -> Iterator[str]:
+    """Yield acceptable usernames for a Chat user, best first, deterministic for the same input.
+
+    The first is the display name (or the email's local part); later ones add a suffix derived
+    from the Google user id, so two people named "Alex Kim" get different, stable names.
+    """
+    gchat_user_id = gchat_user_name.rsplit("/", 1)[-1]
+    digest = hashlib.sha256(gchat_user_id.encode()).hexdigest()
+    bases: list[str] = []
+    for source in (display_name, (email or "").split("@", 1)[0]):
+        base = sanitize_username(source or "")
+        if base and base not in bases:
+            bases.append(base)
+    id_tail = sanitize_username(gchat_user_id)[-6:] or digest[:6]
+    bases.append(f"gchat_{id_tail}")
+    seen: set[str] = set()
+
+    def fresh(name: str) -> bool:
+        if name.lower() in seen or not _is_acceptable(name):
+            return False
+        seen.add(name.lower())
+        return True
+
+    for base in bases:
+        padded = base if len(base) >= MIN_USERNAME_LENGTH else f"{base}_gc"
+        if fresh(padded):
+            yield padded
+    base = next((b for b in bases if len(b) >= MIN_USERNAME_LENGTH), f"gchat_{id_tail}")
+    for i in range(0, len(digest) - 4, 4):
+        name = _with_suffix(base, f"_{digest[i : i + 4]}")
+        if fresh(name):
+            yield name
+
+
+def placeholder_email(gchat_user_name: str, domain: str) -> str:
+    """An address that receives no mail, unique per Chat user, for users without a known email."""
+    return f"gchat-{gchat_user_name.rsplit('/', 1)[-1].lower()}@{domain}"
+
+
+class UserDirectory:
+    """Maps Chat senders to Discourse users, creating or linking accounts on first sight."""
+
+    def __init__(
+        self,
+        store: Store,
+        discourse: DiscourseClient,
+        chat: GoogleChatClient,
+        *,
+        api_username: str,
+        email_domain: str,
+        create_users: bool = True,
+        new_user_trust_level: int = 1,
+    ) -> None:
+        self._store = store
+        self._discourse = discourse
+        self._chat = chat
+        self._api_username = api_username
+        self._email_domain = email_domain
+        self._create_users = create_users
+        self._trust_level = new_user_trust_level
+        self._lock = threading.Lock()
+        # Members of each space by user name; display names and emails are often missing from a
+        # message's sender under user auth (reference §6.3), so one members.list fills them in.
+        self._members: dict[str, dict[str, ChatUser]] = {}
+
+    def author_for(self, sender: ChatUser, gchat_space_name: str) -> Author:
+        """The Discourse account to post as for `sender`; never raises for a Discourse refusal."""
+        with self._lock:
+            link = self._store.user_for_gchat(sender.name)
+            if link is not None:
+                return Author(link.discourse_username)
+            person = self._complete(sender, gchat_space_name)
+            try:
+                link = self._link_or_create(person)
+            except DiscourseRejected as exc:
+                logger.warning(
+                    "cannot make a Discourse user for %s (%s); posting as %s with attribution",
+                    sender.name,
+                    exc,
+                    self._api_username,
+                )
+                link = None
+            if link is None:
+                return Author(self._api_username, attribution=_attribution(person))
+            return Author(link.discourse_username)
+
+    def _complete(self, sender: ChatUser, gchat_space_name: str) -> ChatUser:
+        if sender.display_name and sender.email:
+            return sender
+        if gchat_space_name not in self._members:
+            try:
+                members = self._chat.list_members(gchat_space_name)
+            except ChatError as exc:
+                logger.warning("cannot list members of %s: %s", gchat_space_name, exc)
+                members = []
+            self._members[gchat_space_name] = {m.name: m for m in members}
+        known = self._members[gchat_space_name].get(sender.name)
+        if known is None:
+            return sender
+        return ChatUser(
+            name=sender.name,
+            display_name=sender.display_name or known.display_name,
+            email=sender.email or known.email,
+            type=sender.type,
+        )
+
+    def _link_or_create(self, person: ChatUser) -> UserLink | None:
+        if person.email:
+            existing = self._discourse.find_user_by_email(person.email)
+            if existing is not None:
+                logger.info("linked %s to existing user %s", person.name, existing.username)
+                return self._remember(person, existing, created_by_bridge=False)
+        if not self._create_users:
+            return None
+        email = person.email or placeholder_email(person.name, self._email_domain)
+        for username in username_candidates(person.display_name, person.email, person.name):
+            if self._store.discourse_username_taken(username):
+                continue
+            if self._discourse.get_user(username) is not None:
+                continue
+            try:
+                created = self._discourse.create_user(
+                    name=person.display_name or username,
+                    username=username,
+                    email=email,
+                    password=secrets.token_urlsafe(24),
+                    active=True,
+                    approved=True,
+                )
+            except DiscourseRejected as exc:
+                # A group of that name, or a race with another creator: try the next candidate.
+                logger.info("username %s refused for %s: %s", username, person.name, exc)
+                continue
+            self._raise_trust_level(created)
+            logger.info("created Discourse user %s for %s", created.username, person.name)
+            return self._remember(person, created, created_by_bridge=True)
+        return None
+
+    def _raise_trust_level(self, user: DiscourseUser) -> None:
+        if self._trust_level <= user.trust_level:
+            return
+        try:
+            self._discourse.set_trust_level(user.id, self._trust_level)
+        except DiscourseError as exc:
+            # Not fatal: posts still go through with skip_validations; only limits differ.
+            logger.warning(
+                "cannot raise %s to trust level %d: %s", user.username, self._trust_level, exc
+            )
+
+    def _remember(
+        self, person: ChatUser, user: DiscourseUser, *, created_by_bridge: bool
+    ) -> UserLink:
+        return self._store.link_user(
+            gchat_user_name=person.name,
+            discourse_username=user.username,
+            discourse_user_id=user.id,
+            display_name=person.display_name,
+            email=person.email,
+            created_by_bridge=created_by_bridge,
+        )
+
+
+def _attribution(person: ChatUser) -> str:
+    return f"**{person.display_name or person.name}** (Google Chat):"
