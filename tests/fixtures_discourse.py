@@ -20,8 +20,7 @@ from typing import Any
 import pytest
 import requests
 
-from emulators._server import serve_in_thread
-from emulators.discourse import DiscourseEmulator
+from emulators.discourse import DiscourseEmulator, serve_fast
 from tests.emulators.discourse_contract import RecordingSession
 
 
@@ -110,7 +109,7 @@ class WebhookReceiver:
         self._cond = threading.Condition()
         self.received: list[ReceivedWebhook] = []
         self.status = 200
-        self._handle = serve_in_thread(self._app)
+        self._handle = serve_fast(self._app)
         self.url = self._handle.url + "/hook"
 
     def _app(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
