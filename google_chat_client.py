@@ -430,10 +430,35 @@ class _TokenFileCredentials(google.oauth2.credentials.Credentials):
         with self._refresh_lock:
             if self.token != seen_token and self.valid:
                 return  # another thread refreshed while we waited
+            self._adopt_new_grant()
             super().refresh(request)
             logger.info("refreshed the Google access token via %s", self.token_uri)
             if self._token_file is not None:
                 self._save(self._token_file)
+
+    def _adopt_new_grant(self) -> None:
+        """Pick up a refresh token written to the file since we read it.
+
+        After a revocation the operator runs `python main.py auth`, which writes a new grant to
+        the same file; the running service must use it without a restart.
+        """
+        if self._token_file is None:
+            return
+        try:
+            data = json.loads(self._token_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return  # keep what we have; the refresh itself will say what is wrong
+        if not isinstance(data, dict) or not data.get("refresh_token"):
+            return
+        if data["refresh_token"] == self.refresh_token:
+            return
+        logger.info("using the new Google grant found in %s", self._token_file)
+        # google-auth keeps these private; they are the fields a refresh reads.
+        self._refresh_token = data["refresh_token"]
+        self._client_id = data.get("client_id") or self._client_id
+        self._client_secret = data.get("client_secret") or self._client_secret
+        self._token_uri = data.get("token_uri") or self._token_uri
+        self._file_data = data
 
     def _save(self, token_file: Path) -> None:
         data = dict(self._file_data)

@@ -18,6 +18,7 @@ Invariants (DESIGN §3):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -339,7 +340,15 @@ class DiscourseToGchat:
                     "topic %d has no first post; reply %d not bridged", post.topic_id, post.id
                 )
                 return
-            self._bridge_post(first)
+            # A single post read carries no topic context (title, category); the reply does.
+            self._bridge_post(
+                dataclasses.replace(
+                    first,
+                    category_id=first.category_id or post.category_id,
+                    topic_title=first.topic_title or post.topic_title,
+                    topic_archetype=first.topic_archetype or post.topic_archetype,
+                )
+            )
             if self._store.thread_for_topic(post.topic_id) is None:
                 logger.info("reply %d not bridged: its topic is not bridged", post.id)
                 return

@@ -50,11 +50,27 @@ class BridgeFiles:
     log: Path
     database: Path
     token: Path
+    webhook_port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.webhook_port}"
+
+    @property
+    def webhook_url(self) -> str:
+        return f"{self.base_url}/discourse-webhook"
 
 
-def register_bridge_account(chat_control: Any, user: str, chat_url: str, token_path: Path) -> None:
-    """Give the bridge a Chat account: a refresh token in the emulator and a token file for it."""
-    tokens = chat_control.add_token(user=user, refresh_token=f"refresh-{user.split('/')[-1]}")
+def register_bridge_account(
+    chat_control: Any, user: str, chat_url: str, token_path: Path, *, grant: str = "first"
+) -> None:
+    """Give the bridge a Chat account: a refresh token in the emulator and a token file for it.
+
+    This is what `python main.py auth` leaves behind; a new `grant` stands for running it again.
+    """
+    tokens = chat_control.add_token(
+        user=user, refresh_token=f"refresh-{grant}-{user.split('/')[-1]}"
+    )
     token_path.write_text(
         json.dumps(
             {
@@ -89,6 +105,7 @@ def write_config(
         log=directory / "bridge.log",
         database=directory / "bridge.sqlite",
         token=directory / "token.json",
+        webhook_port=free_port(),
     )
     config = {
         "discourse": {
@@ -107,7 +124,7 @@ def write_config(
         "sync_settings": {
             "poll_interval_seconds": poll_interval_seconds,
             "webhook_host": "127.0.0.1",
-            "webhook_port": free_port(),
+            "webhook_port": files.webhook_port,
             "database": str(files.database),
             "log_file": str(files.log),
             "initial_history": "all",

@@ -2,99 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.harness import (
-    BridgeProcess,
-    register_bridge_account,
-    run_main,
-    wait_for,
-    write_config,
-)
+from tests.e2e.harness import BridgeProcess, run_main, wait_for
+from tests.e2e.world import World
 
 pytestmark = pytest.mark.e2e
-
-BRIDGE_USER = "users/100000000000000000001"
-MARKER = re.compile(r"<!-- gchat:(spaces/[^ ]+/messages/[^ ]+) -->")
-
-
-class World:
-    """Both emulators, the bridge's account and config, and readers of the forum's state."""
-
-    def __init__(self, chat: Any, discourse: Any, tmp_path: Path) -> None:
-        self.chat = chat
-        self.discourse = discourse
-        self.tmp_path = tmp_path
-        self.people: list[dict[str, Any]] = []
-        # Discourse's real admin-API budget is 60 a minute; tests about other things lift it so
-        # that they run in seconds (the budget test sets it back).
-        discourse.control.settings(max_admin_api_reqs_per_minute=100000)
-        chat.control.create_user(
-            name=BRIDGE_USER, displayName="Bridge Bot", email="bridge@example.com"
-        )
-
-    def add_people(self, *names: str) -> list[str]:
-        made = []
-        for i, display in enumerate(names, start=len(self.people) + 1):
-            user = self.chat.control.create_user(
-                name=f"users/2000000000000000000{i:02d}",
-                displayName=display,
-                email=f"{display.lower().replace(' ', '.')}.{i}@example.com",
-            )
-            self.people.append(user)
-            made.append(user["name"])
-        return made
-
-    def add_space(self, display_name: str, members: list[str]) -> str:
-        space = self.chat.control.create_space(
-            displayName=display_name, spaceType="SPACE", members=[BRIDGE_USER, *members]
-        )
-        return space["name"]
-
-    def say(self, space: str, sender: str, text: str, thread: str | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"sender": sender, "text": text}
-        if thread:
-            body["threadName"] = thread
-        return self.chat.control.post_message(space.split("/", 1)[1], **body)
-
-    def category(self, name: str) -> int:
-        return int(self.discourse.control.create_category(name=name)["id"])
-
-    def config(self, mappings: list[dict[str, Any]], **kw: Any):
-        files = write_config(
-            self.tmp_path / "bridge",
-            chat_url=self.chat.url,
-            discourse_url=self.discourse.url,
-            mappings=mappings,
-            **kw,
-        )
-        if not files.token.exists():
-            register_bridge_account(self.chat.control, BRIDGE_USER, self.chat.url, files.token)
-        return files
-
-    # -- forum state
-
-    def live_posts(self) -> list[dict[str, Any]]:
-        state = self.discourse.control.state()
-        return [
-            p for p in state["posts"] if p.get("deleted_at") is None and p.get("post_type", 1) == 1
-        ]
-
-    def topics(self) -> list[dict[str, Any]]:
-        return [t for t in self.discourse.control.state()["topics"] if t.get("deleted_at") is None]
-
-    def markers(self) -> Counter[str]:
-        return Counter(m for p in self.live_posts() for m in MARKER.findall(p.get("raw") or ""))
-
-
-@pytest.fixture
-def world(chat_emulator: Any, discourse_emulator: Any, tmp_path: Path) -> World:
-    return World(chat_emulator, discourse_emulator, tmp_path)
 
 
 def run_once(files: Any) -> None:
@@ -170,7 +87,7 @@ def test_chat_sized_messages_land(world: World) -> None:
     run_once(files)
     posts = sorted(world.live_posts(), key=lambda p: p["post_number"])
     assert len(posts) == 1 + len(texts)
-    bodies = [MARKER.sub("", p["raw"]).strip() for p in posts]
+    bodies = [World.body(p) for p in posts]
     assert bodies == ["k", *texts]
     topic = world.topics()[0]
     assert len(topic["title"]) >= 15
