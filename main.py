@@ -77,8 +77,14 @@ def setup_logging(config: Config) -> None:
 
 def build_runtime(config: Config, stop: threading.Event) -> Runtime:
     store = Store(config.sync.database)
+
+    def sleep(seconds: float) -> None:
+        # Backoff and rate-limit waits end early on shutdown, so SIGTERM is never stuck behind
+        # a 60 s Retry-After; the loops check `stop` between items.
+        stop.wait(seconds)
+
     chat = GoogleChatClient.from_token_file(
-        config.google.token_file, api_endpoint=config.google.api_endpoint
+        config.google.token_file, api_endpoint=config.google.api_endpoint, sleep=sleep
     )
     discourse = DiscourseClient(
         config.discourse.url,
@@ -87,6 +93,7 @@ def build_runtime(config: Config, stop: threading.Event) -> Runtime:
         requests_per_minute=config.discourse.requests_per_minute,
         rate_window_seconds=config.discourse.rate_window_seconds,
         timeout_seconds=config.discourse.timeout_seconds,
+        sleep=sleep,
     )
     users = UserDirectory(
         store,

@@ -194,8 +194,11 @@ class DiscourseToGchat:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         wake: threading.Event | None = None,
+        chat_message_handler: Callable[[str, Mapping[str, Any]], None] | None = None,
     ) -> None:
         self._config = config
+        # Discourse chat events (DM channels) are handled by the DM sync, wired in by main.py.
+        self._chat_message_handler = chat_message_handler
         self._store = store
         self._chat = chat
         self._discourse = discourse
@@ -314,6 +317,10 @@ class DiscourseToGchat:
 
     def handle(self, event_name: str, body: Mapping[str, Any]) -> None:
         """Carry out one stored event. Raises the clients' exceptions for the worker to sort."""
+        if event_name.startswith("chat_message_"):
+            if self._chat_message_handler is not None:
+                self._chat_message_handler(event_name, body)
+            return
         if event_name != "post_created":
             # Edits, deletions and chat messages are carried by later issues; acknowledged here.
             logger.debug("no handler for %s yet", event_name)

@@ -31,9 +31,20 @@ class ServerHandle:
         self.thread.join(timeout=5)
 
 
-def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0) -> ServerHandle:
-    """Start `app` on `host:port` (0 picks a free port) in a daemon thread, threaded per request."""
+def serve_in_thread(
+    app: Any, host: str = "127.0.0.1", port: int = 0, *, poll_interval: float = 0.05
+) -> ServerHandle:
+    """Start `app` on `host:port` (0 picks a free port) in a daemon thread, threaded per request.
+
+    `poll_interval` is how often the server checks for shutdown: werkzeug's default of 0.5 s
+    would add half a second to every test's teardown.
+    """
     server = make_server(host, port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name=f"wsgi-{server.port}", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": poll_interval},
+        name=f"wsgi-{server.port}",
+        daemon=True,
+    )
     thread.start()
     return ServerHandle(server=server, thread=thread, app=app)
