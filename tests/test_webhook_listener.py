@@ -1,0 +1,190 @@
+"""The webhook route verifies, parses, stores, acknowledges; health and metrics routes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from metrics import BridgeMetrics
+from sync_discourse_to_gchat import inbox_keys
+from webhook_listener import (
+    WEBHOOK_PATH,
+    Readiness,
+    WebhookConfigError,
+    WebhookDelivery,
+    create_app,
+    signature_for,
+    signature_ok,
+)
+
+SECRET = "a-webhook-secret-of-some-length"
+POST_BODY = {"post": {"id": 7, "topic_id": 3, "post_number": 1, "version": 1}}
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.items: list[WebhookDelivery] = []
+
+    def __call__(self, delivery: WebhookDelivery) -> bool:
+        if any(i.event_id == delivery.event_id and i.event_id for i in self.items):
+            return False
+        self.items.append(delivery)
+        return True
+
+
+def make(inbox: Inbox | None = None, **kw: Any) -> tuple[Any, Inbox]:
+    inbox = inbox or Inbox()
+    app = create_app(secret=kw.pop("secret", SECRET), enqueue=inbox, **kw)
+    return app.test_client(), inbox
+
+
+def send(client: Any, body: bytes, *, event: str = "post_created", signature: str | None = "auto",
+         event_id: str = "1", content_type: str = "application/json") -> Any:  # fmt: skip
+    headers = {"X-Discourse-Event": event, "X-Discourse-Event-Type": event.split("_")[0],
+               "X-Discourse-Event-Id": event_id, "Content-Type": content_type}  # fmt: skip
+    if signature == "auto":
+        headers["X-Discourse-Event-Signature"] = signature_for(SECRET, body)
+    elif signature is not None:
+        headers["X-Discourse-Event-Signature"] = signature
+    return client.post(WEBHOOK_PATH, data=body, headers=headers)
+
+
+def test_discourse_test_vector() -> None:
+    # Discourse's own test suite: this secret and body give exactly this signature.
+    assert (
+        signature_for("my_lovely_secret_for_web_hook", b'{"ping":"OK"}')
+        == "sha256=162f107f6b5022353274eb1a7197885cfd35744d8d08e5bcea025d309386b7d6"
+    )
+
+
+def test_a_signed_event_is_stored_before_the_answer() -> None:
+    client, inbox = make()
+    body = json.dumps(POST_BODY).encode()
+    answer = send(client, body)
+    assert answer.status_code == 200 and answer.json["status"] == "queued"
+    assert [(d.event_name, d.body, d.raw_body) for d in inbox.items] == [
+        ("post_created", POST_BODY, body.decode())
+    ]
+    again = send(client, body)
+    assert again.status_code == 200 and again.json["status"] == "duplicate"
+
+
+@pytest.mark.parametrize(
+    "signature",
+    [None, "", "sha256=", "sha256=00", "md5=abc", signature_for("another-secret-xyz", b"{}")],
+)
+def test_bad_signatures_are_401_and_store_nothing(signature: str | None) -> None:
+    client, inbox = make()
+    answer = send(client, json.dumps(POST_BODY).encode(), signature=signature)
+    assert answer.status_code == 401
+    assert inbox.items == []
+
+
+@pytest.mark.parametrize("body", [b"", b"{", b"[1]", b'"text"', b"null", b"\xff\xfe\x00"])
+def test_bodies_that_are_not_a_json_object_are_400(body: bytes) -> None:
+    client, inbox = make()
+    assert send(client, body).status_code == 400
+    assert inbox.items == []
+
+
+def test_oversized_bodies_are_413() -> None:
+    client, inbox = make(max_body_bytes=1024)
+    body = json.dumps({"post": {"raw": "x" * 2000}}).encode()
+    assert send(client, body).status_code == 413
+    assert inbox.items == []
+
+
+def test_ping_and_unknown_events_are_acknowledged_not_stored() -> None:
+    client, inbox = make()
+    assert send(client, b'{"ping":"OK"}', event="ping").status_code == 200
+    assert send(client, b'{"user":{"id":1}}', event="user_logged_in").status_code == 200
+    assert inbox.items == []
+
+
+def test_a_payload_the_inbox_cannot_use_is_422() -> None:
+    def refuse(_delivery: WebhookDelivery) -> bool:
+        raise ValueError("id missing or not an integer")
+
+    client = create_app(secret=SECRET, enqueue=refuse).test_client()
+    assert send(client, b'{"post":{}}').status_code == 422
+
+
+def test_a_store_failure_is_503() -> None:
+    def broken(_delivery: WebhookDelivery) -> bool:
+        raise OSError("database is locked")
+
+    client = create_app(secret=SECRET, enqueue=broken).test_client()
+    assert send(client, json.dumps(POST_BODY).encode()).status_code == 503
+
+
+def test_no_secret_refuses_to_start_unless_unsigned_is_allowed() -> None:
+    with pytest.raises(WebhookConfigError, match="webhook_secret"):
+        create_app(secret=None, enqueue=Inbox())
+    client, inbox = make(secret=None, allow_unsigned=True)
+    assert send(client, json.dumps(POST_BODY).encode(), signature=None).status_code == 200
+    assert len(inbox.items) == 1
+
+
+def test_health_readiness_and_metrics() -> None:
+    state = {"ready": Readiness(True)}
+    metrics = BridgeMetrics()
+    metrics.watch(
+        inbox_depth=lambda: 4,
+        dead_letters=lambda: 1,
+        parked=lambda: 2,
+        requests=lambda: {"discourse": 10, "google_chat": 20},
+        rate_limited=lambda: {"discourse": 1, "google_chat": 0},
+    )
+    metrics.bridged.labels("gchat_to_discourse").inc(3)
+    client, _ = make(readiness=lambda: state["ready"], registry=metrics.registry)
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 200
+    state["ready"] = Readiness(False, ("last poll failed: Google refused the credentials",))
+    answer = client.get("/readyz")
+    assert answer.status_code == 503 and "Google" in answer.json["reasons"][0]
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'gchat_discourse_messages_bridged_total{direction="gchat_to_discourse"} 3.0' in text
+    assert "gchat_discourse_inbox_depth 4.0" in text
+    assert 'gchat_discourse_requests_total{platform="google_chat"} 20.0' in text
+
+
+def test_signature_ok_is_exact() -> None:
+    body = b'{"a":1}'
+    good = signature_for(SECRET, body)
+    assert signature_ok(SECRET, body, good)
+    assert signature_ok(SECRET, body, f"  {good} ")
+    assert not signature_ok(SECRET, body, good.upper())
+    assert not signature_ok(SECRET, body + b" ", good)
+    assert not signature_ok(SECRET, body, None)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    body=st.one_of(st.binary(max_size=200), json_values.map(lambda v: json.dumps(v).encode())),
+    signed=st.booleans(),
+    event=st.sampled_from(["post_created", "post_edited", "topic_created", "ping", "", "x" * 300]),
+)
+def test_no_input_makes_the_route_fail_with_5xx(body: bytes, signed: bool, event: str) -> None:
+    def strict_inbox(delivery: WebhookDelivery) -> bool:
+        # The real inbox refuses payloads without ids with ValueError, through inbox_keys.
+        inbox_keys(delivery.event_name, delivery.body)
+        return True
+
+    client = create_app(secret=SECRET, enqueue=strict_inbox).test_client()
+    answer = send(client, body, event=event, signature="auto" if signed else None)
+    assert answer.status_code < 500
+    if not signed:
+        assert answer.status_code == 401
