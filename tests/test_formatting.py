@@ -1,0 +1,425 @@
+"""Table tests for formatting.py: documented syntax of both platforms, case by case.
+
+Sources cited in each case id / comment:
+- GCF: Google Chat "Format messages" (developers.google.com/workspace/chat/format-messages),
+  syntax table: bold, italic, strikethrough, monospace, monospace block, bulleted list,
+  hyperlink `<url|text>`, mention `<users/{user}>`, `<users/all>`.
+- GCT: Google Chat "text messages" guide (…/chat/api/guides/message-formats/text): plain URLs are
+  auto-linked; "The pipe and link text are optional, so <https://example.com/foo> and
+  https://example.com/foo are equivalent".
+- GCR: /work/shared/reference/google-chat-api.md (§4 text formatting and size limit; §2.3
+  formattedText: block quotes, custom emoji `:name:`).
+- CM: CommonMark spec 0.31 (what Discourse's markdown-it parses): sections 2.4 backslash
+  escapes, 4.1 thematic breaks, 4.2 ATX headings, 4.3 setext headings, 4.4 indented code,
+  4.5 fenced code, 4.6 HTML blocks, 5.1 block quotes, 5.2/5.3 lists, 6.1 code spans,
+  6.2 emphasis, 6.3 links, 6.4 images, 6.5 autolinks, 6.6 raw HTML, 6.7 hard line breaks.
+- GFM: strikethrough `~~x~~` and tables (extensions Discourse enables).
+- DR: /work/shared/reference/discourse-api.md (§7 upload markdown `![name|WxH](upload://…)`,
+  `[file|attachment](upload://…) (size)`, `/uploads/short-url/`; §3.1 title rules; §2 external_id;
+  "What a bridge must get right" 2 and 12: HTML-comment markers, external_id format).
+- DM: Discourse markdown features (discourse-markdown-it): mentions matcher
+  `@(\\w[\\w.-]{0,58}\\w)|@(\\w)`, BBCode `[quote="user, post:N, topic:M"]`, `[details=…]`,
+  `[poll]`, `:emoji:` codes with `:t2:`–`:t6:` skin tones, raw HTML `<b>`, `<br>`.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import formatting as f
+
+WJ = f.WORD_JOINER
+ZW = f.ZWSP
+CHAT_TO_DISCOURSE = {"users/111": "ada", "users/222": "bob.smith"}
+DISCOURSE_TO_CHAT = {v: k for k, v in CHAT_TO_DISCOURSE.items()}
+NAMES = {"users/333": "Carol Jones"}
+BASE = "https://forum.example.org"
+
+
+def to_discourse(text: str) -> str:
+    return f.gchat_to_discourse_markdown(
+        text, mention_lookup=CHAT_TO_DISCOURSE.get, display_name_lookup=NAMES.get
+    )
+
+
+def to_chat(raw: str) -> str:
+    return f.discourse_to_gchat_text(raw, base_url=BASE, mention_lookup=DISCOURSE_TO_CHAT.get)
+
+
+# (id naming the documented syntax, Chat text, expected Discourse markdown)
+CHAT_TO_DISCOURSE_CASES = [
+    ("GCF-bold", "*hello*", "**hello**"),
+    ("GCF-italic", "_hello_", "_hello_"),
+    ("GCF-strike", "~hello~", "~~hello~~"),
+    ("GCF-monospace", "`hello`", "`hello`"),
+    ("GCF-monospace-keeps-markup", "`*not bold* <users/111>`", "`*not bold* <users/111>`"),
+    ("GCF-adjacent-monospace-CM6.1", "`a``b`", "`a`<!-- -->`b`"),
+    ("GCF-monospace-block", "```\nHello\nWorld\n```", "```\nHello\nWorld\n```"),
+    ("GCF-monospace-block-one-line", "```Hello World```", "```\nHello World\n```"),
+    ("GCF-block-is-literal", "```\n# x *y* @z\n```", "```\n# x *y* @z\n```"),
+    ("GCF-block-closes-at-first-fence", "```\na ``` b\n```", "```\na \n```\n\nb\n\\`\\`\\`"),
+    ("GCF-bullets-star", "* first\n* second", "- first\n- second"),
+    ("GCF-bullets-hyphen", "- first\n- second", "- first\n- second"),
+    ("GCF-bullets-after-text-CM5.3", "Shopping:\n* milk", "Shopping:\n- milk"),
+    ("GCF-bullet-with-bold", "* *urgent* fix", "- **urgent** fix"),
+    (
+        "GCF-pizza-example",
+        "Your pizza delivery *has arrived*!\nThank you for using _Cymbal Pizza!_",
+        "Your pizza delivery **has arrived**!\nThank you for using _Cymbal Pizza!_",
+    ),
+    ("GCF-nested-bold-italic", "*_both_*", "**_both_**"),
+    ("GCF-strike-bold", "~*x*~", "~~**x**~~"),
+    (
+        "GCF-hyperlink",
+        "<https://example.com|Example website>",
+        "[Example website](<https://example.com>)",
+    ),
+    ("GCT-link-no-label", "<https://example.com/foo>", "https://example.com/foo"),
+    ("GCT-bare-url", "see https://example.com/foo now", "see https://example.com/foo now"),
+    ("GCT-bare-url-trailing-dot", "go to https://example.com.", "go to https://example.com."),
+    ("GCT-url-with-underscores-CM6.5", "https://e.com/a_b_c", "<https://e.com/a_b_c>"),
+    ("GCT-link-label-escaped", "<https://e.com|[x] *y*>", "[\\[x\\] \\*y\\*](<https://e.com>)"),
+    ("GCF-mention-mapped", "hi <users/111>!", "hi @ada!"),
+    ("GCF-mention-mapped-dot", "<users/222> ok", "@bob.smith ok"),
+    ("GCF-mention-unmapped-display", "ping <users/333>", f"ping @{WJ}Carol Jones"),
+    ("GCF-mention-unmapped-unknown", "<users/999>", f"@{WJ}unknown user"),
+    ("GCF-mention-all", "<users/all> meeting now", f"@{WJ}all meeting now"),
+    ("DM-plain-at-name-no-ping", "@bob said hi", f"@{WJ}bob said hi"),
+    ("DM-email-untouched", "mail me@example.com", "mail me@example.com"),
+    ("CM4.2-leading-hash", "# not a heading", "\\# not a heading"),
+    ("CM4.2-leading-hashes", "## two", "\\## two"),
+    ("GCR-quote", "> quoted text", "> quoted text"),
+    ("CM5.1-gt-not-quote", ">not a quote", "\\>not a quote"),
+    ("CM5.3-ordered-marker", "1. not a list", "1\\. not a list"),
+    ("CM5.3-ordered-paren", "2) x", "2\\) x"),
+    ("CM5.2-plus-marker", "+ plus", "\\+ plus"),
+    ("CM4.1-thematic-break", "---", "\\---"),
+    ("CM4.3-setext", "Title\n===", "Title\n\\==="),
+    ("CM4.4-indented-code", "    indented", "indented"),
+    ("DM-bbcode-quote", "[quote]hi[/quote]", "\\[quote\\]hi\\[/quote\\]"),
+    ("DM-bbcode-details", "[details=x]y[/details]", "\\[details=x\\]y\\[/details\\]"),
+    ("CM6.6-html-tag", "<b>x</b>", "\\<b\\>x\\</b\\>"),
+    ("CM6.6-html-comment", "<!-- c -->", "\\<!-- c --\\>"),
+    ("CM2.5-entity", "&amp; &copy;", "\\&amp; \\&copy;"),
+    ("CM6.2-literal-stars", "2 * 3 * 4", "2 \\* 3 \\* 4"),
+    ("CM6.2-intraword-underscore", "snake_case_name", "snake\\_case\\_name"),
+    ("CM6.2-unclosed-bold", "*not bold", "\\*not bold"),
+    ("CM6.2-space-before-closer", "*not bold *", "\\*not bold \\*"),
+    ("CM6.3-literal-link-syntax", "[x](y) ![i](u)", "\\[x\\](y) !\\[i\\](u)"),
+    ("GFM-table-pipe", "a | b", "a \\| b"),
+    ("CM2.4-backslash", "C:\\dir", "C:\\\\dir"),
+    ("GFM-tilde-literal", "~ approx", "\\~ approx"),
+    ("DM-emoji-kept", "party :tada:", "party :tada:"),
+    ("GCR-unicode", "héllo ✓ 👍", "héllo ✓ 👍"),
+    ("GCF-blank-lines", "a\n\n\n\nb", "a\n\nb"),
+    ("GCF-list-then-text-CM5.2", "* a\nafter", "- a\n\nafter"),
+    ("GCR-quote-then-text-CM5.1", "> q\nafter", "> q\n\nafter"),
+    ("GCF-crlf", "a\r\nb", "a\nb"),
+    ("GCF-empty", "", ""),
+]
+
+
+@pytest.mark.parametrize(
+    ("chat_text", "expected"),
+    [pytest.param(c, e, id=i) for i, c, e in CHAT_TO_DISCOURSE_CASES],
+)
+def test_chat_to_discourse(chat_text: str, expected: str) -> None:
+    assert to_discourse(chat_text) == expected
+
+
+# (id naming the documented syntax, Discourse raw, expected Chat text)
+DISCOURSE_TO_CHAT_CASES = [
+    ("CM6.2-strong-stars", "**bold**", "*bold*"),
+    ("CM6.2-strong-underscores", "__bold__", "*bold*"),
+    ("CM6.2-em-star", "*it*", "_it_"),
+    ("CM6.2-em-underscore", "_it_", "_it_"),
+    ("CM6.2-strong-em", "***both***", "_*both*_"),
+    ("GFM-strike", "~~gone~~", "~gone~"),
+    ("CM6.1-code-span", "`code`", "`code`"),
+    ("CM6.1-code-span-backtick", "``a`b``", "`a\u02cbb`"),
+    ("CM6.1-code-keeps-emoji-code", "`:smile:`", "`:smile:`"),
+    ("CM4.5-fence", "```python\nprint(1)\n```", "```\nprint(1)\n```"),
+    ("CM4.5-tilde-fence", "~~~\nx\n~~~", "```\nx\n```"),
+    ("CM4.5-fence-with-backticks", "````\na ``` b\n````", f"```\na `{ZW}`{ZW}` b\n```"),
+    ("CM4.4-indented-code", "    code", "```\ncode\n```"),
+    ("CM4.2-atx-heading", "# Release notes", "*Release notes*"),
+    ("CM4.2-heading-with-bold", "### Plan **now**", "*Plan now*"),
+    ("CM4.3-setext-heading", "Title\n=====", "*Title*"),
+    ("CM5.1-quote", "> quoted\n> more", "> quoted\n> more"),
+    ("CM5.2-bullets", "- a\n- b", "- a\n- b"),
+    ("CM5.2-nested", "* a\n  * b", "- a\n    - b"),
+    ("CM5.2-ordered", "1. one\n2. two", "1. one\n2. two"),
+    ("CM5.2-ordered-start", "3) three", "3. three"),
+    ("CM4.1-hr", "a\n\n---\n\nb", "a\n\n---\n\nb"),
+    ("CM6.3-link", "[docs](https://example.com/docs)", "<https://example.com/docs|docs>"),
+    ("CM6.3-link-relative", "[topic](/t/slug/12)", f"<{BASE}/t/slug/12|topic>"),
+    ("CM6.3-link-label-markup", "[**bold** link](https://e.com)", "<https://e.com|bold link>"),
+    ("CM6.3-link-label-pipe", "[a|b](https://e.com)", "a|b (https://e.com)"),
+    ("CM6.5-autolink", "<https://example.com>", "https://example.com"),
+    ("CM6.5-autolink-pipe", "<https://evil|click>", "https://evil|click"),
+    ("CM6.5-email-autolink", "<a@b.com>", "a@b.com"),
+    ("DM-onebox-bare-url", "https://example.com/page", "https://example.com/page"),
+    (
+        "DR7-image-upload",
+        "![cat|690x400](upload://r3AYqoSn7W3wrFc5PjFAOFCBmHs.png)",
+        f"<{BASE}/uploads/short-url/r3AYqoSn7W3wrFc5PjFAOFCBmHs.png|cat>",
+    ),
+    (
+        "DR7-video-upload",
+        "![clip|video](upload://abc.mp4)",
+        f"<{BASE}/uploads/short-url/abc.mp4|clip>",
+    ),
+    (
+        "DR7-attachment",
+        "[doc.pdf|attachment](upload://xyz.pdf) (12 KB)",
+        f"<{BASE}/uploads/short-url/xyz.pdf|doc.pdf> (12 KB)",
+    ),
+    ("CM6.4-image-no-alt", "![](https://e.com/i.png)", "<https://e.com/i.png|image>"),
+    (
+        "CM6.4-image-relative",
+        "![x](/uploads/default/original/1X/a.png)",
+        f"<{BASE}/uploads/default/original/1X/a.png|x>",
+    ),
+    ("DM-mention-mapped", "thanks @ada!", "thanks <users/111>!"),
+    ("DM-mention-dot", "@bob.smith.", "<users/222>."),
+    ("DM-mention-unmapped", "@carol hi", "@carol hi"),
+    ("DM-mention-in-email", "a@b.com", "a@b.com"),
+    ("DM-mention-in-code", "`@ada`", "`@ada`"),
+    ("DM-emoji", ":smile: :+1:", "😄 👍"),
+    ("DM-emoji-skin-tone", ":wave:t4:", "👋\U0001f3fd"),
+    ("DM-emoji-unknown", ":not_an_emoji:", ":not_an_emoji:"),
+    (
+        "DM-quote-bbcode",
+        '[quote="alice, post:3, topic:7"]\nhello **you**\n[/quote]',
+        "alice wrote:\n> hello *you*",
+    ),
+    ("DM-quote-bbcode-anonymous", "[quote]\nplain\n[/quote]", "> plain"),
+    ("DM-quote-bbcode-twice", "[quote]\na\n[/quote]\n[quote]\nb\n[/quote]", "> a\n\n> b"),
+    (
+        "DM-quote-bbcode-in-list",
+        '- item\n  [quote="bob, post:1"]\n  hi\n  [/quote]',
+        "- item\n    bob wrote:\n    > hi",
+    ),
+    ("DM-quote-bbcode-unclosed", "[quote]\nnever closed", "[quote]\nnever closed"),
+    (
+        "DM-details",
+        '[details="More info"]\nhidden *text*\n[/details]',
+        "*▸ More info*\nhidden _text_",
+    ),
+    ("DM-details-one-line", "[details=Sum]body[/details]", "*▸ Sum*\nbody"),
+    (
+        "DM-poll",
+        "[poll type=regular]\n* yes\n* no\n[/poll]",
+        "*📊 Poll* (vote on Discourse)\n- yes\n- no",
+    ),
+    (
+        "DM-bbcode-inline-styles",
+        "[b]bold[/b] [i]it[/i] [s]gone[/s] [u]under[/u]",
+        "*bold* _it_ ~gone~ under",
+    ),
+    (
+        "DM-bbcode-url",
+        "[url=https://e.com]site[/url] [url]https://e.org[/url]",
+        "<https://e.com|site> https://e.org",
+    ),
+    ("DM-html-bold", "<b>bold</b> and <strong>strong</strong>", "*bold* and *strong*"),
+    ("DM-html-em-del", "<em>x</em> <del>y</del>", "_x_ ~y~"),
+    ("DM-html-br", "a<br>b", "a\nb"),
+    ("CM4.6-html-block", "<div>block <i>x</i></div>", "block x"),
+    ("DR-origin-marker-removed", "hello\n\n<!-- gchat:spaces/S/messages/M -->", "hello"),
+    ("CM6.6-inline-comment", "a <!-- c --> b", "a  b"),
+    ("CM2.5-entities", "&amp; &lt;x&gt; &copy;", "& <x> ©"),
+    ("CM6.7-soft-break-is-line-break", "line1\nline2", "line1\nline2"),
+    ("CM6.7-hard-break", "line1  \nline2", "line1\nline2"),
+    ("CM4.8-paragraphs", "para1\n\n\n\npara2", "para1\n\npara2"),
+    ("CM2.4-escaped-stars", "\\*not bold\\*", f"{ZW}*{ZW}not bold{ZW}*{ZW}"),
+    ("CM2.4-escaped-underscores", "\\_x\\_", f"{ZW}_{ZW}x{ZW}_{ZW}"),
+    ("DM-literal-chat-mention-neutralised", "<users/all>", f"<{ZW}users/all>"),
+    ("DM-literal-chat-link-neutralised", "<https://e.com a>", f"<{ZW}https://e.com a>"),
+    ("GFM-table", "| h1 | h2 |\n|----|----|\n| c | d |", "*h1* | *h2*\nc | d"),
+    ("CM2.4-escaped-heading", "\\# not heading", "# not heading"),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [pytest.param(r, e, id=i) for i, r, e in DISCOURSE_TO_CHAT_CASES],
+)
+def test_discourse_to_chat(raw: str, expected: str) -> None:
+    assert to_chat(raw) == expected
+
+
+def test_tables_have_at_least_40_cases_each_way() -> None:
+    # Issue 7 acceptance: "A table of at least 40 formatting cases in each direction".
+    assert len(CHAT_TO_DISCOURSE_CASES) >= 40
+    assert len(DISCOURSE_TO_CHAT_CASES) >= 40
+    assert len({c[0] for c in CHAT_TO_DISCOURSE_CASES}) == len(CHAT_TO_DISCOURSE_CASES)
+    assert len({c[0] for c in DISCOURSE_TO_CHAT_CASES}) == len(DISCOURSE_TO_CHAT_CASES)
+
+
+def test_everyone_mention_override_for_discourse_chat() -> None:
+    # Discourse chat channels do have channel-wide @all (DR §9 `allow_channel_wide_mentions`).
+    out = f.gchat_to_discourse_markdown(
+        "<users/all> hi", mention_lookup=lambda _u: None, everyone_mention="@all"
+    )
+    assert out == "@all hi"
+
+
+def test_custom_emoji_table_overrides_builtin() -> None:
+    out = f.discourse_to_gchat_text(
+        ":smile: :parrot:", base_url=BASE, mention_lookup=lambda _u: None, emoji={"parrot": "🦜"}
+    )
+    assert out == "😄 🦜"
+
+
+def test_mention_lookup_bad_values_are_ignored() -> None:
+    # A lookup returning something that is not a Chat user name must not inject markup.
+    out = f.discourse_to_gchat_text(
+        "@ada hi", base_url=BASE, mention_lookup=lambda _u: "users/all>"
+    )
+    assert out == "@ada hi"
+    out = f.gchat_to_discourse_markdown("<users/1>", mention_lookup=lambda _u: "x y")
+    assert out == f"@{WJ}unknown user"
+
+
+# --- split_for_limit ---------------------------------------------------------------------------
+
+
+def test_split_prefers_paragraphs() -> None:
+    text = "a" * 10 + "\n\n" + "b" * 10 + "\n" + "c" * 5
+    assert f.split_for_limit(text, 20) == ["a" * 10, "b" * 10 + "\n" + "c" * 5]
+
+
+def test_split_falls_back_to_lines_then_words_then_code_points() -> None:
+    assert f.split_for_limit("aaa bbb\nccc ddd", 8) == ["aaa bbb", "ccc ddd"]
+    assert f.split_for_limit("aaa bbb ccc", 8) == ["aaa bbb", "ccc"]
+    assert f.split_for_limit("abcdefghij", 4) == ["abcd", "efgh", "ij"]
+
+
+def test_split_counts_utf8_bytes_and_keeps_clusters() -> None:
+    # "é" is 2 bytes; an emoji with a skin tone is one cluster of 8 bytes.
+    assert f.split_for_limit("éééé", 4) == ["éé", "éé"]
+    thumbs = "👍🏽"
+    parts = f.split_for_limit(thumbs * 3, 10)
+    assert parts == [thumbs, thumbs, thumbs]
+    flags = "🇫🇷🇩🇪"
+    assert f.split_for_limit(flags, 9) == ["🇫🇷", "🇩🇪"]
+
+
+def test_split_short_text_is_one_part_and_limits_exist() -> None:
+    assert f.split_for_limit("hello", f.CHAT_MAX_BYTES) == ["hello"]
+    assert f.split_for_limit("", 10) == [""]
+    assert f.CHAT_MAX_BYTES == 32000 and f.DISCOURSE_MAX_POST_CHARS == 32000
+    with pytest.raises(ValueError):
+        f.split_for_limit("x", 3)
+
+
+# --- titles ------------------------------------------------------------------------------------
+
+FALLBACK = "Chat thread in Team (2024-05-01)"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("Deploy of *v2* tonight", "Deploy of v2 tonight", id="markup-stripped"),
+        pytest.param("First line here ok\nsecond line", "First line here ok", id="first-line"),
+        pytest.param("hi", f"hi — {FALLBACK}", id="DR3.1-min-length-15-padded"),
+        pytest.param("", FALLBACK, id="empty"),
+        pytest.param("👍", FALLBACK, id="emoji-only"),
+        pytest.param("SERVER IS DOWN AGAIN", "Server is down again", id="DR3.1-all-caps"),
+        pytest.param(
+            "read <https://example.com/a/very/long/path/that/goes/on|this doc> please now",
+            "read this doc please now",
+            id="link-label",
+        ),
+        pytest.param(
+            "see https://example.com/a/very/long/path/that/goes/on please",
+            "see example.com please",
+            id="bare-url-shortened",
+        ),
+        pytest.param(
+            "ask <users/333> about the build",
+            "ask @Carol Jones about the build",
+            id="mention-to-name",
+        ),
+        pytest.param(
+            "a" * 40 + " is a very long word in a title",
+            "a" * 29 + "… is a very long word in a title",
+            id="DR3.1-title-max-word-length-30",
+        ),
+        pytest.param("   lots    of   space   here  ", "lots of space here", id="whitespace"),
+    ],
+)
+def test_title_from_text(text: str, expected: str) -> None:
+    assert f.title_from_text(text, fallback=FALLBACK, display_name_lookup=NAMES.get) == expected
+
+
+def test_title_cut_at_word_boundary() -> None:
+    text = " ".join(["word"] * 100)
+    title = f.title_from_text(text, fallback=FALLBACK, max_length=50)
+    assert len(title) <= 50 and title.endswith("…")
+    assert title[:-1].split() == ["word"] * len(title[:-1].split())
+
+
+def test_title_low_entropy_padded() -> None:
+    # DR §3.1 title_min_entropy 10: "aaaaaaaaaaaaaaaa" would be "unclear".
+    assert f.title_from_text("a" * 16, fallback=FALLBACK) == "a" * 16 + f" — {FALLBACK}"
+
+
+# --- markers, ids, attribution, hashes ---------------------------------------------------------
+
+
+def test_origin_marker_shape_and_lookup() -> None:
+    name = "spaces/AAAA/messages/BBBB.CCCC"
+    marker = f.origin_marker(name)
+    assert marker == "<!-- gchat:spaces/AAAA/messages/BBBB.CCCC -->"
+    raw = "Hello\n\n" + marker
+    assert f.find_origin_marker(raw) == name
+    assert f.strip_origin_marker(raw) == "Hello"
+    assert f.find_origin_marker("Hello <!-- other -->") is None
+    assert f.strip_origin_marker("keep  \n") == "keep  \n"
+    with pytest.raises(ValueError):
+        f.origin_marker("spaces/A/threads/B")
+
+
+def test_external_id_readable_and_within_discourse_rules() -> None:
+    ext = f.external_id_for_thread("spaces/AAAA/threads/BBBB")
+    assert ext.startswith("gc-AAAA-BBBB-") and len(ext) == len("gc-AAAA-BBBB-") + 10
+    assert ext == f.external_id_for_thread("spaces/AAAA/threads/BBBB")
+    # Discourse compares external ids case-insensitively; Chat ids are case-sensitive.
+    other = f.external_id_for_thread("spaces/AAAA/threads/bbbb")
+    assert ext.lower() != other.lower()
+    long_name = "spaces/" + "S" * 30 + "/threads/" + "T" * 30
+    long_ext = f.external_id_for_thread(long_name)
+    assert len(long_ext) == 50 and long_ext.startswith("gc-")
+
+
+def test_client_ids() -> None:
+    assert f.client_message_id_for_post(42) == "client-dp-42"
+    assert f.client_message_id_for_chat_message(7) == "client-dc-7"
+    assert f.post_id_from_client_message_id("client-dp-42") == 42
+    assert f.post_id_from_client_message_id("spaces/S/messages/client-dp-42") == 42
+    assert f.post_id_from_client_message_id("client-dc-42") is None
+    assert f.post_id_from_client_message_id("client-bridge-4f2a") is None
+    assert f.post_id_from_client_message_id("") is None
+    with pytest.raises(ValueError):
+        f.client_message_id_for_post(-1)
+
+
+def test_attribution_line() -> None:
+    assert f.attribution_line("Ada Lovelace", "ada") == "*Ada Lovelace* (@ada) on Discourse:"
+    assert f.attribution_line(None, "ada") == "*ada* on Discourse:"
+    assert f.attribution_line("ADA", "ada") == "*ada* on Discourse:"
+    assert (
+        f.attribution_line("*Evil* <users/all>", "eve") == "*Evil users/all* (@eve) on Discourse:"
+    )
+
+
+def test_content_hash_normalises() -> None:
+    base = f.content_hash("Hello *world*")
+    assert base == f.content_hash("Hello *world*  \r\n")
+    assert base == f.content_hash("Hello *world*\n\n<!-- gchat:spaces/S/messages/M -->")
+    assert base == f.content_hash(f"Hello *world*{ZW}")
+    assert base != f.content_hash("Hello *World*")
+    assert len(base) == 64
