@@ -111,11 +111,17 @@ class SyncConfig:
     log_file: Path | None = None
     webhook_host: str = "127.0.0.1"
     webhook_port: int = 5000
+    # The listener's URL as Discourse reaches it (a tunnel or proxy); None: http://host:port/...
+    public_webhook_url: str | None = None
     log_level: str = "INFO"
     user_email_domain: str = "users.noreply.invalid"
     max_attempts: int = 8
     create_users: bool = True
     new_user_trust_level: int = 1
+    # Chat edits and deletions are seen by re-reading this far back in spaces active within it.
+    edit_window: timedelta = timedelta(hours=1)
+    long_messages: str = "split"  # "split" into linked parts, or "truncate" with a link
+    max_attachment_bytes: int = 4 * 1024 * 1024  # Discourse's default max_attachment_size_kb
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,6 +373,7 @@ _SYNC_KEYS = (
     "poll_interval_seconds",
     "webhook_host",
     "webhook_port",
+    "public_webhook_url",
     "database",
     "log_file",
     "log_level",
@@ -375,6 +382,9 @@ _SYNC_KEYS = (
     "max_attempts",
     "create_users",
     "new_user_trust_level",
+    "edit_window",
+    "long_messages",
+    "max_attachment_mb",
 )
 _MAPPING_KEYS = ("google_space_id", "discourse_category_id", "discourse_parent_category_id")
 _TOP_KEYS = ("discourse", "google", "sync_settings", "mappings")
@@ -494,6 +504,7 @@ def _sync(problems: list[str], data: Mapping[str, Any], base: Path) -> Any:
 
     host = c.string("webhook_host", "127.0.0.1")
     port = c.integer("webhook_port", 5000, low=1, high=65535)
+    public_url = c.url("public_webhook_url", None, allow_null=True)
     database = c.path(
         "database", base, how_to_fix='add the SQLite state file, e.g. "sync_db.sqlite"'
     )
@@ -513,13 +524,21 @@ def _sync(problems: list[str], data: Mapping[str, Any], base: Path) -> Any:
     create_users = c.boolean("create_users", True)
     # Discourse trust levels are 0 (new) to 4 (leader).
     trust = c.integer("new_user_trust_level", 1, low=0, high=4)
+    edit_window = _edit_window(c)
+    long_messages = c.get("long_messages", "split")
+    if long_messages not in ("split", "truncate"):
+        c.add("long_messages", f'{long_messages!r} is not understood; use "split" or "truncate"')
+        long_messages = _MISSING
+    attachment_mb = c.number("max_attachment_mb", 4.0, unit="megabytes")
     values = (interval, host, port, database, log_file, level, history, domain, max_attempts)
-    if _MISSING in (*values, create_users, trust):
+    values = (*values, public_url)
+    if _MISSING in (*values, create_users, trust, edit_window, long_messages, attachment_mb):
         return None
     return SyncConfig(
         poll_interval_seconds=interval,
         webhook_host=host,
         webhook_port=port,
+        public_webhook_url=public_url,
         database=database,
         log_file=log_file,
         log_level=level,
@@ -528,7 +547,19 @@ def _sync(problems: list[str], data: Mapping[str, Any], base: Path) -> Any:
         max_attempts=max_attempts,
         create_users=create_users,
         new_user_trust_level=trust,
+        edit_window=edit_window,
+        long_messages=long_messages,
+        max_attachment_bytes=int(attachment_mb * 1024 * 1024),
     )
+
+
+def _edit_window(c: _Checker) -> Any:
+    value = c.get("edit_window", "1h")
+    duration = parse_duration(value) if isinstance(value, str) else None
+    if duration is None:
+        c.add("edit_window", f'{value!r} is not understood; use a duration such as "30m" or "2h"')
+        return _MISSING
+    return duration
 
 
 def _mappings(problems: list[str], raw: Mapping[str, Any]) -> Any:

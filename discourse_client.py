@@ -39,7 +39,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -400,6 +400,7 @@ class DiscourseWebhook:
     verify_certificate: bool
     event_type_names: tuple[str, ...]
     category_ids: tuple[int, ...]
+    secret: str | None = field(default=None, repr=False)  # admins see it in the admin API
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> DiscourseWebhook:
@@ -419,6 +420,7 @@ class DiscourseWebhook:
                 str(t["name"]) if isinstance(t, Mapping) else str(t) for t in event_types
             ),
             category_ids=tuple(int(c) for c in category_ids),
+            secret=_opt_str(data.get("secret")),
         )
 
 

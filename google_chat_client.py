@@ -204,6 +204,14 @@ class ChatMessage:
     client_assigned_message_id: str | None
     thread_reply: bool
     attachments: tuple[ChatAttachment, ...]
+    # `text` shows mentions in a display form (@Name); `formattedText` keeps Chat's markup,
+    # `<users/…>` mentions and `<url|label>` links: convert from this one when Google sends it.
+    formatted_text: str | None = None
+
+    @property
+    def markup(self) -> str:
+        """The text to convert: `formattedText` when present, else `text`."""
+        return self.formatted_text if self.formatted_text is not None else self.text
 
     @classmethod
     def from_api(cls, data: dict[str, Any]) -> ChatMessage:
@@ -224,6 +232,7 @@ class ChatMessage:
             client_assigned_message_id=data.get("clientAssignedMessageId") or None,
             thread_reply=bool(data.get("threadReply", False)),
             attachments=tuple(ChatAttachment.from_api(a) for a in data.get("attachment") or ()),
+            formatted_text=data.get("formattedText"),
         )
 
 

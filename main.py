@@ -24,12 +24,14 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+import cli
 from config_loader import Config, ConfigError, load_config
 from db import Store
 from discourse_client import DiscourseClient
 from google_chat_client import ChatAuthError, GoogleChatClient
 from metrics import BridgeMetrics
 from sync_discourse_to_gchat import DiscourseToGchat, InboxWorker
+from sync_dm import DmSync
 from sync_gchat_to_discourse import GchatToDiscourse
 from users import UserDirectory
 from webhook_listener import Readiness, WebhookConfigError, WebhookServer, create_app
@@ -54,6 +56,7 @@ class Runtime:
     metrics: BridgeMetrics
     stop: threading.Event
     started_at: datetime
+    dms: DmSync
 
 
 def setup_logging(config: Config) -> None:
@@ -105,7 +108,10 @@ def build_runtime(config: Config, stop: threading.Event) -> Runtime:
         new_user_trust_level=config.sync.new_user_trust_level,
     )
     g2d = GchatToDiscourse(config, store, chat, discourse, users, stop=stop)
-    d2g = DiscourseToGchat(config, store, chat, discourse)
+    dms = DmSync(config, store, chat, discourse, users, stop=stop)
+    d2g = DiscourseToGchat(
+        config, store, chat, discourse, chat_message_handler=dms.handle_event
+    )
     metrics = BridgeMetrics()
     metrics.watch(
         inbox_depth=store.inbox_depth,
@@ -117,7 +123,9 @@ def build_runtime(config: Config, stop: threading.Event) -> Runtime:
             "google_chat": chat.rate_limited_count,
         },
     )
-    return Runtime(config, store, chat, discourse, g2d, d2g, metrics, stop, datetime.now(UTC))
+    return Runtime(
+        config, store, chat, discourse, g2d, d2g, metrics, stop, datetime.now(UTC), dms
+    )
 
 
 def poll_job(runtime: Runtime) -> None:
@@ -128,6 +136,10 @@ def poll_job(runtime: Runtime) -> None:
             runtime.metrics.bridged.labels("gchat_to_discourse").inc(result.mirrored)
             runtime.metrics.failures.labels("gchat_to_discourse").inc(result.parked)
             runtime.discourse_to_gchat.catch_up()
+            dm_result = runtime.dms.poll_once()
+            runtime.metrics.bridged.labels("gchat_to_discourse").inc(dm_result.mirrored)
+            runtime.metrics.failures.labels("gchat_to_discourse").inc(dm_result.parked)
+            runtime.dms.catch_up()
     except Exception:  # boundary: the scheduler must keep running whatever one cycle did
         logger.exception("poll cycle failed")
         runtime.store.set_status("last_catch_up_error", datetime.now(UTC).isoformat())
@@ -179,9 +191,11 @@ def run(config: Config, *, once: bool) -> int:
     if once:
         result = runtime.gchat_to_discourse.poll_once()
         runtime.discourse_to_gchat.catch_up()
+        dm_result = runtime.dms.poll_once()
+        runtime.dms.catch_up()
         runtime.discourse_to_gchat.drain()
         runtime.store.close()
-        return 0 if result.ok else 1
+        return 0 if result.ok and dm_result.ok else 1
     try:
         app = create_app(
             secret=config.discourse.webhook_secret,
@@ -234,15 +248,53 @@ def run(config: Config, *, once: bool) -> int:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python main.py", description="Two-way bridge between Google Chat and Discourse."
+        prog="python main.py",
+        description="Two-way bridge between Google Chat and Discourse.",
+        epilog="Without a command, `run` is meant. `python main.py COMMAND --help` for details.",
     )
     parser.add_argument(
         "--config", type=Path, default=Path("config.yaml"), help="path of config.yaml"
     )
-    commands = parser.add_subparsers(dest="command")
-    run_parser = commands.add_parser("run", help="run the bridge (the default)")
+    # --config is also accepted after the command (`python main.py check --config x.yaml`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="config.yaml")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run_parser = commands.add_parser("run", parents=[common], help="run the bridge (the default)")
     run_parser.add_argument(
         "--once", action="store_true", help="run one poll cycle and exit (for cron or testing)"
+    )
+    auth = commands.add_parser(
+        "auth", parents=[common], help="authorize the bridge's Google account (OAuth)"
+    )
+    auth.add_argument(
+        "--no-browser",
+        action="store_true",
+        help="print the URL instead of opening a browser (headless server; forward --port)",
+    )
+    auth.add_argument(
+        "--port", type=int, default=cli.DEFAULT_AUTH_PORT, help="local port for the redirect"
+    )
+    commands.add_parser("spaces", parents=[common], help="list the spaces the account sees")
+    check = commands.add_parser(
+        "check", parents=[common], help="check the config, Discourse, Google and the webhook"
+    )
+    check.add_argument("--fix", action="store_true", help="create or update the Discourse webhook")
+    commands.add_parser(
+        "status", parents=[common], help="mappings, cursors, inbox, dead letters, parked items"
+    )
+    commands.add_parser("retry", parents=[common], help="requeue dead letters and parked items")
+    backfill = commands.add_parser(
+        "backfill", parents=[common], help="mirror the history of one mapped space now"
+    )
+    backfill.add_argument("--space", required=True, help="the space id, spaces/...")
+    backfill.add_argument(
+        "--since", type=cli.parse_since, default=None, help="start date, e.g. 2024-05-01"
+    )
+    backfill.add_argument(
+        "--force", action="store_true", help="run even if the service seems to be running"
+    )
+    commands.add_parser(
+        "demo", help="run both emulators, the bridge and a scripted conversation (no credentials)"
     )
     args = parser.parse_args(argv)
     if args.command is None:
@@ -253,12 +305,42 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "demo":
+        logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+        return cli.run_demo()
     try:
         config = load_config(args.config)
     except ConfigError as exc:
+        if args.command == "check":
+            for result in cli.config_error_results(exc):
+                cli.print_result(result, sys.stdout)
+            return EXIT_CONFIG
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    setup_logging(config)
+    if args.command in ("run", "backfill"):
+        setup_logging(config)
+    else:
+        # Interactive commands print their results; only warnings go to the log stream.
+        logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+        logging.getLogger("googleapiclient").setLevel(logging.ERROR)
+    if args.command == "auth":
+        return cli.run_auth(config, no_browser=args.no_browser, port=args.port)
+    if args.command == "spaces":
+        return cli.run_spaces(config)
+    if args.command == "check":
+        return cli.run_check(config, fix=args.fix)
+    if args.command == "status":
+        return cli.run_status(config)
+    if args.command == "retry":
+        return cli.run_retry(config)
+    if args.command == "backfill":
+        return cli.run_backfill(
+            config,
+            space=args.space,
+            since=args.since,
+            force=args.force,
+            build_runtime=build_runtime,
+        )
     return run(config, once=args.once)
 
 

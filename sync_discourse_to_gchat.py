@@ -19,8 +19,11 @@ Invariants (DESIGN §3):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
+import mimetypes
+import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,7 +32,7 @@ from typing import Any
 
 import formatting
 from config_loader import Config
-from db import InboxEvent, Store
+from db import InboxEvent, MessageLink, Store
 from discourse_client import (
     DiscourseClient,
     DiscourseError,
@@ -41,10 +44,13 @@ from discourse_client import (
 from google_chat_client import (
     ChatAuthError,
     ChatError,
+    ChatNotFound,
+    ChatPermissionDenied,
     ChatRejected,
     ChatUnavailable,
     GoogleChatClient,
 )
+from sync_gchat_to_discourse import text_part_of_raw
 from webhook_listener import WebhookDelivery
 
 logger = logging.getLogger(__name__)
@@ -77,16 +83,25 @@ def inbox_keys(event_name: str, body: Mapping[str, Any]) -> tuple[str, str]:
         post_id, topic_id = _int(payload, "id"), _int(payload, "topic_id")
         if event_name == "post_created":
             return f"post_created:{post_id}", f"topic:{topic_id}"
-        return f"{event_name}:{post_id}:{payload.get('version')}", f"topic:{topic_id}"
+        if event_name == "post_edited":
+            return f"post_edited:{post_id}:{payload.get('version')}", f"topic:{topic_id}"
+        # A post may be deleted and recovered more than once at one version.
+        return f"{event_name}:{post_id}:{_digest(payload)}", f"topic:{topic_id}"
     if event_name.startswith("topic_"):
         topic_id = _int(payload, "id")
-        return f"{event_name}:{topic_id}:{payload.get('posts_count')}", f"topic:{topic_id}"
+        # Two title edits may leave every counter as it was: key by the whole payload.
+        return f"{event_name}:{topic_id}:{_digest(payload)}", f"topic:{topic_id}"
     message = payload.get("message")
     channel = payload.get("channel")
     if not isinstance(message, Mapping) or not isinstance(channel, Mapping):
         raise ValueError("chat_message needs message and channel objects")
     message_id, channel_id = _int(message, "id"), _int(channel, "id")
     return f"{event_name}:{message_id}:{message.get('edited')}", f"chat_channel:{channel_id}"
+
+
+def _digest(payload: Mapping[str, Any]) -> str:
+    canonical = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def _int(payload: Mapping[str, Any], key: str) -> int:
@@ -152,14 +167,41 @@ def plan_post(
     return PostToChat(post, space or _space_of_thread(thread_for_topic), thread_for_topic)
 
 
+_UPLOAD_REF_RE = re.compile(
+    r"!?\[([^\]|\n]*)(?:\|[^\]\n]*)?\]\((upload://[A-Za-z0-9]+(?:\.[A-Za-z0-9]+)?)\)"
+)
+MAX_ATTACHMENTS = 10
+
+
+def uploads_in_raw(raw: str) -> list[tuple[str, str]]:
+    """(short_url, file name) of each distinct upload a raw embeds, in order, at most 10."""
+    found: dict[str, str] = {}
+    for match in _UPLOAD_REF_RE.finditer(raw):
+        label, short_url = match.group(1).strip(), match.group(2)
+        extension = short_url.rsplit(".", 1)[-1] if "." in short_url else ""
+        name = label or "upload"
+        if extension and not name.lower().endswith("." + extension.lower()):
+            name = f"{name}.{extension}"
+        found.setdefault(short_url, name)
+    return list(found.items())[:MAX_ATTACHMENTS]
+
+
 def _space_of_thread(gchat_thread_name: str) -> str:
     return "/".join(gchat_thread_name.split("/")[:2])
 
 
 def render_message(
-    post: DiscoursePost, *, base_url: str, mention_lookup: Callable[[str], str | None]
+    post: DiscoursePost,
+    *,
+    base_url: str,
+    mention_lookup: Callable[[str], str | None],
+    long_messages: str = "split",
 ) -> str:
-    """The Chat text for `post`: attribution, the title for a first post, then the body."""
+    """The Chat text for `post`: attribution, the title for a first post, then the body.
+
+    With `long_messages="split"` the text is returned whole (the caller sends it in parts of
+    `split_for_limit`); with "truncate" a text over Chat's limit is cut, with a link to the post.
+    """
     lines = [formatting.attribution_line(post.display_name, post.username)]
     if post.post_number == 1 and post.topic_title:
         lines.append(f"*{post.topic_title}*")
@@ -170,6 +212,8 @@ def render_message(
     )
     lines.append(body)
     text = "\n".join(line for line in lines if line)
+    if long_messages == "split":
+        return text
     parts = formatting.split_for_limit(text, formatting.CHAT_MAX_BYTES)
     if len(parts) > 1:
         # One Chat message per post keeps edits and deletes one-to-one; the rest is one click away.
@@ -321,14 +365,186 @@ class DiscourseToGchat:
             if self._chat_message_handler is not None:
                 self._chat_message_handler(event_name, body)
             return
-        if event_name != "post_created":
-            # Edits, deletions and chat messages are carried by later issues; acknowledged here.
-            logger.debug("no handler for %s yet", event_name)
-            return
-        post = DiscoursePost.from_api(body["post"])
-        self._bridge_post(post)
+        if event_name == "post_created":
+            self._bridge_post(DiscoursePost.from_api(body["post"]))
+        elif event_name == "post_edited":
+            self._edit_post(DiscoursePost.from_api(body["post"]))
+        elif event_name == "topic_edited":
+            self._edit_topic(body["topic"])
+        elif event_name == "post_destroyed":
+            self._delete_post(DiscoursePost.from_api(body["post"]))
+        elif event_name == "topic_destroyed":
+            self._delete_topic(_int(body["topic"], "id"))
+        elif event_name == "post_recovered":
+            self._recover_post(DiscoursePost.from_api(body["post"]))
+        else:
+            logger.debug("no handler for %s", event_name)
 
-    def _bridge_post(self, post: DiscoursePost) -> None:
+    # -- edits
+
+    def _edit_post(self, post: DiscoursePost) -> None:
+        link = self._store.message_link_by_post(post.id)
+        if link is None:
+            # Never bridged (or already deleted): an edit never becomes a new message.
+            logger.debug("edit of post %d ignored: not in Chat", post.id)
+            return
+        if post.user_deleted or post.deleted_at is not None:
+            return  # the author's deletion arrives as an edit first; post_destroyed follows
+        if link.origin == "gchat":
+            if formatting.content_hash(text_part_of_raw(post.raw or "")) != link.content_hash:
+                # A Chat user's message cannot be rewritten by the bridge's account.
+                logger.info(
+                    "edit in Discourse of Chat message %s not carried back",
+                    link.gchat_message_name,
+                )
+            return
+        version_key = f"discourse_post_version:{post.id}"
+        seen = self._store.get_cursor(version_key)
+        if seen is not None and post.version < int(seen):
+            logger.info(
+                "stale edit of post %d (version %d < %s) ignored", post.id, post.version, seen
+            )
+            return
+        if post.post_number == 1 and not post.topic_title:
+            # Webhook payloads carry the title; a plain post read does not.
+            post = dataclasses.replace(
+                post, topic_title=self._discourse.get_topic(post.topic_id).title
+            )
+        text = render_message(
+            post,
+            base_url=self._config.discourse.url,
+            mention_lookup=self._mention_lookup,
+            long_messages="split",
+        )
+        new_hash = formatting.content_hash(text)
+        if new_hash == link.content_hash:
+            logger.debug("edit of post %d changes nothing in Chat", post.id)
+            return
+        self._rewrite(post.id, link.gchat_message_name, self._parts(post))
+        self._store.update_content_hash(link.gchat_message_name, new_hash)
+        self._store.set_cursor(version_key, str(post.version))
+        logger.info("mirrored edit of post %d -> %s", post.id, link.gchat_message_name)
+
+    def _edit_topic(self, topic: Mapping[str, Any]) -> None:
+        topic_id = _int(topic, "id")
+        if self._store.thread_for_topic(topic_id) is None:
+            return
+        try:
+            first = self._discourse.get_post_by_number(topic_id, 1)
+        except DiscourseNotFound:
+            return
+        title = topic.get("title")
+        self._edit_post(
+            dataclasses.replace(first, topic_title=str(title) if title else first.topic_title)
+        )
+
+    def _parts(self, post: DiscoursePost) -> list[str]:
+        text = render_message(
+            post,
+            base_url=self._config.discourse.url,
+            mention_lookup=self._mention_lookup,
+            long_messages=self._config.sync.long_messages,
+        )
+        return formatting.split_for_limit(text, formatting.CHAT_MAX_BYTES)
+
+    def _rewrite(self, post_id: int, gchat_message_name: str, parts: list[str]) -> None:
+        """Update the message and its later parts; add or delete parts as the length changed."""
+        self._chat.update_message_text(gchat_message_name, parts[0])
+        client_id, old_count = self._part_info(post_id)
+        space = _space_of_thread(gchat_message_name)
+        thread = self._store.message_link_by_message(gchat_message_name)
+        thread_name = thread.gchat_thread_name if thread else None
+        for index in range(2, max(old_count, len(parts)) + 1):
+            name = f"{space}/messages/{client_id}-p{index}"
+            if index <= len(parts):
+                try:
+                    self._chat.update_message_text(name, parts[index - 1])
+                except ChatNotFound:
+                    self._chat.create_message(
+                        space,
+                        parts[index - 1],
+                        message_id=f"{client_id}-p{index}",
+                        thread_name=thread_name,
+                    )
+            else:
+                self._delete_chat_message(name)
+        self._set_part_info(post_id, client_id, len(parts))
+
+    def _part_info(self, post_id: int) -> tuple[str, int]:
+        value = self._store.get_cursor(f"discourse_post_parts:{post_id}")
+        if value is None:
+            return formatting.client_message_id_for_post(post_id), 1
+        info = json.loads(value)
+        return str(info["client_id"]), int(info["count"])
+
+    def _set_part_info(self, post_id: int, client_id: str, count: int) -> None:
+        if count == 1 and client_id == formatting.client_message_id_for_post(post_id):
+            if self._store.get_cursor(f"discourse_post_parts:{post_id}") is None:
+                return  # the usual case costs no row
+        self._store.set_cursor(
+            f"discourse_post_parts:{post_id}", json.dumps({"client_id": client_id, "count": count})
+        )
+
+    # -- deletions
+
+    def _delete_post(self, post: DiscoursePost) -> None:
+        link = self._store.message_link_by_post(post.id)
+        if link is None:
+            logger.debug("deletion of post %d ignored: not in Chat", post.id)
+            return
+        client_id, count = self._part_info(post.id)
+        space = _space_of_thread(link.gchat_message_name)
+        self._delete_chat_message(link.gchat_message_name)
+        for index in range(2, count + 1):
+            self._delete_chat_message(f"{space}/messages/{client_id}-p{index}")
+        if post.post_number == 1 or self._is_thread_root(link):
+            self._store.unlink_thread(link.gchat_thread_name)
+        else:
+            self._store.unlink_message(link.gchat_message_name)
+        logger.info("mirrored deletion of post %d -> %s deleted", post.id, link.gchat_message_name)
+
+    def _delete_topic(self, topic_id: int) -> None:
+        links = self._store.message_links_in_topic(topic_id)
+        thread = self._store.thread_for_topic(topic_id)
+        if thread is None:
+            return
+        for link in links:
+            client_id, count = self._part_info(link.discourse_post_id)
+            space = _space_of_thread(link.gchat_message_name)
+            for index in range(2, count + 1):
+                self._delete_chat_message(f"{space}/messages/{client_id}-p{index}")
+        if links:
+            # force: the thread's replies go with its first message.
+            self._delete_chat_message(links[0].gchat_message_name)
+        self._store.unlink_thread(thread)
+        logger.info("mirrored deletion of topic %d -> thread %s deleted", topic_id, thread)
+
+    def _is_thread_root(self, link: MessageLink) -> bool:
+        links = self._store.message_links_in_topic(link.discourse_topic_id)
+        return bool(links) and links[0].gchat_message_name == link.gchat_message_name
+
+    def _delete_chat_message(self, gchat_message_name: str) -> None:
+        try:
+            self._chat.delete_message(gchat_message_name, force=True)
+        except ChatNotFound:
+            pass  # already gone (deleted in Chat, whence perhaps this very event)
+        except ChatPermissionDenied as exc:
+            # Under user auth only one's own messages (or a manager's) can be deleted.
+            logger.warning("cannot delete %s in Chat: %s", gchat_message_name, exc)
+
+    # -- recovery
+
+    def _recover_post(self, post: DiscoursePost) -> None:
+        if self._store.message_for_post(post.id) is not None:
+            return  # its deletion never reached Chat
+        # A deleted client-assigned id is not reusable: the copy gets a new, deterministic one.
+        stamp = int((post.updated_at or post.created_at).timestamp())
+        self._bridge_post(
+            dataclasses.replace(post, deleted_at=None, user_deleted=False),
+            client_id=f"{formatting.client_message_id_for_post(post.id)}-r{stamp}",
+        )
+
+    def _bridge_post(self, post: DiscoursePost, client_id: str | None = None) -> None:
         action = plan_post(
             post,
             space_for_category=self._space_for_category(),
@@ -359,22 +575,44 @@ class DiscourseToGchat:
             if self._store.thread_for_topic(post.topic_id) is None:
                 logger.info("reply %d not bridged: its topic is not bridged", post.id)
                 return
-            self._bridge_post(post)
+            self._bridge_post(post, client_id)
             return
-        self._write(action)
+        self._write(action, client_id or formatting.client_message_id_for_post(action.post.id))
 
-    def _write(self, action: PostToChat) -> None:
+    def _write(self, action: PostToChat, client_id: str) -> None:
         post = action.post
         text = render_message(
-            post, base_url=self._config.discourse.url, mention_lookup=self._mention_lookup
+            post,
+            base_url=self._config.discourse.url,
+            mention_lookup=self._mention_lookup,
+            long_messages=self._config.sync.long_messages,
         )
+        parts = formatting.split_for_limit(text, formatting.CHAT_MAX_BYTES)
+        attachments, notes = self._attachments_for(post, action.gchat_space_name)
+        first = parts[0]
+        if notes:
+            note = "\n".join(notes)
+            if len((first + "\n" + note).encode()) <= formatting.CHAT_MAX_BYTES:
+                first = f"{first}\n{note}"
+            else:
+                parts.append(note)
         message = self._chat.create_message(
             action.gchat_space_name,
-            text,
-            message_id=formatting.client_message_id_for_post(post.id),
+            first,
+            message_id=client_id,
             thread_name=action.gchat_thread_name,
+            attachments=attachments,
         )
         thread = message.thread_name or message.name
+        for index, part in enumerate(parts[1:], start=2):
+            # Later parts follow in the same thread; linked through their ids, see _part_info.
+            self._chat.create_message(
+                action.gchat_space_name,
+                part,
+                message_id=f"{client_id}-p{index}",
+                thread_name=thread,
+            )
+        self._set_part_info(post.id, client_id, len(parts))
         with self._store.transaction():
             if self._store.thread_for_topic(post.topic_id) is None:
                 self._store.link_thread(thread, post.topic_id, action.gchat_space_name)
@@ -388,6 +626,40 @@ class DiscourseToGchat:
             )
         self.bridged += 1
         logger.info("bridged post %d -> %s", post.id, message.name)
+
+    def _attachments_for(
+        self, post: DiscoursePost, gchat_space_name: str
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Chat attachments for the uploads a post embeds, and notes for those that failed.
+
+        The text keeps a link to every upload, so a failed attachment is never lost; the note
+        says why it is not attached.
+        """
+        attachments: list[dict[str, Any]] = []
+        notes: list[str] = []
+        for short_url, filename in uploads_in_raw(post.raw or ""):
+            try:
+                data = self._download_upload(short_url)
+                if len(data) > self._config.sync.max_attachment_bytes:
+                    notes.append(f"_({filename} is too large to attach; see the link above)_")
+                    continue
+                content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+                ref = self._chat.upload_attachment(gchat_space_name, filename, data, content_type)
+            except (DiscourseRejected, ChatRejected) as exc:
+                logger.warning("upload %s of post %d not attached: %s", short_url, post.id, exc)
+                notes.append(f"_({filename} could not be attached; see the link above)_")
+                continue
+            attachments.append({"attachmentDataRef": ref})
+        return attachments, notes
+
+    def _download_upload(self, short_url: str) -> bytes:
+        # DiscourseClient has no download call yet; its one request function keeps the budget,
+        # retries and error mapping (reported to the lead: should become a public method).
+        path = "/uploads/short-url/" + short_url.removeprefix("upload://")
+        response = self._discourse._request("GET", path, redirect_ok=True)  # noqa: SLF001
+        if response.is_redirect and response.headers.get("Location"):
+            response = self._discourse._request("GET", response.headers["Location"])  # noqa: SLF001
+        return bytes(response.content)
 
     def _space_for_category(self) -> dict[int, str]:
         spaces: dict[int, str] = {}

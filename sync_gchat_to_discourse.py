@@ -10,6 +10,16 @@ Invariants (DESIGN §3):
   looked up by `external_id`, or the topic's last posts are scanned for the origin marker, before
   anything is created again. Without a pending write no lookup is spent.
 - Messages the bridge wrote into Chat (client-assigned ids of ours) are never mirrored back.
+- Edits and deletions: each poll of a space active within `edit_window` re-reads that window
+  (with tombstones). A linked message whose rendered text hashes differently from what the
+  link says was written becomes an edit (`update_post` with an edit reason); a linked tombstone
+  deletes the post as staff. A thread's first post is deleted (and with it the topic) only when
+  nothing else of the thread is left; until then it is replaced by a note. Unlinked or older
+  messages never become new posts through this window.
+- Attachments: uploaded Chat files are downloaded and uploaded to Discourse (as the author, else
+  as the API user) and embedded after the text; Drive files become links; a file that cannot be
+  copied leaves a visible note. The embeds sit after `ATTACHMENTS_MARK`, so an edit of the text
+  keeps them and the link's content hash covers the text part only.
 - A message Discourse refuses is parked with its reason (visible in `status`), never dropped
   silently and never retried forever; a transient failure stops the space for this cycle so that
   order is kept, and parks the message once it has failed `max_attempts` times.
@@ -21,13 +31,13 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import formatting
 from config_loader import Config, SpaceMapping
-from db import Store
+from db import MessageLink, Store
 from discourse_client import (
     DiscourseAuthError,
     DiscourseClient,
@@ -35,11 +45,14 @@ from discourse_client import (
     DiscourseNotFound,
     DiscourseRejected,
     DiscourseUnavailable,
+    DiscourseUpload,
 )
 from google_chat_client import (
+    ChatAttachment,
     ChatAuthError,
     ChatError,
     ChatMessage,
+    ChatRejected,
     ChatSpace,
     GoogleChatClient,
 )
@@ -55,6 +68,12 @@ CURSOR_OVERLAP = timedelta(seconds=10)
 RECONCILE_WINDOW = 20
 # A retry of a transiently failed message waits at least this long (doubling per attempt).
 RETRY_BASE_DELAY = timedelta(seconds=30)
+# Separates a post's text from the embeds of its attachments (invisible once cooked).
+ATTACHMENTS_MARK = "<!-- gchat-attachments -->"
+# What a thread's first post says while later messages of its thread still live.
+DELETED_FIRST_POST = "_(this message was deleted in Google Chat)_"
+DELETED_HASH = "deleted"
+EDIT_REASON = "edited in Google Chat"
 
 
 # ---------------------------------------------------------------------------- pure planning
@@ -84,15 +103,33 @@ class Skip:
     reason: str
 
 
-Action = CreateTopic | CreateReply | Skip
+@dataclass(frozen=True, slots=True)
+class EditPost:
+    """A linked Chat message whose text changed: rewrite its post."""
+
+    message: ChatMessage
+    link: MessageLink
+
+
+@dataclass(frozen=True, slots=True)
+class DeletePost:
+    """A linked Chat message that was deleted: delete its post."""
+
+    message: ChatMessage
+    link: MessageLink
+
+
+Action = CreateTopic | CreateReply | EditPost | DeletePost | Skip
 
 
 def is_bridge_origin(message: ChatMessage) -> bool:
     """True for messages the bridge itself created in Chat (DESIGN §3 rule 1)."""
     client_id = message.client_assigned_message_id
+    # Besides `client-dp-<post>` the bridge writes `client-dp-<post>-r<n>` (a recovered post)
+    # and `...-p<n>` (later parts of a long post).
     return client_id is not None and (
         formatting.post_id_from_client_message_id(client_id) is not None
-        or client_id.startswith("client-dc-")
+        or client_id.startswith(("client-dc-", "client-dp-"))
     )
 
 
@@ -108,16 +145,30 @@ def plan(
     linked_threads: Container[str],
     fallback_title: Callable[[ChatMessage], str],
     mirror_app_messages: bool = False,
+    links: Mapping[str, MessageLink] | None = None,
+    text_hash: Callable[[ChatMessage], str] | None = None,
+    new_after: datetime | None = None,
 ) -> list[Action]:
-    """Decide what to do with each new Chat message, oldest first. No I/O.
+    """Decide what to do with each Chat message read, oldest first. No I/O.
 
     `linked_messages` holds message names already mirrored; `linked_threads` thread names that
-    already have a topic.
+    already have a topic. `links` (with `text_hash`, the hash of a message's text as it would
+    be rendered now) turns linked messages into edits and deletions. Unlinked messages created
+    at or before `new_after` (re-read only to see edits) are left alone.
     """
     actions: list[Action] = []
     started: set[str] = set()
+    links = links or {}
     for message in sorted(messages, key=lambda m: m.create_time):
+        link = links.get(message.name)
+        if link is not None:
+            change = _change_of(message, link, text_hash)
+            if change is not None:
+                actions.append(change)
+            continue
         if message.name in linked_messages:
+            continue
+        if new_after is not None and message.create_time <= new_after:
             continue
         thread = thread_of(message)
         title = formatting.title_from_text(message.text, fallback=fallback_title(message))
@@ -135,18 +186,96 @@ def plan(
     return actions
 
 
-def render_post(
+def _change_of(
+    message: ChatMessage, link: MessageLink, text_hash: Callable[[ChatMessage], str] | None
+) -> Action | None:
+    if message.delete_time is not None:
+        if link.content_hash == DELETED_HASH:
+            return None  # already replaced by the deletion note; deleted with its thread
+        return DeletePost(message, link)
+    if link.origin != "gchat" or is_bridge_origin(message) or text_hash is None:
+        return None  # the bridge's own messages change only through Discourse
+    if message.last_update_time is None or link.content_hash == DELETED_HASH:
+        return None  # never edited: nothing to compare (and no rendering spent)
+    if text_hash(message) == link.content_hash:
+        return None  # already mirrored (or an edit that changed nothing we render)
+    return EditPost(message, link)
+
+
+def render_text(
     message: ChatMessage, author: Author, mention_lookup: Callable[[str], str | None]
 ) -> str:
-    """The raw of the Discourse post for `message`, ending with its origin marker."""
+    """The text part of the post for `message` (attribution and body, no embeds, no marker)."""
     body = formatting.gchat_to_discourse_markdown(message.text, mention_lookup=mention_lookup)
     if not body.strip():
-        body = "_(a message with no text)_"
+        body = "_(a message with no text)_" if not message.attachments else ""
     if author.attribution:
-        body = f"{author.attribution}\n\n{body}"
+        body = f"{author.attribution}\n\n{body}" if body else author.attribution
+    return body
+
+
+def compose_raw(text: str, attachments_md: str, gchat_message_name: str) -> str:
+    """The whole raw: text, then the attachment embeds, then the origin marker."""
+    parts = [text] if text else []
+    if attachments_md:
+        parts.append(f"{ATTACHMENTS_MARK}\n{attachments_md}")
     # The marker makes the post recognisable as ours (echo prevention, crash reconciliation) and
     # makes two identical texts distinct for Discourse's 120 s memoization of API posts.
-    return f"{body}\n\n{formatting.origin_marker(message.name)}"
+    parts.append(formatting.origin_marker(gchat_message_name))
+    return "\n\n".join(parts)
+
+
+def text_part_of_raw(raw: str) -> str:
+    """The text part of a post's raw (what the link's content hash covers)."""
+    return formatting.strip_origin_marker(raw.split(ATTACHMENTS_MARK, 1)[0]).strip()
+
+
+def attachments_part_of_raw(raw: str) -> str:
+    """The attachment embeds of a post's raw, without the mark and the origin marker."""
+    if ATTACHMENTS_MARK not in raw:
+        return ""
+    return formatting.strip_origin_marker(raw.split(ATTACHMENTS_MARK, 1)[1]).strip()
+
+
+def render_post(
+    message: ChatMessage,
+    author: Author,
+    mention_lookup: Callable[[str], str | None],
+    attachments_md: str = "",
+) -> str:
+    """The raw of the Discourse post for `message`, ending with its origin marker."""
+    return compose_raw(render_text(message, author, mention_lookup), attachments_md, message.name)
+
+
+def upload_markdown(upload: DiscourseUpload, content_type: str | None) -> str:
+    """How the composer embeds an upload (reference discourse-api.md §7)."""
+    name = _md_label(upload.original_filename or "file")
+    kind = (content_type or "").split("/", 1)[0]
+    if kind == "image" or (upload.width and upload.height):
+        width = upload.thumbnail_width or upload.width
+        height = upload.thumbnail_height or upload.height
+        size = f"|{width}x{height}" if width and height else ""
+        return f"![{name}{size}]({upload.short_url})"
+    if kind in ("audio", "video"):
+        return f"![{name}|{kind}]({upload.short_url})"
+    human = f" ({upload.human_filesize})" if upload.human_filesize else ""
+    return f"[{name}|attachment]({upload.short_url}){human}"
+
+
+def drive_markdown(attachment: ChatAttachment) -> str:
+    name = _md_label(attachment.content_name or "Drive file")
+    return f"[{name}](https://drive.google.com/open?id={attachment.drive_file_id})"
+
+
+def failure_note(attachment: ChatAttachment, why: str) -> str:
+    name = _md_label(attachment.content_name or "an attachment")
+    return f"_(attachment {name} could not be copied from Google Chat: {_md_label(why)})_"
+
+
+def _md_label(text: str) -> str:
+    # The label sits inside [...] or _..._: drop what would end or restyle it.
+    cleaned = "".join(c for c in text if c not in "[]|()_*`<>\n\r")
+    return cleaned.strip() or "file"
 
 
 def cursor_key(gchat_space_name: str) -> str:
@@ -316,39 +445,66 @@ class GchatToDiscourse:
 
     def _poll_space(self, mapping: SpaceMapping, space: ChatSpace, result: PollResult) -> None:
         last_active = space.last_active_time.isoformat() if space.last_active_time else None
+        now = self._clock()
+        window_start = now - self._config.sync.edit_window
+        # Edits and deletions do not move lastActiveTime: a space whose last message is within
+        # the edit window is re-read every cycle; one quiet for longer costs no request.
+        recent = space.last_active_time is not None and space.last_active_time >= window_start
         if (
             last_active is not None
             and self._store.get_cursor(active_key(space.name)) == last_active
+            and not recent
         ):
             return  # nothing new: no message request at all
         category_id = self._category_for(mapping, space)
         after = created_after(
             self._store.get_cursor(cursor_key(space.name)),
             self._config.sync.initial_history,
-            self._clock(),
+            now,
         )
+        read_from = after
+        if after is not None and recent and _parse_time(after) > window_start:
+            read_from = _rfc3339(window_start)
         result.spaces_read += 1
         try:
-            messages = list(self._chat.list_messages(space.name, created_after=after))
+            messages = list(
+                self._chat.list_messages(space.name, created_after=read_from, show_deleted=True)
+            )
         except ChatAuthError as exc:
             raise CycleAborted(f"Google refused the credentials: {exc}") from exc
         fallback = _fallback_title(space)
-        linked = {m.name for m in messages if self._store.post_for_message(m.name) is not None}
+        links: dict[str, MessageLink] = {}
+        for m in messages:
+            link = self._store.message_link_by_message(m.name)
+            if link is not None:
+                links[m.name] = link
         threads = {
             thread_of(m)
             for m in messages
             if self._store.topic_for_thread(thread_of(m)) is not None
         }
         for action in plan(
-            messages, linked_messages=linked, linked_threads=threads, fallback_title=fallback
+            messages,
+            linked_messages=links.keys(),
+            linked_threads=threads,
+            fallback_title=fallback,
+            links=links,
+            text_hash=lambda m: self._text_hash(m, space.name),
+            new_after=_parse_time(after) if after is not None else None,
         ):
             if self._stop.is_set():
                 return
             if not self._apply(action, space, category_id, result):
                 return  # transient failure: keep order, try again next cycle
-            self._store.set_cursor(cursor_key(space.name), action.message.create_time_raw)
+            if isinstance(action, CreateTopic | CreateReply | Skip):
+                # Only new messages move the cursor (edits are of older ones).
+                self._store.set_cursor(cursor_key(space.name), action.message.create_time_raw)
         if last_active is not None:
             self._store.set_cursor(active_key(space.name), last_active)
+
+    def _text_hash(self, message: ChatMessage, gchat_space_name: str) -> str:
+        author = self._users.author_for(message.sender, gchat_space_name)
+        return formatting.content_hash(render_text(message, author, self._mention_lookup))
 
     def _category_for(self, mapping: SpaceMapping, space: ChatSpace) -> int:
         if mapping.discourse_category_id is not None:
@@ -391,7 +547,12 @@ class GchatToDiscourse:
         if not self._due(message.name):
             return False
         try:
-            self._mirror(action, space, category_id)
+            if isinstance(action, EditPost):
+                self._edit(action, space)
+            elif isinstance(action, DeletePost):
+                self._delete(action)
+            else:
+                self._mirror(action, space, category_id)
         except DiscourseAuthError as exc:
             raise CycleAborted(f"Discourse refused the API key: {exc}") from exc
         except ChatAuthError as exc:
@@ -439,7 +600,9 @@ class GchatToDiscourse:
     ) -> None:
         message = action.message
         author = self._users.author_for(message.sender, space.name)
-        raw = render_post(message, author, self._mention_lookup)
+        raw = render_post(
+            message, author, self._mention_lookup, self._attachments_markdown(message, author)
+        )
         topic_id = self._store.topic_for_thread(action.gchat_thread_name)
         if topic_id is None:
             self._create_topic(action, author, raw, category_id, space)
@@ -518,9 +681,127 @@ class GchatToDiscourse:
                 gchat_thread_name=gchat_thread_name,
                 discourse_topic_id=topic_id,
                 origin="gchat",
-                content_hash=formatting.content_hash(raw),
+                content_hash=formatting.content_hash(text_part_of_raw(raw)),
             )
             self._store.finish_write(message.name)
+
+    # -- edits and deletions
+
+    def _edit(self, action: EditPost, space: ChatSpace) -> None:
+        message, link = action.message, action.link
+        author = self._users.author_for(message.sender, space.name)
+        text = render_text(message, author, self._mention_lookup)
+        embeds = ""
+        if message.attachments:
+            # The embeds were made once, at creation: keep them as the post has them.
+            current = self._discourse.get_post(link.discourse_post_id)
+            embeds = attachments_part_of_raw(current.raw or "")
+        raw = compose_raw(text, embeds, message.name)
+        try:
+            self._discourse.update_post(link.discourse_post_id, raw, edit_reason=EDIT_REASON)
+        except DiscourseNotFound:
+            # Deleted in Discourse meanwhile: nothing to edit, and never a new post.
+            logger.info(
+                "edit of %s not mirrored: post %d is gone", message.name, link.discourse_post_id
+            )
+            return
+        self._store.update_content_hash(message.name, formatting.content_hash(text))
+        logger.info("mirrored edit of %s -> post %d", message.name, link.discourse_post_id)
+
+    def _delete(self, action: DeletePost) -> None:
+        link = action.link
+        in_topic = self._store.message_links_in_topic(link.discourse_topic_id)
+        is_first = bool(in_topic) and in_topic[0].discourse_post_id == link.discourse_post_id
+        if is_first and len(in_topic) > 1:
+            # Deleting post #1 would delete the topic, and the thread's other messages live on.
+            note = f"{DELETED_FIRST_POST}\n\n{formatting.origin_marker(link.gchat_message_name)}"
+            try:
+                self._discourse.update_post(
+                    link.discourse_post_id, note, edit_reason="deleted in Google Chat"
+                )
+            except DiscourseNotFound:
+                pass
+            self._store.update_content_hash(link.gchat_message_name, DELETED_HASH)
+            logger.info(
+                "first post %d of thread %s replaced by a deletion note",
+                link.discourse_post_id,
+                link.gchat_thread_name,
+            )
+            return
+        self._delete_post(link.discourse_post_id)
+        if is_first:
+            self._store.unlink_thread(link.gchat_thread_name)
+        else:
+            self._store.unlink_message(link.gchat_message_name)
+        logger.info(
+            "mirrored deletion of %s: post %d deleted",
+            link.gchat_message_name,
+            link.discourse_post_id,
+        )
+        rest = self._store.message_links_in_topic(link.discourse_topic_id)
+        if len(rest) == 1 and rest[0].content_hash == DELETED_HASH:
+            # The thread's last message is gone: now its first post, and the topic, can go.
+            self._delete_post(rest[0].discourse_post_id)
+            self._store.unlink_thread(rest[0].gchat_thread_name)
+            logger.info(
+                "thread %s is gone: topic %d deleted",
+                rest[0].gchat_thread_name,
+                link.discourse_topic_id,
+            )
+
+    def _delete_post(self, discourse_post_id: int) -> None:
+        try:
+            # As the API user (staff): a soft delete, not an author's "marked for deletion".
+            self._discourse.delete_post(discourse_post_id)
+        except DiscourseNotFound:
+            pass  # already gone
+
+    # -- attachments
+
+    def _attachments_markdown(self, message: ChatMessage, author: Author) -> str:
+        embeds = [self._attachment_markdown(a, author) for a in message.attachments]
+        return "\n\n".join(embed for embed in embeds if embed)
+
+    def _attachment_markdown(self, attachment: ChatAttachment, author: Author) -> str:
+        """The embed of one attachment, or a visible note saying why it is missing.
+
+        Raises the transient errors (the message is retried as a whole; Discourse dedupes
+        uploads by content) and credential errors.
+        """
+        if attachment.drive_file_id:
+            return drive_markdown(attachment)
+        if not attachment.resource_name:
+            return failure_note(attachment, "no downloadable content")
+        try:
+            data = self._chat.download_attachment(attachment.resource_name)
+        except ChatRejected as exc:
+            logger.warning("cannot download %s: %s", attachment.name, exc)
+            return failure_note(attachment, "Google refused the download")
+        limit = self._config.sync.max_attachment_bytes
+        if len(data) > limit:
+            logger.warning("attachment %s too large (%d bytes)", attachment.name, len(data))
+            return failure_note(
+                attachment,
+                f"{len(data) / 1048576:.1f} MB is over the {limit / 1048576:g} MB limit",
+            )
+        filename = attachment.content_name or "attachment"
+        content_type = attachment.content_type or "application/octet-stream"
+        error: DiscourseRejected | None = None
+        # As the author where Discourse allows it (TL0 users may not attach files), else as
+        # the API user.
+        for as_user in (author.discourse_username, None):
+            try:
+                upload = self._discourse.upload_file(filename, data, content_type, as_user=as_user)
+            except DiscourseAuthError as exc:
+                if exc.credentials_invalid:
+                    raise
+                error = exc
+            except DiscourseRejected as exc:
+                error = exc
+            else:
+                return upload_markdown(upload, content_type)
+        logger.warning("Discourse refused attachment %s: %s", attachment.name, error)
+        return failure_note(attachment, f"Discourse refused it: {error}")
 
     def _mention_lookup(self, gchat_user_name: str) -> str | None:
         link = self._store.user_for_gchat(gchat_user_name)

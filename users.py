@@ -6,6 +6,11 @@ remembers the link in the store. Two people who share a display name never share
 candidates after the first carry a suffix derived from the Google user id, and every candidate
 is checked against the store and the forum before use. When no account can be had, posts go out
 as the API user with an attribution line instead of being dropped.
+
+Crash safety: a write intent `user:<google user>` is recorded before a user is created; if the
+link was never stored, the next attempt finds the user by email and, from the intent (or the
+bridge's placeholder address), still marks it as bridge-created, so no second account is made
+and nothing that user writes is mirrored back.
 """
 
 from __future__ import annotations
@@ -147,6 +152,7 @@ class UserDirectory:
         # Members of each space by user name; display names and emails are often missing from a
         # message's sender under user auth (reference §6.3), so one members.list fills them in.
         self._members: dict[str, dict[str, ChatUser]] = {}
+        self._asked: set[tuple[str, str]] = set()
 
     def author_for(self, sender: ChatUser, gchat_space_name: str) -> Author:
         """The Discourse account to post as for `sender`; never raises for a Discourse refusal."""
@@ -172,14 +178,17 @@ class UserDirectory:
     def _complete(self, sender: ChatUser, gchat_space_name: str) -> ChatUser:
         if sender.display_name and sender.email:
             return sender
-        if gchat_space_name not in self._members:
+        known = self._members.get(gchat_space_name, {}).get(sender.name)
+        if known is None and (gchat_space_name, sender.name) not in self._asked:
+            # Fetched once per space, and again for a sender who joined after that fetch.
+            self._asked.add((gchat_space_name, sender.name))
             try:
                 members = self._chat.list_members(gchat_space_name)
             except ChatError as exc:
                 logger.warning("cannot list members of %s: %s", gchat_space_name, exc)
                 members = []
             self._members[gchat_space_name] = {m.name: m for m in members}
-        known = self._members[gchat_space_name].get(sender.name)
+            known = self._members[gchat_space_name].get(sender.name)
         if known is None:
             return sender
         return ChatUser(
@@ -190,19 +199,40 @@ class UserDirectory:
         )
 
     def _link_or_create(self, person: ChatUser) -> UserLink | None:
-        if person.email:
-            existing = self._discourse.find_user_by_email(person.email)
+        placeholder = placeholder_email(person.name, self._email_domain)
+        email = person.email or placeholder
+        candidates = list(username_candidates(person.display_name, person.email, person.name))
+        intent = f"user:{person.name}"
+        if person.email or self._create_users:
+            # The placeholder address is looked up too: only the bridge gives it out, so a user
+            # holding it is one an earlier run created before it could store the link.
+            existing = self._discourse.find_user_by_email(email)
             if existing is not None:
-                logger.info("linked %s to existing user %s", person.name, existing.username)
-                return self._remember(person, existing, created_by_bridge=False)
+                ours = email == placeholder or (
+                    self._store.has_pending_write(intent)
+                    and existing.username.lower() in {c.lower() for c in candidates}
+                )
+                logger.info(
+                    "linked %s to existing user %s (created by the bridge: %s)",
+                    person.name,
+                    existing.username,
+                    ours,
+                )
+                if ours:
+                    self._raise_trust_level(existing)  # the crash may have come before it
+                link = self._remember(person, existing, created_by_bridge=ours)
+                self._store.finish_write(intent)
+                return link
         if not self._create_users:
             return None
-        email = person.email or placeholder_email(person.name, self._email_domain)
-        for username in username_candidates(person.display_name, person.email, person.name):
+        for username in candidates:
             if self._store.discourse_username_taken(username):
                 continue
             if self._discourse.get_user(username) is not None:
                 continue
+            # Recorded before the create: after a crash the email lookup above finds the user
+            # and this intent says that the bridge made it.
+            self._store.begin_write(intent)
             try:
                 created = self._discourse.create_user(
                     name=person.display_name or username,
@@ -218,7 +248,10 @@ class UserDirectory:
                 continue
             self._raise_trust_level(created)
             logger.info("created Discourse user %s for %s", created.username, person.name)
-            return self._remember(person, created, created_by_bridge=True)
+            link = self._remember(person, created, created_by_bridge=True)
+            self._store.finish_write(intent)
+            return link
+        self._store.finish_write(intent)
         return None
 
     def _raise_trust_level(self, user: DiscourseUser) -> None:
