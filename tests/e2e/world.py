@@ -51,6 +51,21 @@ class World:
         )
         return space["name"]
 
+    def add_dm(self, members: list[str], space_type: str = "DIRECT_MESSAGE") -> str:
+        """A DIRECT_MESSAGE (the bridge's account and one person) or GROUP_CHAT space."""
+        space = self.chat.control.create_space(
+            spaceType=space_type, members=[BRIDGE_USER, *members]
+        )
+        return str(space["name"])
+
+    def channel_messages(self, channel_id: int) -> list[dict[str, Any]]:
+        """Live messages of a Discourse chat channel, oldest first."""
+        return [
+            m
+            for m in self.discourse.control.state()["chat_messages"]
+            if m["chat_channel_id"] == channel_id and not m.get("deleted_at")
+        ]
+
     def say(self, space: str, sender: str, text: str, thread: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"sender": sender, "text": text}
         if thread:

@@ -1,0 +1,738 @@
+"""Direct messages and group chats ↔ Discourse chat DM channels, both directions.
+
+A mapping with only `google_space_id` is a DM mapping; the space's `spaceType` decides: a
+DIRECT_MESSAGE or GROUP_CHAT space becomes one Discourse chat DM channel whose members are the
+Discourse users of the space's human members. A SPACE mapped without a category key, or a DM
+space mapped with one, is reported as an error in the cycle result and in `status`
+(`last_dm_poll`), never a crash.
+
+Invariants:
+- The channel is created (or, for 1:1, found) with `create_dm_channel` acting as one participant,
+  never as the API user, so the API user is never a member of anyone's DMs. Every chat read and
+  write acts as a member: DM channels are invisible to others.
+- Chat → Discourse: each message is sent as its author's Discourse user, oldest first; the order
+  of effects is write intent → send → link (+ finish the intent) → advance the cursor.
+- Crash safety without a marker: Discourse chat cooks HTML comments as visible text, so a chat
+  message cannot carry the invisible origin marker posts carry. A sent message is recognised by
+  (channel, author, exact text, not linked to anything): after a crash, a pending write intent
+  makes the poll scan the channel's last 50 messages for the oldest unlinked message of that
+  author with the very text it would send, and link it instead of sending again. Because one
+  message is in flight at a time per process, at most one such message can exist; the one
+  ambiguity left is the author typing the identical text in Discourse at the same moment.
+- Discourse → Chat: `chat_message_created/edited/trashed` events of linked channels go through
+  the inbox; each Chat copy has the client-assigned id `client-dc-<chat message id>`, so a repeat
+  is ALREADY_EXISTS and linked, and the Chat poll never mirrors it back. Messages of
+  bridge-created users, and messages linked as coming from Chat, are never mirrored. While a Chat
+  → Discourse write of the space is unconfirmed, events of its channel wait (a transient error),
+  so a message the bridge just sent cannot be taken for a human's.
+- One lock per process is held around "check link → write → link" in both directions.
+- Catch-up: each linked channel has a high-water chat message id (set to the channel's newest
+  message when it is linked, so old history is not replayed); newer messages are enqueued into
+  the inbox with the same dedupe keys as webhooks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import formatting
+from config_loader import Config, SpaceMapping
+from db import Store
+from discourse_client import (
+    DiscourseAuthError,
+    DiscourseChatMessage,
+    DiscourseClient,
+    DiscourseError,
+    DiscourseRejected,
+    DiscourseUnavailable,
+)
+from google_chat_client import (
+    ChatAuthError,
+    ChatError,
+    ChatMessage,
+    ChatNotFound,
+    ChatSpace,
+    GoogleChatClient,
+)
+from sync_discourse_to_gchat import inbox_keys
+from users import UserDirectory
+
+logger = logging.getLogger(__name__)
+
+DIRECTION = "gchat_dm_to_discourse"
+DM_SPACE_TYPES = frozenset({"DIRECT_MESSAGE", "GROUP_CHAT"})
+CHAT_EVENTS = frozenset({"chat_message_created", "chat_message_edited", "chat_message_trashed"})
+CURSOR_OVERLAP = timedelta(seconds=10)
+RETRY_BASE_DELAY = timedelta(seconds=30)
+RECONCILE_WINDOW = 50  # Discourse's maximum chat page
+BRIDGE_ACCOUNT_KEY = "gchat_bridge_account"  # status key: the Google user the bridge runs as
+NO_TEXT = "_(a message with no text)_"
+
+
+# ---------------------------------------------------------------------------- pure
+
+
+def is_dm_mapping(mapping: SpaceMapping) -> bool:
+    """A mapping without category keys asks for a DM channel."""
+    return mapping.discourse_category_id is None and mapping.discourse_parent_category_id is None
+
+
+def mapping_problem(mapping: SpaceMapping, space: ChatSpace) -> str | None:
+    """Why `mapping` does not fit its fetched `space`, or None when it does."""
+    if is_dm_mapping(mapping) and space.space_type not in DM_SPACE_TYPES:
+        return (
+            f"{space.name} is a {space.space_type or 'space of unknown type'}: a room space "
+            "needs discourse_category_id or discourse_parent_category_id in its mapping"
+        )
+    if not is_dm_mapping(mapping) and space.space_type in DM_SPACE_TYPES:
+        return (
+            f"{space.name} is a {space.space_type}: it becomes a Discourse chat channel, so its "
+            "mapping must not have discourse_category_id or discourse_parent_category_id"
+        )
+    return None
+
+
+def is_bridge_origin(message: ChatMessage) -> bool:
+    """True for messages the bridge created in Chat (`client-dc-…` or `client-dp-…`)."""
+    client_id = message.client_assigned_message_id or ""
+    return client_id.startswith(("client-dc-", "client-dp-"))
+
+
+@dataclass(frozen=True, slots=True)
+class SendToChannel:
+    message: ChatMessage
+
+
+@dataclass(frozen=True, slots=True)
+class SkipMessage:
+    message: ChatMessage
+    reason: str
+
+
+DmAction = SendToChannel | SkipMessage
+
+
+def plan_dm(messages: Sequence[ChatMessage], *, linked: Iterable[str]) -> list[DmAction]:
+    """What to do with each listed DM message, oldest first. No I/O."""
+    done = set(linked)
+    actions: list[DmAction] = []
+    for message in sorted(messages, key=lambda m: m.create_time):
+        if message.name in done:
+            continue
+        if is_bridge_origin(message):
+            actions.append(SkipMessage(message, "written by the bridge"))
+        elif message.delete_time is not None:
+            actions.append(SkipMessage(message, "deleted in Chat"))
+        elif message.sender.type == "BOT":
+            actions.append(SkipMessage(message, "written by a Chat app"))
+        else:
+            actions.append(SendToChannel(message))
+    return actions
+
+
+def render_chat_message(text: str, attribution: str | None, mention_lookup: Any) -> str:
+    """The Discourse chat text for a Chat message (markdown; attribution only when needed)."""
+    body = formatting.gchat_to_discourse_markdown(text, mention_lookup=mention_lookup).strip()
+    body = body or NO_TEXT
+    return f"{attribution}\n{body}" if attribution else body
+
+
+def render_for_gchat(
+    message: str,
+    *,
+    display_name: str | None,
+    username: str,
+    attributed: bool,
+    base_url: str,
+    mention_lookup: Callable[[str], str | None],
+) -> str:
+    """The Chat text for a Discourse chat message, with the attribution line when wanted."""
+    body = formatting.discourse_to_gchat_text(
+        message, base_url=base_url, mention_lookup=mention_lookup
+    ).strip()
+    text = f"{formatting.attribution_line(display_name, username)}\n{body}" if attributed else body
+    parts = formatting.split_for_limit(text or "…", formatting.CHAT_MAX_BYTES)
+    return parts[0]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatEvent:
+    """A `chat_message_*` webhook body, parsed once."""
+
+    message: DiscourseChatMessage
+    channel_id: int
+    author_name: str | None  # the author's display name, when the payload has it
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> ChatEvent:
+        """Raises ValueError when the body lacks the chat message or its channel."""
+        payload = body.get("chat_message")
+        if not isinstance(payload, Mapping):
+            raise ValueError("no chat_message object in the body")
+        message, channel = payload.get("message"), payload.get("channel")
+        if not isinstance(message, Mapping) or not isinstance(channel, Mapping):
+            raise ValueError("chat_message needs message and channel objects")
+        try:
+            channel_id = int(channel["id"])
+            parsed = DiscourseChatMessage.from_api(message, channel_id=channel_id)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed chat message: {exc!r}") from exc
+        user = message.get("user")
+        name = user.get("name") if isinstance(user, Mapping) else None
+        return cls(parsed, channel_id, str(name) if name else None)
+
+
+def event_body(message: DiscourseChatMessage) -> dict[str, Any]:
+    """A webhook-shaped body for a message found by the catch-up pull."""
+    return {
+        "chat_message": {
+            "message": {
+                "id": message.id,
+                "message": message.message,
+                "created_at": message.created_at.isoformat(),
+                "deleted_at": message.deleted_at.isoformat() if message.deleted_at else None,
+                "chat_channel_id": message.channel_id,
+                "edited": message.edited,
+                "user": {"username": message.username},
+            },
+            "channel": {"id": message.channel_id},
+        }
+    }
+
+
+def _cursor_key(space: str) -> str:
+    return f"gchat_dm_cursor:{space}"
+
+
+def _active_key(space: str) -> str:
+    return f"gchat_dm_active:{space}"
+
+
+def _high_water_key(channel_id: int) -> str:
+    return f"discourse_chat_high_water:{channel_id}"
+
+
+def _reader_key(channel_id: int) -> str:
+    # A member of the channel to read it as (DM channels are visible to members only).
+    return f"discourse_chat_reader:{channel_id}"
+
+
+def _parse_time(value: str) -> datetime:
+    text = value.replace("Z", "+00:00")
+    if "." in text:
+        head, rest = text.split(".", 1)
+        frac = "".join(ch for ch in rest if ch.isdigit())
+        text = f"{head}.{frac[:6].ljust(6, '0')}{rest[len(frac) :]}"
+    return datetime.fromisoformat(text)
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# ---------------------------------------------------------------------------- I/O
+
+
+class _Waiting(DiscourseUnavailable):
+    """An event must wait for an unconfirmed write of its channel (retried by the inbox)."""
+
+
+@dataclass
+class DmPollResult:
+    spaces_checked: int = 0
+    spaces_read: int = 0
+    mirrored: int = 0
+    skipped: int = 0
+    parked: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+class DmSync:
+    """Both directions for DM and group-chat spaces; one instance per process."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        chat: GoogleChatClient,
+        discourse: DiscourseClient,
+        users: UserDirectory,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        stop: threading.Event | None = None,
+        bridge_account: str | None = None,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._chat = chat
+        self._discourse = discourse
+        self._users = users
+        self._clock = clock
+        self._stop = stop or threading.Event()
+        # Held around "check link -> write -> link" in both directions (webhook worker, poll).
+        self._lock = threading.RLock()
+        self._display_names: dict[str, str | None] = {}
+        if bridge_account:
+            store.set_status(BRIDGE_ACCOUNT_KEY, bridge_account)
+
+    # -- the bridge's own Google account
+
+    def bridge_account(self) -> str | None:
+        """The Google user the bridge runs as, once learnt (the sender of its own messages)."""
+        return self._store.get_status(BRIDGE_ACCOUNT_KEY)
+
+    def _learn_bridge_account(self, message: ChatMessage) -> None:
+        sender = message.sender.name
+        if sender and sender != self.bridge_account():
+            self._store.set_status(BRIDGE_ACCOUNT_KEY, sender)
+            logger.info("the bridge runs as Google user %s", sender)
+
+    def _needs_attribution(self, discourse_username: str) -> bool:
+        account = self.bridge_account()
+        if account is None:
+            return True
+        link = self._store.user_for_gchat(account)
+        return link is None or link.discourse_username.lower() != discourse_username.lower()
+
+    # -- Chat -> Discourse
+
+    def poll_once(self) -> DmPollResult:
+        """One cycle over every DM mapping; also reports mappings that do not fit their space."""
+        with self._lock:
+            started = time.monotonic()
+            result = DmPollResult()
+            try:
+                self._poll(result)
+            except ChatAuthError as exc:
+                result.errors.append(f"Google refused the credentials: {exc}")
+            except DiscourseAuthError as exc:
+                result.errors.append(f"Discourse refused the API key: {exc}")
+            duration = time.monotonic() - started
+            self._store.set_status(
+                "last_dm_poll",
+                json.dumps(
+                    {
+                        "time": self._clock().isoformat(),
+                        "ok": result.ok,
+                        "errors": result.errors[:20],
+                        "mirrored": result.mirrored,
+                        "skipped": result.skipped,
+                        "parked": result.parked,
+                        "spaces_read": result.spaces_read,
+                        "duration_seconds": round(duration, 3),
+                    }
+                ),
+            )
+            if result.spaces_checked or result.errors:
+                logger.info(
+                    "DM poll done in %.2fs: %d spaces checked, %d read, %d mirrored, %d skipped, "
+                    "%d parked, %d errors",
+                    duration,
+                    result.spaces_checked,
+                    result.spaces_read,
+                    result.mirrored,
+                    result.skipped,
+                    result.parked,
+                    len(result.errors),
+                )
+            for error in result.errors:
+                logger.error("DM poll: %s", error)
+            return result
+
+    def _poll(self, result: DmPollResult) -> None:
+        mappings = list(self._config.mappings)
+        if not any(is_dm_mapping(m) for m in mappings):
+            return
+        spaces = self._fetch_spaces({m.google_space_id for m in mappings}, result)
+        for mapping in mappings:
+            if self._stop.is_set():
+                return
+            space = spaces.get(mapping.google_space_id)
+            if space is None:
+                continue
+            problem = mapping_problem(mapping, space)
+            if problem is not None:
+                result.errors.append(problem)
+                continue
+            if not is_dm_mapping(mapping):
+                continue
+            result.spaces_checked += 1
+            try:
+                self._poll_space(space, result)
+            except (ChatAuthError, DiscourseAuthError):
+                raise
+            except (ChatError, DiscourseError) as exc:
+                result.errors.append(f"{space.name}: {exc}")
+                logger.warning("DM poll of %s stopped: %s", space.name, exc)
+            except Exception as exc:  # per-item boundary: one space must not stop the others
+                result.errors.append(f"{space.name}: {exc!r}")
+                logger.exception("DM poll of %s failed", space.name)
+
+    def _fetch_spaces(self, wanted: set[str], result: DmPollResult) -> dict[str, ChatSpace]:
+        found: dict[str, ChatSpace] = {}
+        try:
+            for space in self._chat.list_spaces():
+                if space.name in wanted:
+                    found[space.name] = space
+                    if len(found) == len(wanted):
+                        break
+        except ChatAuthError:
+            raise
+        except ChatError as exc:
+            result.errors.append(f"cannot list Chat spaces: {exc}")
+            return found
+        for name in sorted(wanted - found.keys()):
+            # DMs and group chats are not listed before their first message (reference §6.1).
+            try:
+                found[name] = self._chat.get_space(name)
+            except ChatAuthError:
+                raise
+            except ChatError as exc:
+                result.errors.append(f"{name}: cannot read the space: {exc}")
+        return found
+
+    def _poll_space(self, space: ChatSpace, result: DmPollResult) -> None:
+        last_active = space.last_active_time.isoformat() if space.last_active_time else None
+        if last_active is not None and self._store.get_cursor(_active_key(space.name)) == (
+            last_active
+        ):
+            return
+        cursor = self._store.get_cursor(_cursor_key(space.name))
+        after = _rfc3339(_parse_time(cursor) - CURSOR_OVERLAP) if cursor else None
+        result.spaces_read += 1
+        messages = list(self._chat.list_messages(space.name, created_after=after))
+        for message in messages:
+            if is_bridge_origin(message):
+                self._learn_bridge_account(message)
+        linked = [
+            m.name for m in messages if self._store.chat_message_for_message(m.name) is not None
+        ]
+        actions = plan_dm(messages, linked=linked)
+        channel_id: int | None = None
+        for action in actions:
+            if self._stop.is_set():
+                return
+            if isinstance(action, SkipMessage):
+                logger.debug("skip %s: %s", action.message.name, action.reason)
+                result.skipped += 1
+            else:
+                if channel_id is None:
+                    channel_id = self.ensure_channel(space)
+                if not self._apply(action.message, space, channel_id, result):
+                    return  # transient failure: keep the order, try again next cycle
+            self._store.set_cursor(_cursor_key(space.name), action.message.create_time_raw)
+        if last_active is not None:
+            self._store.set_cursor(_active_key(space.name), last_active)
+
+    def ensure_channel(self, space: ChatSpace) -> int:
+        """The DM channel of `space`, created (as a participant) and linked on first use."""
+        known = self._store.channel_for_space(space.name)
+        if known is not None:
+            return known
+        members = [m for m in self._chat.list_members(space.name) if m.type != "BOT"]
+        usernames: dict[str, str] = {}
+        for member in sorted(members, key=lambda m: m.name):
+            author = self._users.author_for(member, space.name)
+            if author.attribution is not None:
+                logger.warning(
+                    "%s has no Discourse account; not a member of the channel of %s",
+                    member.name,
+                    space.name,
+                )
+                continue
+            usernames[member.name] = author.discourse_username
+        if not usernames:
+            raise DiscourseRejected(f"no member of {space.name} has a Discourse account")
+        # Act as the bridge's own person when known (stable), else the first participant; never
+        # as the API user, who would otherwise sit in everyone's DMs.
+        account = self.bridge_account()
+        acting = usernames.get(account or "") or next(iter(usernames.values()))
+        targets = sorted({u for u in usernames.values() if u != acting}) or [acting]
+        channel_id = self._discourse.create_dm_channel(targets, as_user=acting)
+        # History already in the channel (a reused 1:1 DM) is not replayed into Chat.
+        page = self._discourse.list_chat_messages(channel_id, as_user=acting)
+        newest = max((m.id for m in page), default=0)
+        with self._store.transaction():
+            self._store.link_dm_channel(space.name, channel_id)
+            self._store.set_cursor(_reader_key(channel_id), acting)
+            if self._store.get_cursor(_high_water_key(channel_id)) is None:
+                self._store.set_cursor(_high_water_key(channel_id), str(newest))
+        logger.info(
+            "space %s -> chat channel %d (members %s)",
+            space.name,
+            channel_id,
+            ", ".join(sorted(usernames.values())),
+        )
+        return channel_id
+
+    def _apply(
+        self, message: ChatMessage, space: ChatSpace, channel_id: int, result: DmPollResult
+    ) -> bool:
+        """Send one message; False when the space must stop for this cycle."""
+        if not self._due(message.name):
+            return False
+        try:
+            self._send(message, space, channel_id)
+        except DiscourseAuthError:
+            raise
+        except DiscourseRejected as exc:
+            self._store.record_failure(
+                DIRECTION,
+                message.name,
+                f"Discourse refused it: {exc}",
+                max_attempts=1,
+                next_attempt_at=self._clock(),
+            )
+            logger.error("parked %s: Discourse refused it: %s", message.name, exc)
+            result.parked += 1
+            return True
+        except (DiscourseUnavailable, ChatError) as exc:
+            if isinstance(exc, ChatAuthError):
+                raise
+            failure = self._store.record_failure(
+                DIRECTION,
+                message.name,
+                str(exc),
+                max_attempts=self._config.sync.max_attempts,
+                next_attempt_at=self._clock() + RETRY_BASE_DELAY,
+            )
+            if failure.parked:
+                result.parked += 1
+                return True
+            result.errors.append(f"{message.name}: {exc}")
+            return False
+        self._store.clear_failure(DIRECTION, message.name)
+        result.mirrored += 1
+        return True
+
+    def _due(self, gchat_message_name: str) -> bool:
+        failure = self._store.failure_for(DIRECTION, gchat_message_name)
+        if failure is None or failure.parked:
+            return failure is None
+        return failure.next_attempt_at <= self._clock()
+
+    def _send(self, message: ChatMessage, space: ChatSpace, channel_id: int) -> None:
+        author = self._users.author_for(message.sender, space.name)
+        reader = self._store.get_cursor(_reader_key(channel_id))
+        # A person without an account is written by the channel's creator, with attribution.
+        as_user = author.discourse_username if author.attribution is None else reader
+        if as_user is None:
+            raise DiscourseRejected(f"no member of channel {channel_id} to write as")
+        text = render_chat_message(message.text, author.attribution, self._mention_lookup)
+        if self._store.has_pending_write(message.name):
+            found = self._find_sent(channel_id, as_user, text)
+            if found is not None:
+                logger.info("reconciled %s with chat message %d", message.name, found)
+                self._link(message, channel_id, found, text)
+                return
+        self._store.begin_write(message.name)
+        chat_message_id = self._discourse.send_chat_message(channel_id, text, as_user=as_user)
+        self._link(message, channel_id, chat_message_id, text)
+        logger.info("mirrored %s -> chat message %d", message.name, chat_message_id)
+
+    def _find_sent(self, channel_id: int, as_user: str, text: str) -> int | None:
+        recent = self._discourse.list_chat_messages(
+            channel_id, page_size=RECONCILE_WINDOW, as_user=as_user
+        )
+        for candidate in recent:
+            if (
+                candidate.username.lower() == as_user.lower()
+                and candidate.deleted_at is None
+                and candidate.message == text
+                and self._store.message_for_chat_message(candidate.id) is None
+            ):
+                return candidate.id
+        return None
+
+    def _link(
+        self, message: ChatMessage, channel_id: int, chat_message_id: int, text: str
+    ) -> None:
+        with self._store.transaction():
+            self._store.link_chat_message(
+                message.name,
+                chat_message_id,
+                gchat_space_name=message.space_name,
+                discourse_channel_id=channel_id,
+                origin="gchat",
+                content_hash=formatting.content_hash(text),
+            )
+            self._store.finish_write(message.name)
+
+    def _mention_lookup(self, gchat_user_name: str) -> str | None:
+        link = self._store.user_for_gchat(gchat_user_name)
+        return link.discourse_username if link else None
+
+    # -- Discourse -> Chat
+
+    def handle_event(self, event_name: str, body: Mapping[str, Any]) -> None:
+        """Carry out one stored `chat_message_*` event (the inbox worker sorts the exceptions).
+
+        Raises:
+            ValueError: the body is malformed (dead-lettered).
+            ChatError, DiscourseError: from the clients (retried or dead-lettered).
+        """
+        if event_name not in CHAT_EVENTS:
+            logger.debug("chat event %s not bridged", event_name)
+            return
+        event = ChatEvent.from_body(body)
+        space = self._store.space_for_channel(event.channel_id)
+        if space is None:
+            logger.debug("chat channel %d is not mapped", event.channel_id)
+            return
+        with self._lock:
+            if event_name == "chat_message_created":
+                self._created(event, space)
+            elif event_name == "chat_message_edited":
+                self._edited(event)
+            else:
+                self._trashed(event)
+
+    def _created(self, event: ChatEvent, space: str) -> None:
+        message = event.message
+        if self._store.chat_message_link_by_chat_message(message.id) is not None:
+            return  # came from Chat, or already bridged
+        if message.deleted_at is not None:
+            return
+        if self._store.is_bridge_user(message.username):
+            logger.debug("chat message %d is by a bridge user; not mirrored", message.id)
+            return
+        prefix = f"{space}/messages/"
+        if any(key.startswith(prefix) for key in self._store.pending_writes()):
+            # It may be the copy of a Chat message whose link is not stored yet (a crash).
+            raise _Waiting(f"waiting for an unconfirmed write of {space}")
+        text = self._text_for(event)
+        created = self._chat.create_message(
+            space, text, message_id=formatting.client_message_id_for_chat_message(message.id)
+        )
+        self._learn_bridge_account(created)
+        self._store.link_chat_message(
+            created.name,
+            message.id,
+            gchat_space_name=space,
+            discourse_channel_id=event.channel_id,
+            origin="discourse",
+            content_hash=formatting.content_hash(text),
+        )
+        logger.info("bridged chat message %d -> %s", message.id, created.name)
+
+    def _edited(self, event: ChatEvent) -> None:
+        link = self._store.chat_message_link_by_chat_message(event.message.id)
+        if link is None or link.origin != "discourse" or event.message.deleted_at is not None:
+            return  # unknown, or a Chat message's copy (Chat stays the record for those)
+        text = self._text_for(event)
+        digest = formatting.content_hash(text)
+        if digest == link.content_hash:
+            return
+        self._chat.update_message_text(link.gchat_message_name, text)
+        self._store.update_chat_content_hash(link.gchat_message_name, digest)
+        logger.info("edited %s from chat message %d", link.gchat_message_name, event.message.id)
+
+    def _trashed(self, event: ChatEvent) -> None:
+        link = self._store.chat_message_link_by_chat_message(event.message.id)
+        if link is None or link.origin != "discourse":
+            return
+        try:
+            self._chat.delete_message(link.gchat_message_name)
+        except ChatNotFound:
+            logger.info("%s was already gone", link.gchat_message_name)
+        self._store.unlink_chat_message(link.gchat_message_name)
+        logger.info(
+            "deleted %s (chat message %d trashed)", link.gchat_message_name, event.message.id
+        )
+
+    def _text_for(self, event: ChatEvent) -> str:
+        username = event.message.username
+        return render_for_gchat(
+            event.message.message,
+            display_name=event.author_name or self._display_name(username),
+            username=username,
+            attributed=self._needs_attribution(username),
+            base_url=self._config.discourse.url,
+            mention_lookup=self._gchat_mention_lookup,
+        )
+
+    def _display_name(self, username: str) -> str | None:
+        if username not in self._display_names:
+            try:
+                user = self._discourse.get_user(username)
+            except DiscourseError as exc:
+                logger.warning("cannot read user %s: %s", username, exc)
+                return None
+            self._display_names[username] = user.name if user else None
+        return self._display_names[username]
+
+    def _gchat_mention_lookup(self, discourse_username: str) -> str | None:
+        link = self._store.user_for_discourse(discourse_username)
+        return link.gchat_user_name if link else None
+
+    # -- catch-up
+
+    def catch_up(self) -> int:
+        """Enqueue chat messages newer than each linked channel's high-water id; returns count.
+
+        Raises:
+            DiscourseError: a channel cannot be read (the next cycle tries again).
+        """
+        found = 0
+        for mapping in self._config.mappings:
+            channel_id = self._store.channel_for_space(mapping.google_space_id)
+            if channel_id is None:
+                continue
+            found += self._catch_up_channel(channel_id)
+        return found
+
+    def _catch_up_channel(self, channel_id: int) -> int:
+        reader = self._store.get_cursor(_reader_key(channel_id))
+        mark = self._store.get_cursor(_high_water_key(channel_id))
+        if reader is None or mark is None:
+            return 0
+        high_water = int(mark)
+        count = 0
+        while True:
+            page = self._discourse.list_chat_messages(
+                channel_id, target_message_id=high_water, direction="future", as_user=reader
+            )
+            page = [m for m in page if m.id > high_water]
+            if not page:
+                return count
+            for message in sorted(page, key=lambda m: m.id):
+                high_water = message.id
+                if self._store.message_for_chat_message(message.id) is not None:
+                    continue  # a copy of a Chat message, or bridged already
+                body = event_body(message)
+                dedupe_key, ordering_key = inbox_keys("chat_message_created", body)
+                if self._store.enqueue_event(
+                    event_id="",
+                    event_type="chat_message",
+                    event_name="chat_message_created",
+                    payload=json.dumps(body),
+                    dedupe_key=dedupe_key,
+                    ordering_key=ordering_key,
+                    received_at=self._clock(),
+                ):
+                    count += 1
+            self._store.set_cursor(_high_water_key(channel_id), str(high_water))
+
+
+__all__ = [
+    "ChatEvent",
+    "DmPollResult",
+    "DmSync",
+    "is_bridge_origin",
+    "is_dm_mapping",
+    "mapping_problem",
+    "plan_dm",
+    "render_chat_message",
+    "render_for_gchat",
+]

@@ -1,0 +1,110 @@
+"""Issue 6 end to end: DMs and group chats <-> Discourse chat channels, and identities.
+
+`python main.py` runs as a subprocess against both emulators; only their state is inspected.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import requests
+
+from tests.e2e.harness import BridgeProcess, wait_for
+from tests.e2e.world import BRIDGE_USER, World
+
+
+def _channel_of(world: World, files: Any, space: str) -> int | None:
+    if not files.database.exists():
+        return None
+    with sqlite3.connect(files.database) as db:
+        row = db.execute(
+            "SELECT discourse_channel_id FROM dm_channel WHERE gchat_space_name = ?", (space,)
+        ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _members(world: World, channel_id: int) -> set[str]:
+    state = world.discourse.control.state()
+    users = {u["id"]: u["username"] for u in state["users"]}
+    channel = next(c for c in state["chat_channels"] if c["id"] == channel_id)
+    return {users[i] for i in channel["member_ids"]}
+
+
+def _user_links(files: Any) -> list[tuple[str, str]]:
+    with sqlite3.connect(files.database) as db:
+        return db.execute(
+            "SELECT gchat_user_name, discourse_username FROM user_link ORDER BY 1"
+        ).fetchall()
+
+
+def test_dm_and_group_chat_both_ways(world: World) -> None:
+    ann, alex1, alex2 = world.add_people("Ann Lee", "Alex Kim", "Alex Kim")
+    # Ann already has a forum account with her Google email: she must post as that user.
+    world.discourse.control.create_user(
+        "annl", name="Ann Lee", email=world.people[0]["email"], trust_level=1
+    )
+    dm = world.add_dm([ann])
+    group = world.add_dm([alex1, alex2], "GROUP_CHAT")
+    for i in range(20):
+        world.say(dm, ann if i % 2 else BRIDGE_USER, f"dm {i}")
+    world.say(group, alex1, "hi from the first Alex")
+    world.say(group, alex2, "🙂")
+    files = world.config([{"google_space_id": dm}, {"google_space_id": group}])
+    world.hook_to(files)
+    bridge = BridgeProcess(files)
+    try:
+        dm_channel = wait_for(lambda: _channel_of(world, files, dm), what="the DM channel")
+        group_channel = wait_for(lambda: _channel_of(world, files, group), what="group channel")
+        wait_for(lambda: len(world.channel_messages(dm_channel)) == 20, what="20 DM messages")
+        wait_for(lambda: len(world.channel_messages(group_channel)) == 2, what="group messages")
+        got = world.channel_messages(dm_channel)
+        assert [m["message"] for m in got] == [f"dm {i}" for i in range(20)]
+        assert {m["user"]["username"] for m in got[1::2]} == {"annl"}
+        links = dict(_user_links(files))
+        assert links[ann] == "annl"
+        assert links[alex1].lower() != links[alex2].lower()
+        assert _members(world, dm_channel) == {"annl", links[BRIDGE_USER]}
+        assert _members(world, group_channel) == {links[BRIDGE_USER], links[alex1], links[alex2]}
+        group_msgs = world.channel_messages(group_channel)
+        assert [m["user"]["username"] for m in group_msgs] == [links[alex1], links[alex2]]
+        assert "system" not in _members(world, dm_channel) | _members(world, group_channel)
+
+        # Discourse -> Chat: Ann writes in the forum; the copies are attributed, in order, once.
+        api = requests.Session()
+        api.headers.update({"Api-Key": "test-api-key", "Api-Username": "annl"})
+        sent = []
+        for i in range(5):
+            r = api.post(
+                f"{world.discourse.url}/chat/{dm_channel}.json", json={"message": f"f{i}"}
+            )
+            r.raise_for_status()
+            sent.append(r.json()["message_id"])
+        expected = [f"*Ann Lee* (@annl) on Discourse:\nf{i}" for i in range(5)]
+
+        def copies() -> list[str]:
+            return [m["text"] for m in world.chat_messages(dm) if m["text"].startswith("*Ann")]
+
+        wait_for(lambda: copies() == expected, what="5 attributed copies in Chat")
+        url = f"{world.discourse.url}/chat/api/channels/{dm_channel}/messages/{sent[0]}.json"
+        api.put(url, json={"message": "f0 edited"}).raise_for_status()
+        wait_for(lambda: copies()[0] == "*Ann Lee* (@annl) on Discourse:\nf0 edited", what="edit")
+        url = f"{world.discourse.url}/chat/api/channels/{dm_channel}/messages/{sent[1]}.json"
+        api.delete(url).raise_for_status()
+        wait_for(lambda: len(copies()) == 4, what="the trashed copy deleted")
+        # The copies never come back to Discourse as new chat messages.
+        bridge.wait_cycles(bridge.completed_cycles() + 2)
+        assert len(world.channel_messages(dm_channel)) == 20 + 5 - 1
+    except BaseException:
+        bridge.kill()
+        raise
+    assert bridge.terminate() == 0
+    before = _user_links(files)
+    again = BridgeProcess(files)
+    try:
+        world.say(group, alex2, "after the restart")
+        wait_for(lambda: len(world.channel_messages(group_channel)) == 3, what="message 3")
+    finally:
+        again.terminate()
+    assert _user_links(files) == before
+    assert _channel_of(world, files, group) == group_channel
