@@ -1150,15 +1150,17 @@ class DiscourseClient:
     def create_dm_channel(self, target_usernames: Sequence[str], *, as_user: str) -> int:
         """Create or find the DM channel of `as_user` with the targets; returns its id.
 
-        1:1 channels are reused by Discourse, so only those are retried after a transient error.
+        Discourse reuses a 1:1 channel by itself and a group channel only with `upsert`, which is
+        always sent: the call is then idempotent, so a retry after a crash or a transient error
+        finds the channel instead of making a second one.
         """
         path = "/chat/api/direct-message-channels.json"
         response = self._request(
             "POST",
             path,
-            json={"target_usernames": list(target_usernames)},
+            json={"target_usernames": list(target_usernames), "upsert": True},
             as_user=as_user,
-            retry_transient=len(target_usernames) == 1,
+            retry_transient=True,
         )
         return int(self._json(response, "POST", path)["channel"]["id"])
 
