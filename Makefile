@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint format venv clean
+.PHONY: test demo lint format venv clean bench
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# `make demo` is the README's first command: both emulators, the bridge, a scripted conversation.
+demo: $(STAMP)
+	$(PY) main.py demo
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -24,6 +28,11 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# Benchmarks (about 10 minutes; BENCH_SCALE=0.05 for a smoke run): bench/results.json + table.
+BENCH_SCALE ?= 1
+bench: $(STAMP)
+	$(PY) -m bench.run_all --scale $(BENCH_SCALE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

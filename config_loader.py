@@ -555,6 +555,8 @@ def _sync(problems: list[str], data: Mapping[str, Any], base: Path) -> Any:
 
 def _edit_window(c: _Checker) -> Any:
     value = c.get("edit_window", "1h")
+    if value == "off":
+        return timedelta(0)  # Chat edits and deletions are not looked for
     duration = parse_duration(value) if isinstance(value, str) else None
     if duration is None:
         c.add("edit_window", f'{value!r} is not understood; use a duration such as "30m" or "2h"')

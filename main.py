@@ -109,9 +109,7 @@ def build_runtime(config: Config, stop: threading.Event) -> Runtime:
     )
     g2d = GchatToDiscourse(config, store, chat, discourse, users, stop=stop)
     dms = DmSync(config, store, chat, discourse, users, stop=stop)
-    d2g = DiscourseToGchat(
-        config, store, chat, discourse, chat_message_handler=dms.handle_event
-    )
+    d2g = DiscourseToGchat(config, store, chat, discourse, chat_message_handler=dms.handle_event)
     metrics = BridgeMetrics()
     metrics.watch(
         inbox_depth=store.inbox_depth,
@@ -123,9 +121,7 @@ def build_runtime(config: Config, stop: threading.Event) -> Runtime:
             "google_chat": chat.rate_limited_count,
         },
     )
-    return Runtime(
-        config, store, chat, discourse, g2d, d2g, metrics, stop, datetime.now(UTC), dms
-    )
+    return Runtime(config, store, chat, discourse, g2d, d2g, metrics, stop, datetime.now(UTC), dms)
 
 
 def poll_job(runtime: Runtime) -> None:
@@ -183,6 +179,15 @@ def _last_poll(runtime: Runtime) -> dict[str, Any] | None:
 
 def run(config: Config, *, once: bool) -> int:
     stop = threading.Event()
+    # Handlers first: a SIGTERM that arrives while the runtime is still being built must also
+    # end in a clean shutdown, not in death by signal.
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logger.info("received %s: shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         runtime = build_runtime(config, stop)
     except ChatAuthError as exc:
@@ -210,12 +215,6 @@ def run(config: Config, *, once: bool) -> int:
         return EXIT_CONFIG
     server = WebhookServer(app, config.sync.webhook_host, config.sync.webhook_port)
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        logger.info("received %s: shutting down", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     scheduler = BackgroundScheduler(timezone=UTC)
     scheduler.add_job(
         poll_job,
