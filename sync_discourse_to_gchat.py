@@ -478,9 +478,12 @@ class DiscourseToGchat:
         return str(info["client_id"]), int(info["count"])
 
     def _set_part_info(self, post_id: int, client_id: str, count: int) -> None:
-        if count == 1 and client_id == formatting.client_message_id_for_post(post_id):
-            if self._store.get_cursor(f"discourse_post_parts:{post_id}") is None:
-                return  # the usual case costs no row
+        if (
+            count == 1
+            and client_id == formatting.client_message_id_for_post(post_id)
+            and self._store.get_cursor(f"discourse_post_parts:{post_id}") is None
+        ):
+            return  # the usual case costs no row
         self._store.set_cursor(
             f"discourse_post_parts:{post_id}", json.dumps({"client_id": client_id, "count": count})
         )

@@ -307,7 +307,7 @@ def _parse_time(value: str) -> datetime:
     text = value.replace("Z", "+00:00")
     if "." in text:
         head, rest = text.split(".", 1)
-        frac = "".join(ch for ch in rest if ch.isdigit())
+        frac = rest[: len(rest) - len(rest.lstrip("0123456789"))]  # the leading digits only
         tz = rest[len(frac) :]
         text = f"{head}.{frac[:6].ljust(6, '0')}{tz}"
     return datetime.fromisoformat(text)
@@ -449,7 +449,11 @@ class GchatToDiscourse:
         window_start = now - self._config.sync.edit_window
         # Edits and deletions do not move lastActiveTime: a space whose last message is within
         # the edit window is re-read every cycle; one quiet for longer costs no request.
-        recent = space.last_active_time is not None and space.last_active_time >= window_start
+        recent = (
+            self._config.sync.edit_window > timedelta(0)
+            and space.last_active_time is not None
+            and space.last_active_time >= window_start
+        )
         if (
             last_active is not None
             and self._store.get_cursor(active_key(space.name)) == last_active

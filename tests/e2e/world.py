@@ -76,6 +76,9 @@ class World:
         return int(self.discourse.control.create_category(name=name)["id"])
 
     def config(self, mappings: list[dict[str, Any]], **kw: Any) -> BridgeFiles:
+        # Looking for Chat edits re-reads recently active spaces every cycle; tests about other
+        # things (request counts of idle polls) turn it off unless they pass their own window.
+        kw["extra_sync"] = {"edit_window": "off", **(kw.get("extra_sync") or {})}
         files = write_config(
             self.tmp_path / "bridge",
             chat_url=self.chat.url,

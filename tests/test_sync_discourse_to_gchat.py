@@ -1,0 +1,56 @@
+"""Pure parts of the Discourse → Chat sync: inbox keys, long texts, upload references."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import formatting
+from discourse_client import DiscoursePost
+from sync_discourse_to_gchat import inbox_keys, render_message, uploads_in_raw
+
+
+def post(raw: str, post_number: int = 2) -> DiscoursePost:
+    return DiscoursePost(
+        id=5, topic_id=9, post_number=post_number, username="carol", raw=raw, cooked=None,
+        post_type=1, created_at=datetime(2026, 1, 1, tzinfo=UTC), updated_at=None,
+        deleted_at=None, user_deleted=False, hidden=False, category_id=3, topic_title="T",
+        topic_archetype="regular", reply_to_post_number=None, version=1,
+    )  # fmt: skip
+
+
+def test_edits_are_keyed_by_version_and_deletions_by_content() -> None:
+    body = {"post": {"id": 5, "topic_id": 9, "version": 2, "deleted_at": None}}
+    assert inbox_keys("post_edited", body)[0] == "post_edited:5:2"
+    destroyed = inbox_keys("post_destroyed", body)[0]
+    again = {"post": {**body["post"], "deleted_at": "2026-01-02T00:00:00Z"}}
+    assert inbox_keys("post_destroyed", again)[0] != destroyed  # a second deletion is new
+    assert inbox_keys("post_destroyed", body)[0] == destroyed  # a redelivery is not
+
+
+def test_two_title_edits_with_equal_counters_are_both_kept() -> None:
+    one = {"topic": {"id": 9, "posts_count": 2, "title": "Old title here"}}
+    two = {"topic": {"id": 9, "posts_count": 2, "title": "New title here"}}
+    assert inbox_keys("topic_edited", one)[0] != inbox_keys("topic_edited", two)[0]
+
+
+def test_long_posts_split_or_truncate() -> None:
+    raw = "\n\n".join(f"paragraph {i} " + "x" * 900 for i in range(60))
+    whole = render_message(post(raw), base_url="https://f", mention_lookup=lambda _: None)
+    parts = formatting.split_for_limit(whole, formatting.CHAT_MAX_BYTES)
+    assert len(parts) == 2 and all(len(p.encode()) <= formatting.CHAT_MAX_BYTES for p in parts)
+    cut = render_message(
+        post(raw), base_url="https://f", mention_lookup=lambda _: None, long_messages="truncate"
+    )
+    assert len(cut.encode()) <= formatting.CHAT_MAX_BYTES
+    assert cut.endswith("<https://f/p/5|read the whole post on Discourse>")
+
+
+def test_uploads_are_found_once_each_with_their_names() -> None:
+    raw = (
+        "![cat|500x375](upload://abc.png)\n[report.pdf|attachment](upload://def.pdf) (1 KB)\n"
+        "again ![cat|500x375](upload://abc.png) and a [link](https://x.example/a.png)"
+    )
+    assert uploads_in_raw(raw) == [
+        ("upload://abc.png", "cat.png"),
+        ("upload://def.pdf", "report.pdf"),
+    ]
