@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -159,11 +160,14 @@ def test_idle_poll_of_twenty_spaces_costs_one_chat_request_and_no_discourse_requ
     world: World,
 ) -> None:
     (ada,) = world.add_people("Ada Lovelace")
+    # Quiet spaces: their last message is older than the edit window (1 h by default), within
+    # which a space is re-read every cycle to catch edits and deletions.
+    two_hours_ago = (datetime.now(UTC) - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     mappings = []
     for i in range(20):
         space = world.add_space(f"Room {i}", [ada])
         category = world.category(f"Room {i}")
-        world.say(space, ada, f"Hello from room number {i}")
+        world.say(space, ada, f"Hello from room number {i}", create_time=two_hours_ago)
         mappings.append({"google_space_id": space, "discourse_category_id": category})
     files = world.config(mappings)
     run_once(files)

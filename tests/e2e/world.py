@@ -66,19 +66,25 @@ class World:
             if m["chat_channel_id"] == channel_id and not m.get("deleted_at")
         ]
 
-    def say(self, space: str, sender: str, text: str, thread: str | None = None) -> dict[str, Any]:
+    def say(
+        self,
+        space: str,
+        sender: str,
+        text: str,
+        thread: str | None = None,
+        create_time: str | None = None,
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {"sender": sender, "text": text}
         if thread:
             body["threadName"] = thread
+        if create_time:
+            body["createTime"] = create_time
         return self.chat.control.post_message(space.split("/", 1)[1], **body)
 
     def category(self, name: str) -> int:
         return int(self.discourse.control.create_category(name=name)["id"])
 
     def config(self, mappings: list[dict[str, Any]], **kw: Any) -> BridgeFiles:
-        # Looking for Chat edits re-reads recently active spaces every cycle; tests about other
-        # things (request counts of idle polls) turn it off unless they pass their own window.
-        kw["extra_sync"] = {"edit_window": "off", **(kw.get("extra_sync") or {})}
         files = write_config(
             self.tmp_path / "bridge",
             chat_url=self.chat.url,
