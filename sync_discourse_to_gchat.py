@@ -96,7 +96,10 @@ def inbox_keys(event_name: str, body: Mapping[str, Any]) -> tuple[str, str]:
     if not isinstance(message, Mapping) or not isinstance(channel, Mapping):
         raise ValueError("chat_message needs message and channel objects")
     message_id, channel_id = _int(message, "id"), _int(channel, "id")
-    return f"{event_name}:{message_id}:{message.get('edited')}", f"chat_channel:{channel_id}"
+    if event_name == "chat_message_created":
+        return f"chat_message_created:{message_id}", f"chat_channel:{channel_id}"
+    # `edited` is a mere flag: a second edit must not pass for a redelivery of the first.
+    return f"{event_name}:{message_id}:{_digest(message)}", f"chat_channel:{channel_id}"
 
 
 def _digest(payload: Mapping[str, Any]) -> str:

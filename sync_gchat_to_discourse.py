@@ -407,6 +407,10 @@ class GchatToDiscourse:
             space = spaces.get(mapping.google_space_id)
             if space is None:
                 continue
+            if space.space_type in ("DIRECT_MESSAGE", "GROUP_CHAT"):
+                # A DM mapped to a category: the DM sync reports the mismatch; making topics
+                # of private conversations would be worse than bridging nothing.
+                continue
             result.spaces_checked += 1
             try:
                 self._poll_space(mapping, space, result)

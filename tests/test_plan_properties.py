@@ -1,0 +1,152 @@
+"""Property tests of both planners: any mix of messages and links gives a sane plan."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import formatting
+from discourse_client import DiscoursePost
+from google_chat_client import ChatMessage, ChatUser
+from sync_discourse_to_gchat import BridgeTopicFirst, PostToChat, Skip, plan_post
+from sync_gchat_to_discourse import CreateReply, CreateTopic, plan
+from sync_gchat_to_discourse import Skip as ChatSkip
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+HUMAN = ChatUser("users/1", "Ada", None, "HUMAN")
+APP = ChatUser("users/app", "Bot", None, "BOT")
+
+
+@st.composite
+def chat_messages(draw: st.DrawFn) -> list[ChatMessage]:
+    count = draw(st.integers(0, 30))
+    messages = []
+    for n in range(count):
+        thread = draw(st.integers(0, 4))
+        origin = draw(st.sampled_from([None, None, None, f"client-dp-{n}", f"client-dc-{n}"]))
+        messages.append(
+            ChatMessage(
+                name=f"spaces/S/messages/m{n}",
+                space_name="spaces/S",
+                thread_name=f"spaces/S/threads/t{thread}",
+                sender=draw(st.sampled_from([HUMAN, HUMAN, APP])),
+                text=draw(st.text(max_size=40)),
+                create_time=T0 + timedelta(seconds=draw(st.integers(0, 10_000))),
+                create_time_raw="",
+                last_update_time=None,
+                delete_time=draw(st.sampled_from([None, None, None, T0])),
+                client_assigned_message_id=origin,
+                thread_reply=False,
+                attachments=(),
+            )
+        )
+    return messages
+
+
+@settings(max_examples=300)
+@given(
+    messages=chat_messages(),
+    linked=st.sets(st.integers(0, 30)),
+    linked_threads=st.sets(st.integers(0, 4)),
+)
+def test_chat_plan_mirrors_each_new_human_message_once_and_starts_each_thread_once(
+    messages: list[ChatMessage], linked: set[int], linked_threads: set[int]
+) -> None:
+    linked_names = {f"spaces/S/messages/m{n}" for n in linked}
+    thread_names = {f"spaces/S/threads/t{n}" for n in linked_threads}
+    actions = plan(
+        messages,
+        linked_messages=linked_names,
+        linked_threads=thread_names,
+        fallback_title=lambda m: "Chat thread in a test space",
+    )
+    touched = [a.message.name for a in actions]
+    assert len(touched) == len(set(touched)), "a message planned twice"
+    assert not set(touched) & linked_names, "an already mirrored message planned again"
+    started: set[str] = set()
+    for action in actions:
+        message = action.message
+        if isinstance(action, ChatSkip):
+            assert (
+                message.client_assigned_message_id
+                or message.delete_time
+                or message.sender.type == "BOT"
+            )
+            continue
+        # Only live human messages that the bridge did not write cross.
+        assert message.delete_time is None and message.sender.type == "HUMAN"
+        assert message.client_assigned_message_id is None
+        assert 15 <= len(action.title) <= 255
+        if isinstance(action, CreateTopic):
+            assert action.gchat_thread_name not in thread_names | started
+            started.add(action.gchat_thread_name)
+        else:
+            assert isinstance(action, CreateReply)
+            assert action.gchat_thread_name in thread_names | started
+    crossing = [
+        m.name
+        for m in messages
+        if m.name not in linked_names
+        and m.delete_time is None
+        and m.sender.type == "HUMAN"
+        and m.client_assigned_message_id is None
+    ]
+    assert sorted(a.message.name for a in actions if not isinstance(a, ChatSkip)) == sorted(
+        crossing
+    )
+
+
+@st.composite
+def discourse_posts(draw: st.DrawFn) -> DiscoursePost:
+    raw = draw(st.text(max_size=40))
+    if draw(st.booleans()) and draw(st.booleans()):
+        raw += formatting.origin_marker("spaces/S/messages/m1")
+    return DiscoursePost(
+        id=draw(st.integers(1, 1000)),
+        topic_id=draw(st.integers(1, 5)),
+        post_number=draw(st.integers(1, 4)),
+        username=draw(st.sampled_from(["carol", "bridged_ada"])),
+        raw=raw,
+        cooked=None,
+        post_type=draw(st.sampled_from([1, 1, 1, 2, 3, 4])),
+        created_at=T0,
+        updated_at=None,
+        deleted_at=draw(st.sampled_from([None, None, T0])),
+        user_deleted=draw(st.booleans()) and draw(st.booleans()),
+        hidden=draw(st.booleans()) and draw(st.booleans()),
+        category_id=draw(st.sampled_from([None, 10, 11])),
+        topic_title="A topic title",
+        topic_archetype=draw(st.sampled_from(["regular", "regular", "private_message"])),
+        reply_to_post_number=None,
+        version=1,
+    )
+
+
+@settings(max_examples=500)
+@given(
+    post=discourse_posts(),
+    thread=st.sampled_from([None, "spaces/S/threads/t1"]),
+    bridged=st.booleans(),
+)
+def test_discourse_plan_lets_only_real_public_content_of_mapped_categories_cross(
+    post: DiscoursePost, thread: str | None, bridged: bool
+) -> None:
+    action = plan_post(
+        post,
+        space_for_category={10: "spaces/S"},
+        thread_for_topic=thread,
+        already_bridged=bridged,
+        by_bridge_user=post.username == "bridged_ada",
+    )
+    if isinstance(action, Skip):
+        return
+    assert isinstance(action, PostToChat | BridgeTopicFirst)
+    assert not bridged
+    assert post.post_type == 1 and post.topic_archetype != "private_message"
+    assert not (post.hidden or post.user_deleted or post.deleted_at)
+    assert post.username != "bridged_ada" and formatting.find_origin_marker(post.raw or "") is None
+    assert post.category_id == 10 or thread is not None
+    if isinstance(action, PostToChat) and post.post_number > 1:
+        assert action.gchat_thread_name == thread  # a reply never starts a new thread
