@@ -38,7 +38,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -60,8 +60,11 @@ from google_chat_client import (
     ChatNotFound,
     ChatSpace,
     GoogleChatClient,
+    format_rfc3339,
+    parse_rfc3339,
 )
 from sync_discourse_to_gchat import inbox_keys
+from sync_gchat_to_discourse import PollResult
 from users import UserDirectory
 
 logger = logging.getLogger(__name__)
@@ -224,38 +227,11 @@ def _reader_key(channel_id: int) -> str:
     return f"discourse_chat_reader:{channel_id}"
 
 
-def _parse_time(value: str) -> datetime:
-    text = value.replace("Z", "+00:00")
-    if "." in text:
-        head, rest = text.split(".", 1)
-        frac = "".join(ch for ch in rest if ch.isdigit())
-        text = f"{head}.{frac[:6].ljust(6, '0')}{rest[len(frac) :]}"
-    return datetime.fromisoformat(text)
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 # ---------------------------------------------------------------------------- I/O
 
 
 class _Waiting(DiscourseUnavailable):
     """An event must wait for an unconfirmed write of its channel (retried by the inbox)."""
-
-
-@dataclass
-class DmPollResult:
-    spaces_checked: int = 0
-    spaces_read: int = 0
-    mirrored: int = 0
-    skipped: int = 0
-    parked: int = 0
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
 
 
 class DmSync:
@@ -307,11 +283,11 @@ class DmSync:
 
     # -- Chat -> Discourse
 
-    def poll_once(self) -> DmPollResult:
+    def poll_once(self) -> PollResult:
         """One cycle over every DM mapping; also reports mappings that do not fit their space."""
         with self._lock:
             started = time.monotonic()
-            result = DmPollResult()
+            result = PollResult()
             try:
                 self._poll(result)
             except ChatAuthError as exc:
@@ -350,7 +326,7 @@ class DmSync:
                 logger.error("DM poll: %s", error)
             return result
 
-    def _poll(self, result: DmPollResult) -> None:
+    def _poll(self, result: PollResult) -> None:
         mappings = list(self._config.mappings)
         if not any(is_dm_mapping(m) for m in mappings):
             return
@@ -379,7 +355,7 @@ class DmSync:
                 result.errors.append(f"{space.name}: {exc!r}")
                 logger.exception("DM poll of %s failed", space.name)
 
-    def _fetch_spaces(self, wanted: set[str], result: DmPollResult) -> dict[str, ChatSpace]:
+    def _fetch_spaces(self, wanted: set[str], result: PollResult) -> dict[str, ChatSpace]:
         found: dict[str, ChatSpace] = {}
         try:
             for space in self._chat.list_spaces():
@@ -402,14 +378,14 @@ class DmSync:
                 result.errors.append(f"{name}: cannot read the space: {exc}")
         return found
 
-    def _poll_space(self, space: ChatSpace, result: DmPollResult) -> None:
+    def _poll_space(self, space: ChatSpace, result: PollResult) -> None:
         last_active = space.last_active_time.isoformat() if space.last_active_time else None
         if last_active is not None and self._store.get_cursor(_active_key(space.name)) == (
             last_active
         ):
             return
         cursor = self._store.get_cursor(_cursor_key(space.name))
-        after = _rfc3339(_parse_time(cursor) - CURSOR_OVERLAP) if cursor else None
+        after = format_rfc3339(parse_rfc3339(cursor) - CURSOR_OVERLAP) if cursor else None
         result.spaces_read += 1
         messages = list(self._chat.list_messages(space.name, created_after=after))
         for message in messages:
@@ -477,7 +453,7 @@ class DmSync:
         return channel_id
 
     def _apply(
-        self, message: ChatMessage, space: ChatSpace, channel_id: int, result: DmPollResult
+        self, message: ChatMessage, space: ChatSpace, channel_id: int, result: PollResult
     ) -> bool:
         """Send one message; False when the space must stop for this cycle."""
         if not self._due(message.name):
@@ -727,7 +703,6 @@ class DmSync:
 
 __all__ = [
     "ChatEvent",
-    "DmPollResult",
     "DmSync",
     "is_bridge_origin",
     "is_dm_mapping",

@@ -55,6 +55,8 @@ from google_chat_client import (
     ChatRejected,
     ChatSpace,
     GoogleChatClient,
+    format_rfc3339,
+    parse_rfc3339,
 )
 from users import Author, UserDirectory
 
@@ -293,28 +295,13 @@ def created_after(cursor: str | None, initial_history: object, now: datetime) ->
     or a duration back from now.
     """
     if cursor is not None:
-        return _rfc3339(_parse_time(cursor) - CURSOR_OVERLAP)
+        return format_rfc3339(parse_rfc3339(cursor) - CURSOR_OVERLAP)
     mode = getattr(initial_history, "mode", "all")
     if mode == "none":
-        return _rfc3339(now)
+        return format_rfc3339(now)
     if mode == "since":
-        return _rfc3339(now - initial_history.duration)  # type: ignore[attr-defined]
+        return format_rfc3339(now - initial_history.duration)  # type: ignore[attr-defined]
     return None
-
-
-def _parse_time(value: str) -> datetime:
-    # Chat sends nanoseconds; datetime keeps microseconds, enough for a bound with an overlap.
-    text = value.replace("Z", "+00:00")
-    if "." in text:
-        head, rest = text.split(".", 1)
-        frac = rest[: len(rest) - len(rest.lstrip("0123456789"))]  # the leading digits only
-        tz = rest[len(frac) :]
-        text = f"{head}.{frac[:6].ljust(6, '0')}{tz}"
-    return datetime.fromisoformat(text)
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 # ---------------------------------------------------------------------------- apply (I/O)
@@ -471,8 +458,8 @@ class GchatToDiscourse:
             now,
         )
         read_from = after
-        if after is not None and recent and _parse_time(after) > window_start:
-            read_from = _rfc3339(window_start)
+        if after is not None and recent and parse_rfc3339(after) > window_start:
+            read_from = format_rfc3339(window_start)
         result.spaces_read += 1
         try:
             messages = list(
@@ -498,7 +485,7 @@ class GchatToDiscourse:
             fallback_title=fallback,
             links=links,
             text_hash=lambda m: self._text_hash(m, space.name),
-            new_after=_parse_time(after) if after is not None else None,
+            new_after=parse_rfc3339(after) if after is not None else None,
         ):
             if self._stop.is_set():
                 return

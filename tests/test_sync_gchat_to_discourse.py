@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import formatting
 from db import MessageLink
 from discourse_client import DiscourseUpload
-from google_chat_client import ChatAttachment, ChatMessage, ChatUser
+from google_chat_client import ChatAttachment, ChatMessage, ChatUser, parse_rfc3339
 from sync_gchat_to_discourse import (
     ATTACHMENTS_MARK,
     DELETED_HASH,
@@ -16,7 +16,6 @@ from sync_gchat_to_discourse import (
     DeletePost,
     EditPost,
     Skip,
-    _parse_time,
     attachments_part_of_raw,
     compose_raw,
     is_bridge_origin,
@@ -141,7 +140,7 @@ def test_upload_markdown_follows_the_composer_forms() -> None:
 
 
 def test_parse_time_keeps_the_zone_with_nanoseconds() -> None:
-    assert _parse_time("2026-01-02T03:04:05.123456789Z") == datetime(
+    assert parse_rfc3339("2026-01-02T03:04:05.123456789Z") == datetime(
         2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC
     )
 
