@@ -57,6 +57,7 @@ from google_chat_client import (
     GoogleChatClient,
     load_token_file,
     parse_rfc3339,
+    write_token_file,
 )
 from sync_gchat_to_discourse import DIRECTION as GCHAT_TO_DISCOURSE
 from sync_gchat_to_discourse import PollResult, active_key, cursor_key
@@ -221,23 +222,6 @@ def _stop_on_signals(stop: threading.Event) -> Callable[[], None]:
 
 
 # ------------------------------------------------------------------------------------------ auth
-
-
-def write_token_file(path: Path, data: dict[str, Any]) -> None:
-    """Write an authorized-user token JSON atomically with mode 0600 (it holds a refresh token)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
 
 
 def run_auth(

@@ -396,8 +396,9 @@ _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
 # --------------------------------------------------------------------------------------------
 
 
-def _write_private_json(path: Path, data: dict[str, Any]) -> None:
+def write_token_file(path: Path, data: dict[str, Any]) -> None:
     """Replace `path` atomically with `data` as JSON, mode 0600 (it holds tokens)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o600)
@@ -477,7 +478,7 @@ class _TokenFileCredentials(google.oauth2.credentials.Credentials):
         if self.expiry is not None:
             # google-auth keeps expiry as naive UTC and writes it the same way.
             data["expiry"] = self.expiry.isoformat() + "Z"
-        _write_private_json(token_file, data)
+        write_token_file(token_file, data)
         self._file_data = data
 
 
@@ -533,8 +534,10 @@ def load_token_file(token_file: Path) -> google.oauth2.credentials.Credentials:
 class _WritePacer:
     """At most one write per `interval` per space; each space has its own schedule.
 
-    A caller reserves the next free slot under the lock and sleeps outside it, so writers to
-    other spaces never wait behind it, and concurrent writers to one space get successive slots.
+    A caller takes the slot under the lock when it is due and sleeps outside the lock until
+    then, so writers to other spaces never wait behind it; concurrent writers to one space take
+    successive slots (in no promised order). A slot is one interval after the later of the
+    previous slot and the end of the previous write (`written`).
     """
 
     def __init__(
@@ -547,14 +550,34 @@ class _WritePacer:
         self._next_slot: dict[str, float] = {}
 
     def wait_for_slot(self, space_name: str) -> None:
+        while True:
+            with self._lock:
+                now = self._clock()
+                slot = self._next_slot.get(space_name, now)
+                if slot <= now:
+                    self._next_slot[space_name] = now + self._interval
+                    return
+            # Sleep outside the lock, then look again: a write that ended meanwhile (`written`)
+            # may have pushed the slot further.
+            logger.debug("pacing writes to %s: waiting %.3fs", space_name, slot - now)
+            self._sleep(slot - now)
+            if self._clock() < slot:
+                # The sleep was cut short (shutdown): go on rather than spin; the caller stops
+                # between items.
+                return
+
+    def written(self, space_name: str) -> None:
+        """A write to the space has just ended: the next one starts an interval from now.
+
+        Chat counts a write when it arrives, which may be well after its slot (a token refresh
+        or a slow connection in between); spacing from the slots alone let two writes arrive
+        less than an interval apart (429s seen by tests/reliability/test_load.py).
+        """
         with self._lock:
             now = self._clock()
-            slot = max(now, self._next_slot.get(space_name, now))
-            self._next_slot[space_name] = slot + self._interval
-        delay = slot - now
-        if delay > 0:
-            logger.debug("pacing writes to %s: waiting %.3fs", space_name, delay)
-            self._sleep(delay)
+            self._next_slot[space_name] = max(
+                self._next_slot.get(space_name, now), now + self._interval
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -670,7 +693,11 @@ class GoogleChatClient:
             with self._count_lock:
                 self.request_count += 1
             try:
-                result = request.execute(http=self._http())
+                try:
+                    result = request.execute(http=self._http())
+                finally:
+                    if write_space is not None:
+                        self._pacer.written(write_space)
             except _TRANSPORT_ERRORS as exc:
                 error = _to_chat_error(exc, method, path)
                 logger.debug("chat %s %s -> %s (attempt %d)", method, path, error.status, attempt)
