@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint format venv clean bench
+.PHONY: test demo lint format venv clean bench reliability
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ format: $(STAMP)
 BENCH_SCALE ?= 1
 bench: $(STAMP)
 	$(PY) -m bench.run_all --scale $(BENCH_SCALE)
+
+# The full reliability suite (issue 9; tens of minutes): tests/reliability with its full-size
+# variants, whose reduced variants already run in `make test`. Prints its figures and writes
+# them to reliability-figures.json.
+reliability: $(STAMP)
+	RELIABILITY_FULL=1 RELIABILITY_FIGURES=reliability-figures.json $(PY) -m pytest tests/reliability
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
