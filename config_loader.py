@@ -120,6 +120,8 @@ class SyncConfig:
     new_user_trust_level: int = 1
     # Chat edits and deletions are seen by re-reading this far back in spaces active within it.
     edit_window: timedelta = timedelta(hours=1)
+    # ...but a space whose lastActiveTime has not moved is re-read for edits at most this often.
+    edit_scan_interval_seconds: float = 60
     long_messages: str = "split"  # "split" into linked parts, or "truncate" with a link
     max_attachment_bytes: int = 4 * 1024 * 1024  # Discourse's default max_attachment_size_kb
 
@@ -383,6 +385,7 @@ _SYNC_KEYS = (
     "create_users",
     "new_user_trust_level",
     "edit_window",
+    "edit_scan_interval_seconds",
     "long_messages",
     "max_attachment_mb",
 )
@@ -525,6 +528,7 @@ def _sync(problems: list[str], data: Mapping[str, Any], base: Path) -> Any:
     # Discourse trust levels are 0 (new) to 4 (leader).
     trust = c.integer("new_user_trust_level", 1, low=0, high=4)
     edit_window = _edit_window(c)
+    edit_scan = c.number("edit_scan_interval_seconds", 60.0, unit="seconds")
     long_messages = c.get("long_messages", "split")
     if long_messages not in ("split", "truncate"):
         c.add("long_messages", f'{long_messages!r} is not understood; use "split" or "truncate"')
@@ -532,7 +536,8 @@ def _sync(problems: list[str], data: Mapping[str, Any], base: Path) -> Any:
     attachment_mb = c.number("max_attachment_mb", 4.0, unit="megabytes")
     values = (interval, host, port, database, log_file, level, history, domain, max_attempts)
     values = (*values, public_url)
-    if _MISSING in (*values, create_users, trust, edit_window, long_messages, attachment_mb):
+    values = (*values, create_users, trust, edit_window, edit_scan, long_messages, attachment_mb)
+    if _MISSING in values:
         return None
     return SyncConfig(
         poll_interval_seconds=interval,
@@ -548,6 +553,7 @@ def _sync(problems: list[str], data: Mapping[str, Any], base: Path) -> Any:
         create_users=create_users,
         new_user_trust_level=trust,
         edit_window=edit_window,
+        edit_scan_interval_seconds=edit_scan,
         long_messages=long_messages,
         max_attachment_bytes=int(attachment_mb * 1024 * 1024),
     )

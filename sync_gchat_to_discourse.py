@@ -284,6 +284,9 @@ def cursor_key(gchat_space_name: str) -> str:
     return f"gchat_cursor:{gchat_space_name}"
 
 
+NEVER_ACTIVE = "never-active"
+
+
 def active_key(gchat_space_name: str) -> str:
     return f"gchat_active:{gchat_space_name}"
 
@@ -348,6 +351,9 @@ class GchatToDiscourse:
         self._users = users
         self._clock = clock
         self._stop = stop or threading.Event()
+        # When each space's recent history was last re-read for edits (in memory: after a
+        # restart the first cycle scans once more, which is harmless).
+        self._edit_scans: dict[str, datetime] = {}
         # One cycle at a time: the scheduler and a `backfill` must not mirror the same message.
         self._lock = threading.Lock()
 
@@ -445,12 +451,17 @@ class GchatToDiscourse:
             and space.last_active_time is not None
             and space.last_active_time >= window_start
         )
-        if (
-            last_active is not None
-            and self._store.get_cursor(active_key(space.name)) == last_active
-            and not recent
-        ):
-            return  # nothing new: no message request at all
+        seen_active = self._store.get_cursor(active_key(space.name))
+        if last_active is None and seen_active == NEVER_ACTIVE:
+            return  # a space that has never had a message, read once already
+        if last_active is not None and seen_active == last_active:
+            if not recent:
+                return  # nothing new: no message request at all
+            last_scan = self._edit_scans.get(space.name)
+            scan_every = timedelta(seconds=self._config.sync.edit_scan_interval_seconds)
+            if last_scan is not None and now - last_scan < scan_every:
+                return  # nothing new, and its recent history was scanned for edits lately
+        self._edit_scans[space.name] = now
         category_id = self._category_for(mapping, space)
         after = created_after(
             self._store.get_cursor(cursor_key(space.name)),
@@ -496,6 +507,10 @@ class GchatToDiscourse:
                 self._store.set_cursor(cursor_key(space.name), action.message.create_time_raw)
         if last_active is not None:
             self._store.set_cursor(active_key(space.name), last_active)
+        elif not messages:
+            # Google gives a space without messages no lastActiveTime; remember that it was
+            # empty so that idle cycles do not read it again (a first message sets the time).
+            self._store.set_cursor(active_key(space.name), NEVER_ACTIVE)
 
     def _text_hash(self, message: ChatMessage, gchat_space_name: str) -> str:
         author = self._users.author_for(message.sender, gchat_space_name)

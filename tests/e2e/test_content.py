@@ -33,7 +33,7 @@ def room(world: World, name: str) -> tuple[str, str, int, BridgeFiles]:
     category = world.category(name)
     files = world.config(
         [{"google_space_id": space, "discourse_category_id": category}],
-        extra_sync={"edit_window": "1h"},
+        extra_sync={"edit_window": "1h", "edit_scan_interval_seconds": 0.5},
     )
     return ada, space, category, files
 
