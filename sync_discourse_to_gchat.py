@@ -44,13 +44,14 @@ from discourse_client import (
 from google_chat_client import (
     ChatAuthError,
     ChatError,
+    ChatMessage,
     ChatNotFound,
     ChatPermissionDenied,
     ChatRejected,
     ChatUnavailable,
     GoogleChatClient,
 )
-from sync_gchat_to_discourse import text_part_of_raw
+from sync_gchat_to_discourse import own_write_key, text_part_of_raw
 from webhook_listener import WebhookDelivery
 
 logger = logging.getLogger(__name__)
@@ -463,7 +464,7 @@ class DiscourseToGchat:
                 try:
                     self._chat.update_message_text(name, parts[index - 1])
                 except ChatNotFound:
-                    self._chat.create_message(
+                    self._create_chat_message(
                         space,
                         parts[index - 1],
                         message_id=f"{client_id}-p{index}",
@@ -602,7 +603,7 @@ class DiscourseToGchat:
                 first = f"{first}\n{note}"
             else:
                 parts.append(note)
-        message = self._chat.create_message(
+        message = self._create_chat_message(
             action.gchat_space_name,
             first,
             message_id=client_id,
@@ -612,7 +613,7 @@ class DiscourseToGchat:
         thread = message.thread_name or message.name
         for index, part in enumerate(parts[1:], start=2):
             # Later parts follow in the same thread; linked through their ids, see _part_info.
-            self._chat.create_message(
+            self._create_chat_message(
                 action.gchat_space_name,
                 part,
                 message_id=f"{client_id}-p{index}",
@@ -666,6 +667,16 @@ class DiscourseToGchat:
         if response.is_redirect and response.headers.get("Location"):
             response = self._discourse._request("GET", response.headers["Location"])  # noqa: SLF001
         return bytes(response.content)
+
+    def _create_chat_message(self, gchat_space_name: str, text: str, **kw: Any) -> ChatMessage:
+        """`create_message`, remembering it as the space's latest own write.
+
+        The Chat poll then knows that a lastActiveTime equal to this message's createTime is
+        the bridge's own doing and spends no read on it (see sync_gchat_to_discourse).
+        """
+        message = self._chat.create_message(gchat_space_name, text, **kw)
+        self._store.set_cursor(own_write_key(gchat_space_name), message.create_time.isoformat())
+        return message
 
     def _space_for_category(self) -> dict[int, str]:
         spaces: dict[int, str] = {}

@@ -287,6 +287,11 @@ def cursor_key(gchat_space_name: str) -> str:
 NEVER_ACTIVE = "never-active"
 
 
+def own_write_key(gchat_space_name: str) -> str:
+    """Cursor key of the createTime of the bridge's latest message in a space."""
+    return f"gchat_own_write:{gchat_space_name}"
+
+
 def active_key(gchat_space_name: str) -> str:
     return f"gchat_active:{gchat_space_name}"
 
@@ -452,6 +457,17 @@ class GchatToDiscourse:
             and space.last_active_time >= window_start
         )
         seen_active = self._store.get_cursor(active_key(space.name))
+        if (
+            recent
+            and last_active is not None
+            and last_active != seen_active
+            and last_active == self._store.get_cursor(own_write_key(space.name))
+        ):
+            # The space's latest activity is the bridge's own write from Discourse: no read for
+            # it. A person's message written just before it is younger than the edit window, so
+            # the next edit scan (at most edit_scan_interval_seconds away) still brings it.
+            self._store.set_cursor(active_key(space.name), last_active)
+            seen_active = last_active
         if last_active is None and seen_active == NEVER_ACTIVE:
             return  # a space that has never had a message, read once already
         if last_active is not None and seen_active == last_active:
