@@ -2,7 +2,7 @@
 
 Role: `create_app(...)` is the Flask app factory; `DiscourseEmulator.start(...)` serves it on a
 loopback port in a thread and gives a `DiscourseControl` client for the `/_emulator/` control API
-(documented in `emulators/DISCOURSE.md`). Run alone with
+(documented in `emulators/README.md`). Run alone with
 `python -m emulators.discourse --port 8888 [--host 127.0.0.1] [--api-key K]`.
 Invariants:
 - the behaviour follows `shared/reference/discourse-api.md` (checklist §11): auth, error envelopes,

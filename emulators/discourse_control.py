@@ -1,7 +1,7 @@
 """Control API of the Discourse emulator (`/_emulator/...`) and its `requests` client.
 
 Role: `register_control(emu, control)` adds the control routes (documented in
-`emulators/DISCOURSE.md`) to the emulator's Flask app; `DiscourseControl` is the thin client.
+`emulators/README.md`) to the emulator's Flask app; `DiscourseControl` is the thin client.
 Invariants: control routes need no auth, are never logged nor rate-limited, and act "as a human
 in the web UI": validations and per-user limits of browser users are not applied, webhooks fire.
 """

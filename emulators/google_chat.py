@@ -5,7 +5,7 @@ bodies, quotas and auth, plus a control API under `/_emulator/` that plays the h
 UI and lets tests inspect state, read a request log and inject faults. The rules live in
 `emulators/google_chat_state.py`; this module is the HTTP layer, the `ChatEmulator` entry point
 and the `ChatControl` client (contract: /work/briefs/chat_emulator_contract.md; docs:
-emulators/GOOGLE_CHAT.md).
+emulators/README.md).
 
 Invariants:
 - `create_app(state)` is a factory: no module-level app, all state in the `ChatState` passed in.
