@@ -44,12 +44,16 @@ def test_dm_and_group_chat_both_ways(world: World) -> None:
     world.discourse.control.create_user(
         "annl", name="Ann Lee", email=world.people[0]["email"], trust_level=1
     )
+    # So does the first Alex; the second gets a new account of his own despite the same name.
+    world.discourse.control.create_user(
+        "alexk", name="Alex Kim", email=world.people[1]["email"], trust_level=1
+    )
     dm = world.add_dm([ann])
     group = world.add_dm([alex1, alex2], "GROUP_CHAT")
     for i in range(20):
         world.say(dm, ann if i % 2 else BRIDGE_USER, f"dm {i}")
-    world.say(group, alex1, "hi from the first Alex")
-    world.say(group, alex2, "🙂")
+    for i in range(20):
+        world.say(group, alex1 if i % 2 else alex2, f"group {i}" if i != 3 else "🙂")
     files = world.config([{"google_space_id": dm}, {"google_space_id": group}])
     world.hook_to(files)
     bridge = BridgeProcess(files)
@@ -57,7 +61,7 @@ def test_dm_and_group_chat_both_ways(world: World) -> None:
         dm_channel = wait_for(lambda: _channel_of(world, files, dm), what="the DM channel")
         group_channel = wait_for(lambda: _channel_of(world, files, group), what="group channel")
         wait_for(lambda: len(world.channel_messages(dm_channel)) == 20, what="20 DM messages")
-        wait_for(lambda: len(world.channel_messages(group_channel)) == 2, what="group messages")
+        wait_for(lambda: len(world.channel_messages(group_channel)) == 20, what="group messages")
         got = world.channel_messages(dm_channel)
         assert [m["message"] for m in got] == [f"dm {i}" for i in range(20)]
         assert {m["user"]["username"] for m in got[1::2]} == {"annl"}
@@ -67,34 +71,52 @@ def test_dm_and_group_chat_both_ways(world: World) -> None:
         assert _members(world, dm_channel) == {"annl", links[BRIDGE_USER]}
         assert _members(world, group_channel) == {links[BRIDGE_USER], links[alex1], links[alex2]}
         group_msgs = world.channel_messages(group_channel)
-        assert [m["user"]["username"] for m in group_msgs] == [links[alex1], links[alex2]]
+        assert links[alex1] == "alexk"
+        assert [m["user"]["username"] for m in group_msgs] == [
+            links[alex1] if i % 2 else links[alex2] for i in range(20)
+        ]
+        assert [m["message"] for m in group_msgs] == [
+            f"group {i}" if i != 3 else "🙂" for i in range(20)
+        ]
         assert "system" not in _members(world, dm_channel) | _members(world, group_channel)
 
-        # Discourse -> Chat: Ann writes in the forum; the copies are attributed, in order, once.
+        # Discourse -> Chat: Ann (DM) and Alex (group) write in the forum, 20 messages each;
+        # the copies arrive attributed, in order, once.
+        def write(username: str, channel: int, text: str) -> int:
+            api = requests.Session()
+            api.headers.update({"Api-Key": "test-api-key", "Api-Username": username})
+            answer = api.post(f"{world.discourse.url}/chat/{channel}.json", json={"message": text})
+            answer.raise_for_status()
+            return int(answer.json()["message_id"])
+
+        sent = []
+        for i in range(20):
+            sent.append(write("annl", dm_channel, f"f{i}"))
+            write("alexk", group_channel, f"g{i}")
+        expected = [f"*Ann Lee* (@annl) on Discourse:\nf{i}" for i in range(20)]
+        expected_group = [f"*Alex Kim* (@alexk) on Discourse:\ng{i}" for i in range(20)]
+
+        def copies(space: str = dm, author: str = "*Ann") -> list[str]:
+            return [m["text"] for m in world.chat_messages(space) if m["text"].startswith(author)]
+
+        wait_for(lambda: copies() == expected, timeout=90, what="20 attributed copies in Chat")
+        wait_for(
+            lambda: copies(group, "*Alex") == expected_group,
+            timeout=90,
+            what="20 attributed copies in the group chat",
+        )
         api = requests.Session()
         api.headers.update({"Api-Key": "test-api-key", "Api-Username": "annl"})
-        sent = []
-        for i in range(5):
-            r = api.post(
-                f"{world.discourse.url}/chat/{dm_channel}.json", json={"message": f"f{i}"}
-            )
-            r.raise_for_status()
-            sent.append(r.json()["message_id"])
-        expected = [f"*Ann Lee* (@annl) on Discourse:\nf{i}" for i in range(5)]
-
-        def copies() -> list[str]:
-            return [m["text"] for m in world.chat_messages(dm) if m["text"].startswith("*Ann")]
-
-        wait_for(lambda: copies() == expected, what="5 attributed copies in Chat")
         url = f"{world.discourse.url}/chat/api/channels/{dm_channel}/messages/{sent[0]}.json"
         api.put(url, json={"message": "f0 edited"}).raise_for_status()
         wait_for(lambda: copies()[0] == "*Ann Lee* (@annl) on Discourse:\nf0 edited", what="edit")
         url = f"{world.discourse.url}/chat/api/channels/{dm_channel}/messages/{sent[1]}.json"
         api.delete(url).raise_for_status()
-        wait_for(lambda: len(copies()) == 4, what="the trashed copy deleted")
+        wait_for(lambda: len(copies()) == 19, what="the trashed copy deleted")
         # The copies never come back to Discourse as new chat messages.
         bridge.wait_cycles(bridge.completed_cycles() + 2)
-        assert len(world.channel_messages(dm_channel)) == 20 + 5 - 1
+        assert len(world.channel_messages(dm_channel)) == 20 + 20 - 1
+        assert len(world.channel_messages(group_channel)) == 20 + 20
     except BaseException:
         bridge.kill()
         raise
@@ -103,7 +125,7 @@ def test_dm_and_group_chat_both_ways(world: World) -> None:
     again = BridgeProcess(files)
     try:
         world.say(group, alex2, "after the restart")
-        wait_for(lambda: len(world.channel_messages(group_channel)) == 3, what="message 3")
+        wait_for(lambda: len(world.channel_messages(group_channel)) == 41, what="message 41")
     finally:
         again.terminate()
     assert _user_links(files) == before
