@@ -422,6 +422,25 @@ class Store:
     def path(self) -> str:
         return self._path
 
+    def check_writable(self, timeout: float = 1.0) -> None:
+        """Take and release the write lock within `timeout` seconds, on a connection of its own.
+
+        For health probes: it neither waits behind the store's own lock (a cycle blocked on a
+        locked file holds it for the whole busy timeout) nor for `BUSY_TIMEOUT_MS`, so a locked
+        or read-only database is reported at once instead of hanging the probe.
+
+        Raises:
+            sqlite3.Error: the database is locked by another process, read-only or unusable.
+        """
+        if self._path == ":memory:":
+            return
+        probe = sqlite3.connect(self._path, timeout=timeout, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+        finally:
+            probe.close()
+
     def close(self) -> None:
         """Close the connection. The store cannot be used afterwards."""
         with self._lock:

@@ -39,6 +39,7 @@ from webhook_listener import Readiness, WebhookConfigError, WebhookServer, creat
 logger = logging.getLogger("gchat_discourse")
 
 EXIT_CONFIG = 2
+CYCLE_ERROR_KEY = "last_cycle_error"  # status key: why the last scheduler cycle failed, or ""
 EXIT_CREDENTIALS = 3
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -136,9 +137,15 @@ def poll_job(runtime: Runtime) -> None:
             runtime.metrics.bridged.labels("gchat_to_discourse").inc(dm_result.mirrored)
             runtime.metrics.failures.labels("gchat_to_discourse").inc(dm_result.parked)
             runtime.dms.catch_up()
-    except Exception:  # boundary: the scheduler must keep running whatever one cycle did
+    except Exception as exc:  # boundary: the scheduler must keep running whatever one cycle did
         logger.exception("poll cycle failed")
         runtime.store.set_status("last_catch_up_error", datetime.now(UTC).isoformat())
+        # For /readyz: a failing catch-up (e.g. Discourse refusing the key) leaves the room
+        # poll's own result "ok" when there was nothing to mirror.
+        runtime.store.set_status(CYCLE_ERROR_KEY, f"{type(exc).__name__}: {exc}"[:500])
+    else:
+        if runtime.store.get_status(CYCLE_ERROR_KEY):
+            runtime.store.set_status(CYCLE_ERROR_KEY, "")
 
 
 def readiness(runtime: Runtime) -> Readiness:
@@ -146,9 +153,13 @@ def readiness(runtime: Runtime) -> Readiness:
     reasons: list[str] = []
     now = datetime.now(UTC)
     try:
+        # The bounded probe first: a database locked by another process must give a prompt
+        # 503, not a probe that hangs for the busy timeout behind a blocked cycle.
+        runtime.store.check_writable(timeout=1.0)
         runtime.store.set_status("readyz_probe", now.isoformat())
     except Exception as exc:  # any database failure means not ready, whatever its kind
-        reasons.append(f"database not writable: {exc}")
+        logger.error("database %s is not writable: %s", runtime.store.path, exc)
+        return Readiness(False, (f"database not writable: {exc}",))
     last = _last_poll(runtime)
     interval = runtime.config.sync.poll_interval_seconds
     if last is None:
@@ -160,6 +171,9 @@ def readiness(runtime: Runtime) -> Readiness:
         age = (now - datetime.fromisoformat(last["time"])).total_seconds()
         if age > 3 * interval + 60:
             reasons.append(f"last poll was {age:.0f}s ago (interval {interval:.0f}s)")
+    cycle_error = runtime.store.get_status(CYCLE_ERROR_KEY)
+    if cycle_error:
+        reasons.append(f"last cycle failed: {cycle_error}")
     oldest = runtime.store.oldest_pending_received_at()
     if oldest is not None and (now - oldest).total_seconds() > 15 * 60:
         reasons.append(f"inbox stuck: an event has waited since {oldest.isoformat()}")

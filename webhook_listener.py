@@ -121,7 +121,9 @@ def create_app(
             return jsonify(error="bad or missing X-Discourse-Event-Signature"), 401
         try:
             parsed = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            # RecursionError: deeply nested JSON (`[[[[...`) exhausts the parser's stack; it is
+            # still just a body we cannot use, not a server error.
             return jsonify(error="body is not JSON"), 400
         if not isinstance(parsed, dict):
             return jsonify(error="body is not a JSON object"), 400

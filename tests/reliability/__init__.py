@@ -1,0 +1,1 @@
+"""Reliability suite (issue 9): see docs/RELIABILITY.md."""
