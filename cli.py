@@ -628,6 +628,11 @@ def run_status(config: Config, *, out: TextIO = sys.stdout) -> int:
             high_water = next((v for k, v in cursors.items() if "high_water" in k), None)
         _say(out, f"Discourse posts seen up to id: {high_water or 'none yet'}")
         _say(out, "Last poll: " + _last_poll_text(store.get_status("last_poll")))
+        # Set by the service when a whole cycle failed outside the Chat poll (e.g. the
+        # Discourse catch-up pull refused with 403 after a key was revoked).
+        cycle_error = store.get_status("last_cycle_error")
+        if cycle_error:
+            _say(out, f"{FAIL} last cycle failed: {cycle_error}")
         depth = store.inbox_depth()
         oldest = store.oldest_pending_received_at()
         since = f" (oldest received {oldest.isoformat()})" if oldest else ""

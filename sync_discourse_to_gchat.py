@@ -57,6 +57,10 @@ from webhook_listener import WebhookDelivery
 logger = logging.getLogger(__name__)
 
 HIGH_WATER_KEY = "discourse_high_water_post_id"
+# The high-water mark of the bridge's first start: older posts are history, never replayed.
+FIRST_HIGH_WATER_KEY = "discourse_first_high_water_post_id"
+# At most this many earlier posts of a topic are bridged ahead of a reply that skipped them.
+GAP_FILL_LIMIT = 50
 POST_EVENTS = frozenset({"post_created", "post_edited", "post_destroyed", "post_recovered"})
 MAX_BACKOFF = timedelta(minutes=5)
 AUTH_RETRY = timedelta(seconds=30)
@@ -190,6 +194,11 @@ def uploads_in_raw(raw: str) -> list[tuple[str, str]]:
     return list(found.items())[:MAX_ATTACHMENTS]
 
 
+def _seen_key(discourse_topic_id: int) -> str:
+    """Cursor key of the highest post number of a topic the bridge has handled."""
+    return f"discourse_topic_seen:{discourse_topic_id}"
+
+
 def _space_of_thread(gchat_thread_name: str) -> str:
     return "/".join(gchat_thread_name.split("/")[:2])
 
@@ -289,6 +298,7 @@ class DiscourseToGchat:
             # missed.
             newest = max((p.id for p in page), default=0)
             self._store.set_cursor(HIGH_WATER_KEY, str(newest))
+            self._store.set_cursor(FIRST_HIGH_WATER_KEY, str(newest))
             logger.info("Discourse high-water mark set to post %d", newest)
             return 0
         high_water = int(mark)
@@ -370,7 +380,10 @@ class DiscourseToGchat:
                 self._chat_message_handler(event_name, body)
             return
         if event_name == "post_created":
-            self._bridge_post(DiscoursePost.from_api(body["post"]))
+            post = DiscoursePost.from_api(body["post"])
+            self._bridge_earlier_posts(post)
+            self._bridge_post(post)
+            self._note_seen(post)
         elif event_name == "post_edited":
             self._edit_post(DiscoursePost.from_api(body["post"]))
         elif event_name == "topic_edited":
@@ -550,6 +563,58 @@ class DiscourseToGchat:
             dataclasses.replace(post, deleted_at=None, user_deleted=False),
             client_id=f"{formatting.client_message_id_for_post(post.id)}-r{stamp}",
         )
+
+    def _bridge_earlier_posts(self, post: DiscoursePost) -> None:
+        """Bridge the topic's earlier posts that have not been handled yet, oldest first.
+
+        Webhooks arrive unordered and may be lost; without this, reply N would reach Chat
+        before reply N-1, which only the catch-up pull brings later. The store remembers the
+        highest post number handled per topic, so in-order deliveries cost no request; only a
+        gap costs a topic read and one read of the missing posts.
+        """
+        if post.post_number <= 1:
+            return
+        seen = int(self._store.get_cursor(_seen_key(post.topic_id)) or 0)
+        if seen >= post.post_number - 1:
+            return
+        if self._store.thread_for_topic(post.topic_id) is None and not self._maps(post):
+            return  # not a bridged topic in a mapped category: nothing to put in order
+        history_before = int(self._store.get_cursor(FIRST_HIGH_WATER_KEY) or 0)
+        try:
+            topic = self._discourse.get_topic(post.topic_id)
+        except DiscourseNotFound:
+            return
+        missing = [
+            post_id
+            for post_id in topic.post_ids
+            if history_before < post_id < post.id and self._store.message_for_post(post_id) is None
+        ][-GAP_FILL_LIMIT:]
+        if not missing:
+            return
+        for earlier in sorted(
+            self._discourse.get_topic_posts(post.topic_id, missing), key=lambda p: p.post_number
+        ):
+            if earlier.post_number >= post.post_number:
+                continue
+            logger.info("bridging post %d ahead of its later reply %d", earlier.id, post.id)
+            # A topic read carries no topic context (title, category); the reply does.
+            self._bridge_post(
+                dataclasses.replace(
+                    earlier,
+                    category_id=earlier.category_id or post.category_id,
+                    topic_title=earlier.topic_title or post.topic_title,
+                    topic_archetype=earlier.topic_archetype or post.topic_archetype,
+                )
+            )
+            self._note_seen(earlier)
+
+    def _maps(self, post: DiscoursePost) -> bool:
+        return post.category_id is not None and post.category_id in self._space_for_category()
+
+    def _note_seen(self, post: DiscoursePost) -> None:
+        key = _seen_key(post.topic_id)
+        if int(self._store.get_cursor(key) or 0) < post.post_number:
+            self._store.set_cursor(key, str(post.post_number))
 
     def _bridge_post(self, post: DiscoursePost, client_id: str | None = None) -> None:
         action = plan_post(

@@ -103,9 +103,4 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(
     figures.set(items=report.items, kills=kills, lost=report.lost, duplicated=report.duplicated)
     assert report.items == expected
     assert (report.lost, report.duplicated, report.echoed) == (0, 0, 0)
-    disorder = order_problems(report)
-    if disorder:
-        # Known bridge bug (reproduced deterministically by test_order.py): a reply whose
-        # webhook was lost (here: sent while the bridge was down) is bridged by the catch-up
-        # pull after later replies of its topic.
-        pytest.xfail("per-topic order broken after lost webhooks: " + "; ".join(disorder))
+    assert order_problems(report) == []

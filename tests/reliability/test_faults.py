@@ -153,8 +153,4 @@ def test_injected_faults_lose_and_double_nothing(
     )
     assert report.items == expected
     assert (report.lost, report.duplicated, report.echoed) == (0, 0, 0)
-    disorder = order_problems(report)
-    if disorder:
-        # Known bridge bug (reproduced deterministically by test_order.py): a reply whose
-        # webhook was lost is bridged by the catch-up pull after later replies of its topic.
-        pytest.xfail("per-topic order broken after lost webhooks: " + "; ".join(disorder))
+    assert order_problems(report) == []

@@ -271,7 +271,11 @@ def _breaks_and_recovers(
     status_word: str | None = None,
 ) -> None:
     people, rooms = setup_rooms(world, 1)
-    files = world.config(mappings(rooms), poll_interval_seconds=0.3)
+    files = world.config(
+        mappings(rooms),
+        poll_interval_seconds=0.3,
+        extra_sync={"edit_scan_interval_seconds": 0.3},
+    )
     world.hook_to(files)
     bridge = BridgeProcess(files)
     try:
@@ -339,9 +343,8 @@ def test_a_discourse_key_revoked_mid_run_is_reported_and_recovered_from(
     def fix_it(_files: BridgeFiles) -> None:
         world.discourse.control.create_api_key(key="test-api-key")
 
-    # No `status` check here: `status` shows the room poll's last result, and that poll may
-    # not touch Discourse while the key is revoked (only the catch-up pull does, every cycle).
-    _breaks_and_recovers(world, figures, break_it, fix_it, "Discourse", "403")
+    # `status` shows why the last cycle failed (here the catch-up pull's 403).
+    _breaks_and_recovers(world, figures, break_it, fix_it, "Discourse", "403", "403")
 
 
 def test_a_locked_database_is_reported_and_recovered_from(world: World, figures: Figures) -> None:

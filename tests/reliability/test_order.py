@@ -19,11 +19,6 @@ from webhook_listener import signature_for
 pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bridge bug reported to the lead: sync_discourse_to_gchat bridges a reply without "
-    "first bridging the earlier replies of its topic that are not in the inbox yet",
-)
 def test_a_reply_whose_webhook_was_lost_still_lands_before_the_later_replies(
     world: World,
 ) -> None:
