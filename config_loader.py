@@ -123,6 +123,8 @@ class SyncConfig:
     # ...but a space whose lastActiveTime has not moved is re-read for edits at most this often.
     edit_scan_interval_seconds: float = 60
     long_messages: str = "split"  # "split" into linked parts, or "truncate" with a link
+    # The line naming a Discourse author in Chat, with {name} and {username}; None: built in.
+    attribution_format: str | None = None
     max_attachment_bytes: int = 4 * 1024 * 1024  # Discourse's default max_attachment_size_kb
 
 
@@ -387,6 +389,7 @@ _SYNC_KEYS = (
     "edit_window",
     "edit_scan_interval_seconds",
     "long_messages",
+    "attribution_format",
     "max_attachment_mb",
 )
 _MAPPING_KEYS = ("google_space_id", "discourse_category_id", "discourse_parent_category_id")
@@ -534,9 +537,11 @@ def _sync(problems: list[str], data: Mapping[str, Any], base: Path) -> Any:
         c.add("long_messages", f'{long_messages!r} is not understood; use "split" or "truncate"')
         long_messages = _MISSING
     attachment_mb = c.number("max_attachment_mb", 4.0, unit="megabytes")
+    attribution = _attribution_format(c)
     values = (interval, host, port, database, log_file, level, history, domain, max_attempts)
     values = (*values, public_url)
     values = (*values, create_users, trust, edit_window, edit_scan, long_messages, attachment_mb)
+    values = (*values, attribution)
     if _MISSING in values:
         return None
     return SyncConfig(
@@ -555,8 +560,28 @@ def _sync(problems: list[str], data: Mapping[str, Any], base: Path) -> Any:
         edit_window=edit_window,
         edit_scan_interval_seconds=edit_scan,
         long_messages=long_messages,
+        attribution_format=attribution,
         max_attachment_bytes=int(attachment_mb * 1024 * 1024),
     )
+
+
+def _attribution_format(c: _Checker) -> Any:
+    value = c.get("attribution_format", None)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        c.add("attribution_format", f"expected text, got {_type_name(value)}")
+        return _MISSING
+    try:
+        value.format(name="Ada Lovelace", username="ada")
+    except (KeyError, IndexError, ValueError) as exc:
+        c.add(
+            "attribution_format",
+            f"{value!r} cannot be filled in ({exc!r}); use only {{name}} and {{username}}, "
+            'e.g. "*{name}* (@{username}) on Discourse:"',
+        )
+        return _MISSING
+    return value
 
 
 def _edit_window(c: _Checker) -> Any:

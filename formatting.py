@@ -1342,8 +1342,12 @@ def chat_message_id_from_client_message_id(client_id: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def attribution_line(display_name: str | None, username: str) -> str:
-    """Chat header naming a Discourse author, e.g. "*Ada Lovelace* (@ada) on Discourse:"."""
+def attribution_line(display_name: str | None, username: str, template: str | None = None) -> str:
+    """Chat header naming a Discourse author, e.g. "*Ada Lovelace* (@ada) on Discourse:".
+
+    `template` (the operator's `attribution_format`) replaces the default wording; it may use
+    `{name}` (the display name, or the username when there is none) and `{username}`.
+    """
 
     def clean(s: str) -> str:
         # Markup characters would break the bold span or form links/mentions.
@@ -1352,6 +1356,8 @@ def attribution_line(display_name: str | None, username: str) -> str:
 
     user = clean(username) or "unknown"
     name = clean(display_name or "")
+    if template is not None:
+        return template.format(name=name or user, username=user)
     if not name or name.lower() == user.lower():
         return f"*{user}* on Discourse:"
     return f"*{name}* (@{user}) on Discourse:"

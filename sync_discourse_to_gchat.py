@@ -209,13 +209,14 @@ def render_message(
     base_url: str,
     mention_lookup: Callable[[str], str | None],
     long_messages: str = "split",
+    attribution_format: str | None = None,
 ) -> str:
     """The Chat text for `post`: attribution, the title for a first post, then the body.
 
     With `long_messages="split"` the text is returned whole (the caller sends it in parts of
     `split_for_limit`); with "truncate" a text over Chat's limit is cut, with a link to the post.
     """
-    lines = [formatting.attribution_line(post.display_name, post.username)]
+    lines = [formatting.attribution_line(post.display_name, post.username, attribution_format)]
     if post.post_number == 1 and post.topic_title:
         lines.append(f"*{post.topic_title}*")
     body = formatting.discourse_to_gchat_text(
@@ -432,6 +433,7 @@ class DiscourseToGchat:
             base_url=self._config.discourse.url,
             mention_lookup=self._mention_lookup,
             long_messages="split",
+            attribution_format=self._config.sync.attribution_format,
         )
         new_hash = formatting.content_hash(text)
         if new_hash == link.content_hash:
@@ -461,6 +463,7 @@ class DiscourseToGchat:
             base_url=self._config.discourse.url,
             mention_lookup=self._mention_lookup,
             long_messages=self._config.sync.long_messages,
+            attribution_format=self._config.sync.attribution_format,
         )
         return formatting.split_for_limit(text, formatting.CHAT_MAX_BYTES)
 
@@ -658,6 +661,7 @@ class DiscourseToGchat:
             base_url=self._config.discourse.url,
             mention_lookup=self._mention_lookup,
             long_messages=self._config.sync.long_messages,
+            attribution_format=self._config.sync.attribution_format,
         )
         parts = formatting.split_for_limit(text, formatting.CHAT_MAX_BYTES)
         attachments, notes = self._attachments_for(post, action.gchat_space_name)

@@ -155,12 +155,14 @@ def render_for_gchat(
     attributed: bool,
     base_url: str,
     mention_lookup: Callable[[str], str | None],
+    attribution_format: str | None = None,
 ) -> str:
     """The Chat text for a Discourse chat message, with the attribution line when wanted."""
     body = formatting.discourse_to_gchat_text(
         message, base_url=base_url, mention_lookup=mention_lookup
     ).strip()
-    text = f"{formatting.attribution_line(display_name, username)}\n{body}" if attributed else body
+    header = formatting.attribution_line(display_name, username, attribution_format)
+    text = f"{header}\n{body}" if attributed else body
     parts = formatting.split_for_limit(text or "…", formatting.CHAT_MAX_BYTES)
     return parts[0]
 
@@ -636,6 +638,7 @@ class DmSync:
             attributed=self._needs_attribution(username),
             base_url=self._config.discourse.url,
             mention_lookup=self._gchat_mention_lookup,
+            attribution_format=self._config.sync.attribution_format,
         )
 
     def _display_name(self, username: str) -> str | None:

@@ -390,3 +390,12 @@ def test_not_yaml_or_not_a_mapping(tmp_path: Path, text: str, message: str) -> N
         load_config(path, env={})
     assert str(path) in str(info.value)
     assert message in str(info.value)
+
+
+def test_attribution_format_is_checked(tmp_path: Path) -> None:
+    data = base_config()
+    data["sync_settings"]["attribution_format"] = "{name} (@{username}) wrote:"
+    assert load(tmp_path, data).sync.attribution_format == "{name} (@{username}) wrote:"
+    data["sync_settings"]["attribution_format"] = "{who} wrote:"
+    found = problems(tmp_path, data)
+    assert len(found) == 1 and found[0].startswith("sync_settings.attribution_format:")

@@ -423,3 +423,13 @@ def test_content_hash_normalises() -> None:
     assert base == f.content_hash(f"Hello *world*{ZW}")
     assert base != f.content_hash("Hello *World*")
     assert len(base) == 64
+
+
+def test_attribution_line_follows_the_operators_template() -> None:
+    template = "{name} wrote on the forum (@{username}):"
+    assert (
+        f.attribution_line("Ada Lovelace", "ada", template)
+        == "Ada Lovelace wrote on the forum (@ada):"
+    )
+    # No display name: {name} falls back to the username; markup is still cleaned out.
+    assert f.attribution_line(None, "a*da", template) == "ada wrote on the forum (@ada):"
