@@ -15,7 +15,7 @@ import logging.handlers
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -126,26 +126,41 @@ def build_runtime(config: Config, stop: threading.Event) -> Runtime:
 
 
 def poll_job(runtime: Runtime) -> None:
-    """The scheduler's job: one cycle of both pulls; a failure is logged, never fatal."""
-    try:
-        with runtime.metrics.poll_duration.time():
-            result = runtime.gchat_to_discourse.poll_once()
-            runtime.metrics.bridged.labels("gchat_to_discourse").inc(result.mirrored)
-            runtime.metrics.failures.labels("gchat_to_discourse").inc(result.parked)
-            runtime.discourse_to_gchat.catch_up()
-            dm_result = runtime.dms.poll_once()
-            runtime.metrics.bridged.labels("gchat_to_discourse").inc(dm_result.mirrored)
-            runtime.metrics.failures.labels("gchat_to_discourse").inc(dm_result.parked)
-            runtime.dms.catch_up()
-    except Exception as exc:  # boundary: the scheduler must keep running whatever one cycle did
-        logger.exception("poll cycle failed")
-        runtime.store.set_status("last_catch_up_error", datetime.now(UTC).isoformat())
+    """The scheduler's job: each pull of the cycle in turn; a failure is logged, never fatal.
+
+    Every step runs even when an earlier one failed (a Discourse catch-up refused with 403 must
+    not stop the DM poll); the first failure is kept for `/readyz` and `status`.
+    """
+    failures: list[str] = []
+
+    def step(name: str, action: Callable[[], object]) -> None:
+        try:
+            action()
+        except Exception as exc:  # boundary: the scheduler must keep running whatever failed
+            logger.exception("%s failed", name)
+            failures.append(f"{name}: {type(exc).__name__}: {exc}")
+
+    def rooms() -> None:
+        result = runtime.gchat_to_discourse.poll_once()
+        runtime.metrics.bridged.labels("gchat_to_discourse").inc(result.mirrored)
+        runtime.metrics.failures.labels("gchat_to_discourse").inc(result.parked)
+
+    def dms() -> None:
+        result = runtime.dms.poll_once()
+        runtime.metrics.bridged.labels("gchat_to_discourse").inc(result.mirrored)
+        runtime.metrics.failures.labels("gchat_to_discourse").inc(result.parked)
+
+    with runtime.metrics.poll_duration.time():
+        step("Chat poll of room spaces", rooms)
+        step("Discourse catch-up pull", runtime.discourse_to_gchat.catch_up)
+        step("Chat poll of DM spaces", dms)
+        step("Discourse chat catch-up pull", runtime.dms.catch_up)
+    if failures:
         # For /readyz: a failing catch-up (e.g. Discourse refusing the key) leaves the room
         # poll's own result "ok" when there was nothing to mirror.
-        runtime.store.set_status(CYCLE_ERROR_KEY, f"{type(exc).__name__}: {exc}"[:500])
-    else:
-        if runtime.store.get_status(CYCLE_ERROR_KEY):
-            runtime.store.set_status(CYCLE_ERROR_KEY, "")
+        runtime.store.set_status(CYCLE_ERROR_KEY, failures[0][:500])
+    elif runtime.store.get_status(CYCLE_ERROR_KEY):
+        runtime.store.set_status(CYCLE_ERROR_KEY, "")
 
 
 def readiness(runtime: Runtime) -> Readiness:
