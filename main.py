@@ -32,7 +32,7 @@ from google_chat_client import ChatAuthError, GoogleChatClient
 from metrics import BridgeMetrics
 from sync_discourse_to_gchat import DiscourseToGchat, InboxWorker
 from sync_dm import DmSync
-from sync_gchat_to_discourse import GchatToDiscourse
+from sync_gchat_to_discourse import GchatToDiscourse, SpaceListing
 from users import UserDirectory
 from webhook_listener import Readiness, WebhookConfigError, WebhookServer, create_app
 
@@ -140,13 +140,16 @@ def poll_job(runtime: Runtime) -> None:
             logger.exception("%s failed", name)
             failures.append(f"{name}: {type(exc).__name__}: {exc}")
 
+    # One spaces.list walk serves both Chat polls of the cycle.
+    listing = SpaceListing(runtime.chat)
+
     def rooms() -> None:
-        result = runtime.gchat_to_discourse.poll_once()
+        result = runtime.gchat_to_discourse.poll_once(listing)
         runtime.metrics.bridged.labels("gchat_to_discourse").inc(result.mirrored)
         runtime.metrics.failures.labels("gchat_to_discourse").inc(result.parked)
 
     def dms() -> None:
-        result = runtime.dms.poll_once()
+        result = runtime.dms.poll_once(listing)
         runtime.metrics.bridged.labels("gchat_to_discourse").inc(result.mirrored)
         runtime.metrics.failures.labels("gchat_to_discourse").inc(result.parked)
 
@@ -223,9 +226,10 @@ def run(config: Config, *, once: bool) -> int:
         logger.error("%s", exc)
         return EXIT_CREDENTIALS
     if once:
-        result = runtime.gchat_to_discourse.poll_once()
+        listing = SpaceListing(runtime.chat)
+        result = runtime.gchat_to_discourse.poll_once(listing)
         runtime.discourse_to_gchat.catch_up()
-        dm_result = runtime.dms.poll_once()
+        dm_result = runtime.dms.poll_once(listing)
         runtime.dms.catch_up()
         runtime.discourse_to_gchat.drain()
         runtime.store.close()

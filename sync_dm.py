@@ -64,7 +64,7 @@ from google_chat_client import (
     parse_rfc3339,
 )
 from sync_discourse_to_gchat import inbox_keys
-from sync_gchat_to_discourse import PollResult
+from sync_gchat_to_discourse import PollResult, fetch_spaces
 from users import UserDirectory
 
 logger = logging.getLogger(__name__)
@@ -285,13 +285,13 @@ class DmSync:
 
     # -- Chat -> Discourse
 
-    def poll_once(self) -> PollResult:
+    def poll_once(self, listing: Iterable[ChatSpace] | None = None) -> PollResult:
         """One cycle over every DM mapping; also reports mappings that do not fit their space."""
         with self._lock:
             started = time.monotonic()
             result = PollResult()
             try:
-                self._poll(result)
+                self._poll(result, listing)
             except ChatAuthError as exc:
                 result.errors.append(f"Google refused the credentials: {exc}")
             except DiscourseAuthError as exc:
@@ -328,11 +328,20 @@ class DmSync:
                 logger.error("DM poll: %s", error)
             return result
 
-    def _poll(self, result: PollResult) -> None:
+    def _poll(self, result: PollResult, listing: Iterable[ChatSpace] | None) -> None:
         mappings = list(self._config.mappings)
         if not any(is_dm_mapping(m) for m in mappings):
             return
-        spaces = self._fetch_spaces({m.google_space_id for m in mappings}, result)
+        try:
+            spaces, problems = fetch_spaces(
+                self._chat, {m.google_space_id for m in mappings}, listing
+            )
+        except ChatAuthError:
+            raise
+        except ChatError as exc:
+            result.errors.append(f"cannot list Chat spaces: {exc}")
+            return
+        result.errors.extend(problems)
         for mapping in mappings:
             if self._stop.is_set():
                 return
@@ -356,29 +365,6 @@ class DmSync:
             except Exception as exc:  # per-item boundary: one space must not stop the others
                 result.errors.append(f"{space.name}: {exc!r}")
                 logger.exception("DM poll of %s failed", space.name)
-
-    def _fetch_spaces(self, wanted: set[str], result: PollResult) -> dict[str, ChatSpace]:
-        found: dict[str, ChatSpace] = {}
-        try:
-            for space in self._chat.list_spaces():
-                if space.name in wanted:
-                    found[space.name] = space
-                    if len(found) == len(wanted):
-                        break
-        except ChatAuthError:
-            raise
-        except ChatError as exc:
-            result.errors.append(f"cannot list Chat spaces: {exc}")
-            return found
-        for name in sorted(wanted - found.keys()):
-            # DMs and group chats are not listed before their first message (reference §6.1).
-            try:
-                found[name] = self._chat.get_space(name)
-            except ChatAuthError:
-                raise
-            except ChatError as exc:
-                result.errors.append(f"{name}: cannot read the space: {exc}")
-        return found
 
     def _poll_space(self, space: ChatSpace, result: PollResult) -> None:
         last_active = space.last_active_time.isoformat() if space.last_active_time else None

@@ -31,7 +31,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Container, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -315,6 +315,66 @@ def created_after(cursor: str | None, initial_history: object, now: datetime) ->
 # ---------------------------------------------------------------------------- apply (I/O)
 
 
+class SpaceListing:
+    """One `spaces.list` walk shared by the room and DM polls of a cycle, read page by page.
+
+    Each poll stops reading once it has found its spaces; a second poll reuses the pages the
+    first one read instead of listing again. A listing failure is raised to every reader.
+    """
+
+    def __init__(self, chat: GoogleChatClient) -> None:
+        self._pages = chat.list_spaces()
+        self._seen: list[ChatSpace] = []
+        self._error: ChatError | None = None
+        self._done = False
+
+    def __iter__(self) -> Iterator[ChatSpace]:
+        index = 0
+        while True:
+            if index < len(self._seen):
+                yield self._seen[index]
+                index += 1
+                continue
+            if self._error is not None:
+                raise self._error
+            if self._done:
+                return
+            try:
+                self._seen.append(next(self._pages))
+            except StopIteration:
+                self._done = True
+            except ChatError as exc:
+                self._error = exc
+
+
+def fetch_spaces(
+    chat: GoogleChatClient, wanted: set[str], listing: Iterable[ChatSpace] | None = None
+) -> tuple[dict[str, ChatSpace], list[str]]:
+    """The wanted spaces, with their lastActiveTime, and a problem line per unreadable one.
+
+    Spaces missing from the listing (DMs before their first message, or spaces the account
+    left) are asked for one by one, to say why.
+
+    Raises:
+        ChatError: the listing itself failed (ChatAuthError too, from any call).
+    """
+    found: dict[str, ChatSpace] = {}
+    for space in listing if listing is not None else chat.list_spaces():
+        if space.name in wanted:
+            found[space.name] = space
+            if len(found) == len(wanted):
+                break
+    problems: list[str] = []
+    for name in sorted(wanted - found.keys()):
+        try:
+            found[name] = chat.get_space(name)
+        except ChatAuthError:
+            raise
+        except ChatError as exc:
+            problems.append(f"{name}: cannot read the space: {exc}")
+    return found, problems
+
+
 class CycleAborted(Exception):
     """The whole cycle must stop (credentials refused): said in `status` and `/readyz`."""
 
@@ -364,13 +424,13 @@ class GchatToDiscourse:
 
     # -- entry points
 
-    def poll_once(self) -> PollResult:
-        """One cycle over every mapped room space."""
+    def poll_once(self, listing: Iterable[ChatSpace] | None = None) -> PollResult:
+        """One cycle over every mapped room space (`listing`: a SpaceListing shared per cycle)."""
         with self._lock:
             started = time.monotonic()
             result = PollResult()
             try:
-                self._poll(result)
+                self._poll(result, listing)
             except CycleAborted as exc:
                 result.errors.append(str(exc))
                 logger.error("poll cycle aborted: %s", exc)
@@ -394,11 +454,11 @@ class GchatToDiscourse:
 
     # -- cycle
 
-    def _poll(self, result: PollResult) -> None:
+    def _poll(self, result: PollResult, listing: Iterable[ChatSpace] | None) -> None:
         mappings = [m for m in self._config.mappings if _is_room_mapping(m)]
         if not mappings:
             return
-        spaces = self._fetch_spaces({m.google_space_id for m in mappings}, result)
+        spaces = self._fetch_spaces({m.google_space_id for m in mappings}, result, listing)
         for mapping in mappings:
             if self._stop.is_set():
                 return
@@ -421,28 +481,18 @@ class GchatToDiscourse:
                 result.errors.append(f"{space.name}: {exc!r}")
                 logger.exception("poll of %s failed", space.name)
 
-    def _fetch_spaces(self, wanted: set[str], result: PollResult) -> dict[str, ChatSpace]:
-        """The mapped spaces with their lastActiveTime, from as few spaces.list pages as can be."""
-        found: dict[str, ChatSpace] = {}
+    def _fetch_spaces(
+        self, wanted: set[str], result: PollResult, listing: Iterable[ChatSpace] | None
+    ) -> dict[str, ChatSpace]:
         try:
-            for space in self._chat.list_spaces():
-                if space.name in wanted:
-                    found[space.name] = space
-                    if len(found) == len(wanted):
-                        break
+            found, problems = fetch_spaces(self._chat, wanted, listing)
         except ChatAuthError as exc:
             raise CycleAborted(f"Google refused the credentials: {exc}") from exc
         except ChatError as exc:
             raise CycleAborted(f"cannot list Chat spaces: {exc}") from exc
-        for name in sorted(wanted - found.keys()):
-            # Not in the listing: the account may have left the space. Ask once to say why.
-            try:
-                found[name] = self._chat.get_space(name)
-            except ChatAuthError as exc:
-                raise CycleAborted(f"Google refused the credentials: {exc}") from exc
-            except ChatError as exc:
-                result.errors.append(f"{name}: cannot read the space: {exc}")
-                logger.error("mapped space %s is not readable: %s", name, exc)
+        for problem in problems:
+            result.errors.append(problem)
+            logger.error("mapped space %s", problem)
         return found
 
     def _poll_space(self, mapping: SpaceMapping, space: ChatSpace, result: PollResult) -> None:

@@ -221,3 +221,23 @@ def test_bad_config_exits_non_zero_naming_every_problem(tmp_path: Path) -> None:
     assert "api_usernme" in err and "api_username" in err  # typo, with the suggestion
     assert "poll_interval_minutes" in err
     assert "mappings[0]" in err
+
+
+def test_an_idle_cycle_with_room_and_dm_mappings_lists_spaces_once(world: World) -> None:
+    ada, bob = world.add_people("Ada Lovelace", "Bob Stone")
+    two_hours_ago = (datetime.now(UTC) - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    room = world.add_space("Quiet Room", [ada])
+    world.say(room, ada, "An old message in a quiet room", create_time=two_hours_ago)
+    dm = world.add_dm([bob])
+    world.say(dm, bob, "An old direct message", create_time=two_hours_ago)
+    files = world.config(
+        [
+            {"google_space_id": room, "discourse_category_id": world.category("Quiet Room")},
+            {"google_space_id": dm},
+        ]
+    )
+    run_once(files)
+    world.chat.control.clear_requests()
+    run_once(files)
+    # The room poll and the DM poll share one spaces.list page; neither reads messages.
+    assert [r["path"] for r in world.chat.control.requests()["requests"]] == ["/v1/spaces"]
