@@ -20,6 +20,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,9 +29,10 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
 from emulators._server import ServerHandle
+from emulators.discourse_cdn import CdnServer
 from emulators.discourse_chat import Chat
 from emulators.discourse_control import DiscourseControl, register_control
-from emulators.discourse_forum import Forum, truthy
+from emulators.discourse_forum import Forum, ruby_to_i, truthy
 from emulators.discourse_http import (
     as_int,
     current_user,
@@ -116,8 +118,9 @@ class _JsonSuffix:
 class Emulator:
     """Everything one running forum needs: state, rules, webhook worker, request log, faults."""
 
-    def __init__(self, api_key: str | None) -> None:
-        self.state = ForumState(api_key)
+    def __init__(self, api_key: str | None, clock: Callable[[], float] = time.time) -> None:
+        self.state = ForumState(api_key, clock)
+        self.cdn = CdnServer()
         self.hooks = WebhookDispatcher(self.state)
         self.forum = Forum(self.state, self.hooks)
         self.chat = Chat(self.state, self.hooks)
@@ -130,6 +133,7 @@ class Emulator:
         self.hooks.reset()
         self.state.reset()
         self.state.settings["instance_url"] = self.instance_url
+        self.cdn.clear()
         with self.log_lock:
             self.request_log.clear()
             self.faults.clear()
@@ -304,7 +308,9 @@ def create_app(emu: Emulator) -> Flask:  # noqa: C901 - one route table, kept to
                 user = next((u for u in state.users.values() if u.external_id == ext), None)
             if user is None:
                 raise invalid_credentials()
-            if user.suspended or not user.active:
+            # `raise Discourse::InvalidAccess if current_user.suspended? || !current_user.active`:
+            # the generic 403, not the bad-key message (the key itself was fine).
+            if state.is_suspended(user) or not user.active:
                 raise invalid_access()
             wait = state.limiter.perform(
                 "admin_api_min",
@@ -394,18 +400,26 @@ def create_app(emu: Emulator) -> Flask:  # noqa: C901 - one route table, kept to
         viewer = current_user()
         params = request_params()
         with state.lock:
+            # LatestPostsQuery#public_posts: public, `.visible` (not hidden), regular posts in
+            # categories the viewer can see (`Category.secured(guardian)`).
             posts = [
                 p
                 for p in state.posts.values()
                 if p.post_type == 1
                 and p.deleted_at is None
+                and not p.hidden
                 and state.topics[p.topic_id].archetype == "regular"
                 and state.topics[p.topic_id].deleted_at is None
                 and state.topics[p.topic_id].visible
+                and state.can_see_category(state.topics[p.topic_id].category_id, viewer)
             ]
-            if params.get("before") not in (None, ""):
-                before = as_int(params["before"], "before")
-                posts = [p for p in posts if p.id <= before]
+            # `params[:before].to_i`: never a 400; 0, negative or garbage means "no cursor".
+            before = ruby_to_i(params.get("before"))
+            if before > 0:
+                if state.settings["posts_before_inclusive"]:
+                    posts = [p for p in posts if p.id <= before]  # old cores
+                else:
+                    posts = [p for p in posts if p.id < before]  # LatestPostsQuery
             posts.sort(key=lambda p: p.id, reverse=True)
             body = [
                 post_json(state, p, viewer, add_raw=True, add_title=True)
@@ -835,7 +849,7 @@ def create_app(emu: Emulator) -> Flask:  # noqa: C901 - one route table, kept to
             elif flag == "staff":
                 users = [u for u in users if u.staff]
             elif flag == "suspended":
-                users = [u for u in users if u.suspended]
+                users = [u for u in users if state.is_suspended(u)]
             elif flag == "new":
                 users = [u for u in users if u.trust_level == 0]
             email = params.get("email") or params.get("filter")
@@ -890,8 +904,22 @@ def create_app(emu: Emulator) -> Flask:  # noqa: C901 - one route table, kept to
     def uploads_create() -> Any:
         user = require_user()
         params = request_params()
-        if not (params.get("upload_type") or params.get("type")):
-            raise param_missing("upload_type")
+        # uploads_controller#create: `upload_type`, else the deprecated `type` (3.4, dropped in
+        # 3.5), else `params.require(:upload_type)` → 400 ParameterMissing.
+        if not params.get("upload_type"):
+            if params.get("type") and state.settings["uploads_accept_legacy_type"]:
+                with state.lock:
+                    state.deprecations.append(
+                        {
+                            "message": "the :type param of `POST /uploads` is deprecated, "
+                            "use the :upload_type param instead",
+                            "since": "3.4",
+                            "drop_from": "3.5",
+                            "at": iso(state.now()),
+                        }
+                    )
+            else:
+                raise param_missing("upload_type")
         file = request.files.get("file") or request.files.get("files[]")
         if file is None:
             raise ApiError(422, {"errors": ["Sorry, you must provide a file to upload."]})
@@ -958,7 +986,22 @@ def create_app(emu: Emulator) -> Flask:  # noqa: C901 - one route table, kept to
 
     @api("/uploads/short-url/<name>", ["GET"], "uploads/show_short")
     def uploads_short(name: str) -> Any:
+        # show_short: 404 for anonymous callers under prevent_anons_from_downloading_files; an
+        # unknown sha → 404; an external store → 302 to the store (`allow_other_host: true`).
+        if state.settings["prevent_anons_from_downloading_files"] and current_user() is None:
+            raise not_found()
         stem = name.split(".", 1)[0]
+        if state.settings["external_storage_cdn"]:
+            with state.lock:
+                upload = next(
+                    (u for u in state.uploads.values() if base62(bytes.fromhex(u.sha1)) == stem),
+                    None,
+                )
+                if upload is None:
+                    raise not_found()
+                emu.cdn.put(upload.sha1, upload.extension, upload.data, _mime(upload.extension))
+                location = emu.cdn.url_for(upload.sha1, upload.extension)
+            return Response("", 302, headers={"Location": location})
         return _serve_upload(lambda u: base62(bytes.fromhex(u.sha1)) == stem)
 
     @api("/uploads/default/original/1X/<name>", ["GET"], "uploads/show")
@@ -998,9 +1041,14 @@ class DiscourseEmulator:
 
     @classmethod
     def start(
-        cls, host: str = "127.0.0.1", port: int = 0, api_key: str | None = "test-api-key"
+        cls,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_key: str | None = "test-api-key",
+        clock: Callable[[], float] = time.time,
     ) -> DiscourseEmulator:
-        emu = Emulator(api_key)
+        """Serve a fresh forum; `clock` drives every timestamp and time window."""
+        emu = Emulator(api_key, clock)
         app = create_app(emu)
         handle = serve_fast(_JsonSuffix(app), host=host, port=port)
         emu.instance_url = handle.url
@@ -1015,6 +1063,7 @@ class DiscourseEmulator:
 
     def stop(self) -> None:
         self.handle.stop()
+        self.emu.cdn.stop()
         self.emu.hooks.stop()
 
 

@@ -52,7 +52,8 @@ class Chat:
     def _check_can_chat(self, user: User) -> None:
         if not self.state.settings["chat_enabled"]:
             raise not_found()
-        if user.silenced_until > self.state.now():
+        # CreateMessage `policy :no_silenced_user` → InvalidAccess.
+        if self.state.is_silenced(user):
             raise invalid_access()
         # chat_allowed_groups = staff + trust_level_1
         if not user.staff and user.trust_level < 1:
@@ -171,20 +172,16 @@ class Chat:
                         ]
                     },
                 )
-            if len(text) > s["chat_maximum_message_length"]:
-                raise ApiError(
-                    422,
-                    {
-                        "errors": [
-                            "Message is too long, must have a maximum of "
-                            f"{s['chat_maximum_message_length']} characters."
-                        ]
-                    },
-                )
+            self._check_max_length(text)
+            if user.id not in channel.member_ids:
+                # CreateMessage `model :membership`: no membership → NotFound. Only bots
+                # (id ≤ 0, e.g. system) are auto-added (`enforce_membership`); a human in the
+                # UI joins first.
+                if user.id > 0 and not human:
+                    raise not_found()
+                channel.member_ids.append(user.id)
             if not user.staff and not human:
                 self._rate_limit(user)
-            if user.id not in channel.member_ids:
-                channel.member_ids.append(user.id)
             in_reply_to = params.get("in_reply_to_id")
             thread_id = params.get("thread_id")
             now = self.state.now()
@@ -207,6 +204,33 @@ class Chat:
             self.state.chat_messages[message.id] = message
             self._emit("chat_message_created", message, user)
             return {"success": "OK", "message_id": message.id}
+
+    def _check_max_length(self, text: str) -> None:
+        """Chat::Message validation `chat.errors.message_too_long` → 422 via on_model_errors."""
+        maximum = self.state.settings["chat_maximum_message_length"]
+        if len(text) > maximum:
+            raise ApiError(
+                422,
+                {"errors": [f"Message is too long, must have a maximum of {maximum} characters."]},
+            )
+
+    def join(self, user: User, channel_id: int) -> dict[str, Any]:
+        """`POST /chat/api/channels/{id}/memberships/me`: follow a category channel."""
+        with self.state.lock:
+            channel = self.channel(channel_id, user)
+            self._check_can_chat(user)
+            if channel.chatable_type != "Category":
+                raise invalid_access()
+            if user.id not in channel.member_ids:
+                channel.member_ids.append(user.id)
+            return {
+                "membership": {
+                    "chat_channel_id": channel.id,
+                    "following": True,
+                    "muted": False,
+                    "user": {"id": user.id, "username": user.username},
+                }
+            }
 
     def _rate_limit(self, user: User) -> None:
         """`Chat::MessageRateLimiter`: at the limit, silence the user and answer 429."""
@@ -245,6 +269,8 @@ class Chat:
             text = params.get("message")
             if text in (None, ""):
                 raise ApiError(400, {"failed": "FAILED", "errors": ["Message can't be blank"]})
+            # UpdateMessage saves the model: the same length validation as on create.
+            self._check_max_length(str(text))
             if str(text) != message.message:
                 message.message = str(text)
                 message.revisions += 1
@@ -274,6 +300,27 @@ class Chat:
                 self._emit("chat_message_restored", message, user)
             return {"success": "OK"}
 
+    def _target(self, channel: ChatChannel, user: User, raw: Any) -> int | None:
+        """Chat::Channel::Policy::MessageExistence for `target_message_id`.
+
+        Blank (or not an integer, which the contract casts to nil) → no target. Otherwise the
+        message, trashed or not, must be in this channel, else 404 (so `0` is a 404). A trashed
+        target is kept for its author and for staff; for anyone else the target is dropped and
+        the list is served as if none had been given.
+        """
+        if raw in (None, ""):
+            return None
+        try:
+            target_id = int(str(raw).strip())
+        except ValueError:
+            return None
+        message = self.state.chat_messages.get(target_id)
+        if message is None or message.channel_id != channel.id:
+            raise not_found()
+        if message.deleted_at is not None and not (user.staff or message.user_id == user.id):
+            return None
+        return target_id
+
     def list_messages(self, user: User, channel_id: int, params: dict[str, Any]) -> dict[str, Any]:
         """`GET /chat/api/channels/{id}/messages.json` (`page_size` ≤ 50, `direction`)."""
         with self.state.lock:
@@ -290,12 +337,14 @@ class Chat:
             direction = str(params.get("direction") or "past")
             if direction not in ("past", "future"):
                 raise invalid_parameters("direction")
+            # MessagesQuery: trashed messages only `with_deleted` for `can_moderate_chat?`
+            # (staff here); their own author does not see them in the list.
             messages = sorted(
                 (
                     m
                     for m in self.state.chat_messages.values()
                     if m.channel_id == channel.id
-                    and (m.deleted_at is None or user.staff or m.user_id == user.id)
+                    and (m.deleted_at is None or user.staff)
                     and not (
                         channel.threading_enabled
                         and m.thread_id is not None
@@ -304,8 +353,7 @@ class Chat:
                 ),
                 key=lambda m: m.id,
             )
-            target = params.get("target_message_id")
-            target_id = int(target) if target not in (None, "") else None
+            target_id = self._target(channel, user, params.get("target_message_id"))
             if direction == "future":
                 pool = [m for m in messages if target_id is None or m.id > target_id]
                 page = pool[:page_size]

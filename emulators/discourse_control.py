@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import requests
 from flask import Response, jsonify, request
 
+from emulators.discourse_forum import parse_time
 from emulators.discourse_model import EVENT_TYPE_IDS, ApiError, ApiKey, User, WebHook, iso
 from emulators.discourse_serialize import (
     category_json,
@@ -27,6 +28,10 @@ from emulators.discourse_webhooks import webhook_json
 
 if TYPE_CHECKING:
     from emulators.discourse import Emulator
+
+
+# Discourse suspends "forever" as 1000 years from now (admin UI, `suspend_forever`).
+FOREVER_SECONDS = 1000 * 365 * 86400.0
 
 
 def _control_error(status: int, message: str) -> Response:
@@ -47,6 +52,30 @@ def register_control(emu: Emulator, control: Any) -> None:  # noqa: C901 - a rou
         if user is None:
             raise ApiError(404, {"error": f"no user {username!r}"})
         return user
+
+    def _time(value: Any) -> float | None:
+        """A `*_till` value: null, epoch seconds, or an ISO 8601 string."""
+        if value in (None, ""):
+            return None
+        if isinstance(value, int | float):
+            return float(value)
+        return parse_time(str(value))
+
+    def _apply_moderation(user: User, data: dict[str, Any]) -> None:
+        """suspended/suspended_till/suspend_reason, silenced/silenced_till/silence_reason."""
+        forever = state.now() + FOREVER_SECONDS
+        if "suspended" in data:
+            user.suspended_till = forever if data["suspended"] else None
+        if "suspended_till" in data:
+            user.suspended_till = _time(data["suspended_till"])
+        if "suspend_reason" in data:
+            user.suspend_reason = data["suspend_reason"]
+        if "silenced" in data:
+            user.silenced_until = forever if data["silenced"] else 0.0
+        if "silenced_till" in data:
+            user.silenced_until = _time(data["silenced_till"]) or 0.0
+        if "silence_reason" in data:
+            user.silence_reason = data["silence_reason"]
 
     @control("/reset", ["POST"])
     def reset() -> Any:
@@ -69,11 +98,11 @@ def register_control(emu: Emulator, control: Any) -> None:  # noqa: C901 - a rou
                 moderator=bool(data.get("moderator", False)),
                 trust_level=int(data.get("trust_level", 1)),
                 active=bool(data.get("active", True)),
-                suspended=bool(data.get("suspended", False)),
                 staged=bool(data.get("staged", False)),
                 external_id=data.get("external_id"),
                 created_at=state.now(),
             )
+            _apply_moderation(user, data)
             state.users[user.id] = user
             return jsonify(user_json(user, state, True))
 
@@ -82,9 +111,10 @@ def register_control(emu: Emulator, control: Any) -> None:  # noqa: C901 - a rou
         data = body()
         with state.lock:
             user = user_named(username)
-            for key in ("admin", "moderator", "active", "suspended", "staged"):
+            for key in ("admin", "moderator", "active", "staged"):
                 if key in data:
                     setattr(user, key, bool(data[key]))
+            _apply_moderation(user, data)
             if "trust_level" in data:
                 user.trust_level = int(data["trust_level"])
             if "external_id" in data:
@@ -112,8 +142,12 @@ def register_control(emu: Emulator, control: Any) -> None:  # noqa: C901 - a rou
 
     @control("/categories", ["POST"])
     def create_category() -> Any:
-        category = emu.forum.create_category(body())
+        data = body()
+        category = emu.forum.create_category(data)
         with state.lock:
+            if data.get("restricted_to") is not None:
+                # A read-restricted category: only these users (and admins) see it and post.
+                category.allowed_user_ids = [user_named(n).id for n in data["restricted_to"]]
             return jsonify(category_json(state, category))
 
     @control("/posts", ["POST"])
@@ -174,6 +208,38 @@ def register_control(emu: Emulator, control: Any) -> None:  # noqa: C901 - a rou
         result = emu.chat.send(user, channel_id, data, human=True)
         return jsonify({"message_id": result["message_id"]})
 
+    @control("/chat/channels/<int:channel_id>/members", ["POST"])
+    def add_chat_members(channel_id: int) -> Any:
+        data = body()
+        with state.lock:
+            channel = state.chat_channels.get(channel_id)
+            if channel is None:
+                return _control_error(404, "no such channel")
+            for name in data.get("usernames", []):
+                member = user_named(name)
+                if member.id not in channel.member_ids:
+                    channel.member_ids.append(member.id)
+            return jsonify({"member_ids": list(channel.member_ids)})
+
+    @control("/clock", ["GET", "POST"])
+    def clock() -> Any:
+        data = body() if request.method == "POST" else {}
+        with state.lock:
+            if data.get("advance") is not None:
+                if float(data["advance"]) < 0:
+                    return _control_error(400, "advance must be >= 0")
+                state.clock_offset += float(data["advance"])
+            return jsonify({"now": iso(state.now()), "offset": state.clock_offset})
+
+    @control("/cdn/requests", ["GET"])
+    def cdn_requests() -> Any:
+        return jsonify({"requests": emu.cdn.requests()})
+
+    @control("/cdn/requests", ["DELETE"])
+    def cdn_clear() -> Any:
+        emu.cdn.clear_requests()
+        return jsonify({})
+
     @control("/state", ["GET"])
     def dump_state() -> Any:
         with state.lock:
@@ -204,6 +270,7 @@ def register_control(emu: Emulator, control: Any) -> None:  # noqa: C901 - a rou
                         {
                             **post_json(state, p, state.users[-1], add_raw=True),
                             "raw": p.raw,
+                            "hidden": p.hidden,
                             "import_mode": p.import_mode,
                         }
                         for p in state.posts.values()
@@ -221,6 +288,7 @@ def register_control(emu: Emulator, control: Any) -> None:  # noqa: C901 - a rou
                     ],
                     "webhooks": [webhook_json(h) for h in state.webhooks.values()],
                     "uploads": [upload_json(u) for u in state.uploads.values()],
+                    "deprecations": list(state.deprecations),
                 }
             )
 
@@ -330,6 +398,50 @@ class DiscourseControl:
 
     def update_user(self, username: str, **fields: Any) -> dict[str, Any]:
         return self._call("PUT", f"/users/{username}", fields)
+
+    def suspend_user(
+        self, username: str, until: str | float | None = None, reason: str = "Suspended by test"
+    ) -> dict[str, Any]:
+        """Suspend until `until` (ISO 8601 or epoch seconds; None = forever)."""
+        fields: dict[str, Any] = {"suspend_reason": reason}
+        fields.update({"suspended_till": until} if until is not None else {"suspended": True})
+        return self.update_user(username, **fields)
+
+    def unsuspend_user(self, username: str) -> dict[str, Any]:
+        return self.update_user(username, suspended=False, suspend_reason=None)
+
+    def silence_user(
+        self, username: str, until: str | float | None = None, reason: str = "Silenced by test"
+    ) -> dict[str, Any]:
+        """Silence until `until` (ISO 8601 or epoch seconds; None = forever)."""
+        fields: dict[str, Any] = {"silence_reason": reason}
+        fields.update({"silenced_till": until} if until is not None else {"silenced": True})
+        return self.update_user(username, **fields)
+
+    def unsilence_user(self, username: str) -> dict[str, Any]:
+        return self.update_user(username, silenced=False, silence_reason=None)
+
+    def deactivate_user(self, username: str) -> dict[str, Any]:
+        return self.update_user(username, active=False)
+
+    def activate_user(self, username: str) -> dict[str, Any]:
+        return self.update_user(username, active=True)
+
+    def advance_clock(self, seconds: float) -> dict[str, Any]:
+        """Move the forum's clock forward (every timestamp and time window follows)."""
+        return self._call("POST", "/clock", {"advance": seconds})
+
+    def clock(self) -> dict[str, Any]:
+        return self._call("GET", "/clock")
+
+    def add_chat_members(self, channel_id: int, usernames: list[str]) -> dict[str, Any]:
+        return self._call("POST", f"/chat/channels/{channel_id}/members", {"usernames": usernames})
+
+    def cdn_requests(self) -> dict[str, Any]:
+        return self._call("GET", "/cdn/requests")
+
+    def clear_cdn_requests(self) -> dict[str, Any]:
+        return self._call("DELETE", "/cdn/requests")
 
     def create_api_key(
         self, key: str | None = None, username: str | None = None

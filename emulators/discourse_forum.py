@@ -13,6 +13,7 @@ Invariants:
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import logging
@@ -71,6 +72,22 @@ _EXTERNAL_ID = re.compile(r"[\w-]+", re.ASCII)
 def truthy(value: Any) -> bool:
     """Discourse's `params[:x].to_s == "true"` (JSON true counts)."""
     return value is True or str(value).lower() == "true"
+
+
+def ruby_to_i(value: Any) -> int:
+    """Ruby's `String#to_i`: the leading integer, 0 when there is none (never raises)."""
+    match = re.match(r"\s*([+-]?\d+)", str(value if value is not None else ""))
+    return int(match.group(1)) if match else 0
+
+
+def diff_size(before: str, after: str) -> int:
+    """`PostRevisor#diff_size`: characters outside the common runs of a character diff.
+
+    ONPDiff#short_diff is approximated with difflib's matching blocks (both are LCS-based).
+    """
+    matcher = difflib.SequenceMatcher(None, before, after, autojunk=False)
+    common = sum(block.size for block in matcher.get_matching_blocks())
+    return (len(before) - common) + (len(after) - common)
 
 
 def _chars(n: int) -> str:
@@ -351,8 +368,10 @@ class Forum:
                     # Wording UNCONFIRMED (not in the reference).
                     raise self._422([f"Sorry, there is no user named '{name}'."])
                 recipients.append(target)
-        if user.suspended and not skip:
+        if self.state.is_suspended(user) and not skip:
             raise self._422([MSG_SUSPENDED_POST])
+        if not human:
+            self._guardian_create(user, topic, category_id, pm, api_skip=skip)
         title = None
         if topic is None:
             title = clean_title(str(params.get("title") or ""), s)
@@ -419,6 +438,9 @@ class Forum:
             updated_at=created_at,
             action_code=params.get("action_code") if human else None,
             import_mode=import_mode,
+            last_editor_id=user.id,
+            last_version_at=created_at,
+            version_raw=raw,
         )
         self.state.posts[post.id] = post
         if post_type in (1, 4):
@@ -435,6 +457,35 @@ class Forum:
         if truthy(params.get("nested_post")):
             return {"action": "create_post", "post": body, "success": True}
         return body
+
+    def _guardian_create(
+        self, user: User, topic: Topic | None, category_id: int | None, pm: bool, *, api_skip: bool
+    ) -> None:
+        """The guardian checks of PostCreator#valid? / TopicCreator#setup_topic_params.
+
+        - Reply: `guardian.can_create?(Post, topic)` runs whatever `skip_validations` says (only
+          the internal `skip_guardian` option bypasses it) → 422 `topic_not_found`. It fails for a
+          silenced user (`SpamRule::AutoSilence.prevent_posting?`, even staff) unless the topic is
+          a PM they are in, and for a category the user may not post in.
+        - New topic: `ensure_can_create!(Topic, category)` → 403 `invalid_access`, skipped for
+          `skip_validations` and for PMs. Staff always pass (`can_create_topic?` is `is_staff? ||
+          …`); others fail when silenced or when the category is closed to them.
+        """
+        if topic is not None:
+            is_participant = topic.archetype == "private_message" and (
+                user.id in topic.allowed_user_ids
+            )
+            blocked = (self.state.is_silenced(user) and not is_participant) or not (
+                topic.archetype == "private_message"
+                or self.state.can_see_category(topic.category_id, user)
+            )
+            if blocked:
+                raise self._422([MSG_TOPIC_GONE])
+            return
+        if pm or api_skip or user.staff:
+            return
+        if self.state.is_silenced(user) or not self.state.can_see_category(category_id, user):
+            raise invalid_access()
 
     def _needs_approval(self, user: User) -> bool:
         s = self.state.settings
@@ -488,7 +539,8 @@ class Forum:
             return False
         if topic.archetype == "private_message":
             return staff or bool(viewer and viewer.id in topic.allowed_user_ids)
-        return True
+        # Read-restricted categories: Guardian#can_see_topic? → can_see_category?.
+        return self.state.can_see_category(topic.category_id, viewer)
 
     # --- edit ----------------------------------------------------------------------------------
 
@@ -559,10 +611,14 @@ class Forum:
                 self.check_limits(user, [("edit-post", s["max_edits_per_day"], 86400)])
             now = self.state.now()
             if raw_changed and raw is not None:
+                if self._new_version(user, post, raw, edit_reason, now):
+                    post.version += 1
+                    post.last_version_at = now
+                    post.version_raw = raw
+                    post.edit_reason = edit_reason
                 post.raw = raw
-                post.version += 1
+                post.last_editor_id = user.id
                 post.updated_at = now
-                post.edit_reason = edit_reason
             if topic_changed:
                 if new_title is not None:
                     topic.title = new_title
@@ -578,6 +634,33 @@ class Forum:
             elif raw_changed and topic.deleted_at is None:
                 self._emit_post("post_edited", post)
             return {"post": post_json(self.state, post, user, add_raw=True)}
+
+    def _new_version(
+        self, editor: User, post: Post, new_raw: str, edit_reason: str | None, now: float
+    ) -> bool:
+        """PostRevisor#should_create_new_version?: else a "ninja edit" keeps the version.
+
+        A new version when another user edits (`last_editor_id != editor.id`), when the edit is
+        past `editing_grace_period` seconds after the last version, when the raw moved by more
+        than `editing_grace_period_max_diff` characters (`…_high_trust` for staff and TL2+) from
+        the raw of the last version, or when a new `edit_reason` is given.
+        """
+        s = self.state.settings
+        if (post.last_editor_id or post.user_id) != editor.id:
+            return True
+        if edit_reason and edit_reason != post.edit_reason:
+            return True
+        if now - post.last_version_at > self.state.scaled(float(s["editing_grace_period"])):
+            return True
+        max_diff = int(
+            s["editing_grace_period_max_diff_high_trust"]
+            if editor.staff or editor.trust_level > 1
+            else s["editing_grace_period_max_diff"]
+        )
+        original = post.version_raw if post.version_raw is not None else post.raw
+        return (
+            abs(len(original) - len(new_raw)) > max_diff or diff_size(original, new_raw) > max_diff
+        )
 
     def update_topic(
         self, user: User, topic_id: int, title: str | None, category_id: Any
@@ -674,8 +757,12 @@ class Forum:
             post.raw_before_user_delete = post.raw
             post.raw = DELETED_BY_AUTHOR_TOPIC if first else DELETED_BY_AUTHOR_POST
             post.user_deleted = True
+            # PostDestroyer revises with force_new_version: always a new version.
             post.version += 1
             post.updated_at = now
+            post.last_version_at = now
+            post.version_raw = post.raw
+            post.last_editor_id = user.id
             if first:
                 topic.closed = True
             self._emit_post("post_edited", post)
@@ -698,6 +785,9 @@ class Forum:
                 post.user_deleted = False
                 post.version += 1
                 post.updated_at = self.state.now()
+                post.last_version_at = post.updated_at
+                post.version_raw = post.raw
+                post.last_editor_id = user.id
                 if first:
                     topic.closed = False
                 self._emit_post("post_edited", post)

@@ -19,6 +19,7 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +90,11 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "chat_auto_silence_duration": 30,
     "chat_minimum_message_length": 1,
     "chat_maximum_message_length": 6000,
+    # PostRevisor "ninja edit" window (site_settings.yml, posting section).
+    "editing_grace_period": 300,
+    "editing_grace_period_max_diff": 100,
+    "editing_grace_period_max_diff_high_trust": 400,
+    "prevent_anons_from_downloading_files": False,
     "retry_web_hook_events": False,
     "read_only": False,
     # emulator switches
@@ -99,6 +105,16 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "webhook_drop_rate": 0.0,
     "webhook_request_timeout": 20.0,
     "instance_url": "",
+    # Old cores filtered `/posts.json?before=N` with `id <= N`; newest core (LatestPostsQuery) uses
+    # `id < N`. Default: the newest, exclusive reading.
+    "posts_before_inclusive": False,
+    # `POST /uploads.json` with only the deprecated `type` param (3.4 deprecation, dropped in 3.5):
+    # refused (400, as when `upload_type` is missing) unless this is true; accepted uses are
+    # recorded in the state's `deprecations`.
+    "uploads_accept_legacy_type": False,
+    # Uploads live on an external store: `/uploads/short-url/...` answers 302 to a second server
+    # (another host:port) that records the headers it receives (`/_emulator/cdn/requests`).
+    "external_storage_cdn": False,
 }
 
 GROUP_NAMES = ("admins", "moderators", "staff", "everyone") + tuple(
@@ -308,8 +324,12 @@ class User:
     moderator: bool = False
     trust_level: int = 1
     active: bool = True
-    suspended: bool = False
+    # `User#suspended?` is `suspended_till && suspended_till > now`: a suspension ends by itself.
+    suspended_till: float | None = None
+    suspend_reason: str | None = None
+    # `User#silenced?` likewise compares `silenced_till` with now (chat auto-silence sets it too).
     silenced_until: float = 0.0
+    silence_reason: str | None = None
     staged: bool = False
     approved: bool = True
     external_id: str | None = None
@@ -343,6 +363,9 @@ class Category:
     description: str | None = None
     position: int = 0
     created_at: float = 0.0
+    # Read-restricted category: only these users (and admins) see it and post in it. Stands in
+    # for group permissions (`Category.secured(guardian)` / `post_create_allowed`).
+    allowed_user_ids: list[int] | None = None
 
 
 @dataclass(slots=True)
@@ -384,6 +407,11 @@ class Post:
     deleted_by_id: int | None = None
     user_deleted: bool = False
     hidden: bool = False
+    last_editor_id: int | None = None
+    # PostRevisor's `last_version_at`: the grace period counts from the last *version*, not edit.
+    last_version_at: float = 0.0
+    # Raw as of the last version (PostRevisor's cached `original_raw`), the base of grace diffs.
+    version_raw: str | None = None
     action_code: str | None = None
     edit_reason: str | None = None
     raw_before_user_delete: str | None = None
@@ -651,9 +679,12 @@ def iso(ts: float | None) -> str | None:
 class ForumState:
     """All emulator state behind one re-entrant lock; `reset()` restores the initial forum."""
 
-    def __init__(self, api_key: str | None = None) -> None:
+    def __init__(self, api_key: str | None = None, clock: Callable[[], float] = time.time) -> None:
         self.lock = threading.RLock()
         self.default_api_key = api_key
+        self._clock = clock
+        # Seconds added to the clock by `POST /_emulator/clock` (tests move time without sleeping).
+        self.clock_offset = 0.0
         self.reset()
 
     def reset(self) -> None:
@@ -673,6 +704,9 @@ class ForumState:
             self.memo: dict[str, tuple[float, int, Any]] = {}
             self.unique_posts: dict[str, float] = {}
             self._counters: dict[str, int] = {}
+            # `Discourse.deprecate` calls seen (e.g. the legacy upload `type` param).
+            self.deprecations: list[dict[str, Any]] = []
+            self.clock_offset = 0.0
             now = self.now()
             self.users[-1] = User(
                 id=-1,
@@ -692,7 +726,20 @@ class ForumState:
                 self.api_keys[self.default_api_key] = ApiKey(self.default_api_key, None)
 
     def now(self) -> float:
-        return time.time()
+        return self._clock() + self.clock_offset
+
+    def is_suspended(self, user: User) -> bool:
+        return user.suspended_till is not None and user.suspended_till > self.now()
+
+    def is_silenced(self, user: User) -> bool:
+        return user.silenced_until > self.now()
+
+    def can_see_category(self, category_id: int | None, viewer: User | None) -> bool:
+        """`Category.secured(guardian)`: admins see all; restricted ones need membership."""
+        category = self.categories.get(category_id) if category_id is not None else None
+        if category is None or category.allowed_user_ids is None:
+            return True
+        return bool(viewer and (viewer.admin or viewer.id in category.allowed_user_ids))
 
     def next_id(self, kind: str) -> int:
         self._counters[kind] = self._counters.get(kind, 0) + 1

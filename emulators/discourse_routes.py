@@ -203,6 +203,14 @@ def register_chat_routes(api: Any, emu: Emulator) -> None:
             channel = emu.chat.channel(channel_id, user)
             return jsonify({"channel": chat_channel_json(state, channel, user)})
 
+    @api(
+        "/chat/api/channels/<int:channel_id>/memberships/me",
+        ["POST"],
+        "chat/api/channels_current_user_membership/create",
+    )
+    def chat_join(channel_id: int) -> Any:
+        return jsonify(emu.chat.join(require_user(), channel_id))
+
     @api("/chat/api/direct-message-channels", ["POST"], "chat/api/direct_messages/create")
     def chat_dm_create() -> Any:
         return jsonify(emu.chat.direct_message_channel(require_user(), request_params()))

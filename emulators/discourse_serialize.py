@@ -196,7 +196,7 @@ def webhook_post_json(state: ForumState, post: Post) -> dict[str, Any]:
         data["action_code"] = post.action_code
     if post.deleted_by_id is not None:
         data["deleted_by"] = basic_user(_user(state, post.deleted_by_id))
-    if author.suspended:
+    if state.is_suspended(author):
         data["user_suspended"] = True
     live = [p for p in state.posts.values() if p.topic_id == topic.id and not p.user_deleted]
     data["topic_posts_count"] = len(live)
@@ -382,7 +382,7 @@ def category_json(state: ForumState, category: Category, detailed: bool = True) 
         "description_text": category.description,
         "description_excerpt": category.description,
         "topic_url": f"/t/about-the-{category.slug}-category",
-        "read_restricted": False,
+        "read_restricted": category.allowed_user_ids is not None,
         "permission": 1,
         "notification_level": 1,
         "can_edit": True,
@@ -451,8 +451,8 @@ def user_json(user: User, state: ForumState, detailed: bool) -> dict[str, Any]:
         "last_posted_at": None,
         "last_seen_at": None,
         "post_count": state.user_post_count(user.id),
-        "suspended_till": None,
-        "silenced_till": None,
+        "suspended_till": iso(user.suspended_till) if state.is_suspended(user) else None,
+        "silenced_till": iso(user.silenced_until) if state.is_silenced(user) else None,
         "staged": user.staged,
     }
     if detailed:

@@ -3,9 +3,9 @@
 Role: serve the real `/v1/...` paths that googleapiclient calls, with Google's JSON shapes, error
 bodies, quotas and auth, plus a control API under `/_emulator/` that plays the humans in the Chat
 UI and lets tests inspect state, read a request log and inject faults. The rules live in
-`emulators/google_chat_state.py`; this module is the HTTP layer, the `ChatEmulator` entry point
-and the `ChatControl` client (contract: /work/briefs/chat_emulator_contract.md; docs:
-emulators/README.md).
+`emulators/google_chat_state.py` and message markup in `emulators/google_chat_markup.py`; this
+module is the HTTP layer, the `ChatEmulator` entry point and the `ChatControl` client (contract:
+/work/briefs/chat_emulator_contract.md; docs: emulators/README.md).
 
 Invariants:
 - `create_app(state)` is a factory: no module-level app, all state in the `ChatState` passed in.
@@ -34,6 +34,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
+from emulators import google_chat_markup as markup
 from emulators._server import ServerHandle
 from emulators.google_chat_state import (
     APP_ONLY_FIELDS,
@@ -44,6 +45,7 @@ from emulators.google_chat_state import (
     MAX_UPLOAD_BYTES,
     MESSAGE_FIELDS,
     REPLY_OPTIONS,
+    SPACE_EVENT_WINDOW,
     STATUS_FOR_HTTP,
     UPDATE_MASK_PATHS,
     ApiError,
@@ -64,6 +66,7 @@ from emulators.google_chat_state import (
     parse_order_by,
     parse_reaction_filter,
     parse_rfc3339,
+    parse_space_event_filter,
     parse_space_filter,
 )
 
@@ -417,6 +420,7 @@ def create_app(state: ChatState, sleep: Callable[[float], None] = time.sleep) ->
         desc = parse_order_by(request.args.get("orderBy"))
         show_deleted = _bool_arg("showDeleted")
         with state.lock:
+            syntax = state.output_syntax(request.args.get("markupSyntax"))
             space = state.space_for(f"spaces/{space_id}", caller())
             state.check_quota("read", space.name, message_method=True)
             msgs = state.messages[space.name][::-1] if desc else state.messages[space.name]
@@ -430,7 +434,7 @@ def create_app(state: ChatState, sleep: Callable[[float], None] = time.sleep) ->
             chunk, token = state.page(msgs, params, size, request.args.get("pageToken"))
             out: JSON = {}
             if chunk:
-                out["messages"] = [state.message_json(m) for m in chunk]
+                out["messages"] = [state.message_json(m, syntax) for m in chunk]
             if token:
                 out["nextPageToken"] = token
         return _json_response(out)
@@ -438,9 +442,11 @@ def create_app(state: ChatState, sleep: Callable[[float], None] = time.sleep) ->
     @app.get("/v1/spaces/<space_id>/messages/<message_id>")
     def _get_message(space_id: str, message_id: str) -> Response:
         with state.lock:
+            syntax = state.output_syntax(request.args.get("markupSyntax"))
             space = state.space_for(f"spaces/{space_id}", caller())
             state.check_quota("read", space.name, message_method=True)
-            return _json_response(state.message_json(state.find_message(space.name, message_id)))
+            msg = state.find_message(space.name, message_id)
+            return _json_response(state.message_json(msg, syntax))
 
     def _create(space_name: str, body: JSON, client_id: str | None, option: str) -> Message:
         """Create a message from the caller (lock held); shared by create and allowMissing."""
@@ -450,6 +456,8 @@ def create_app(state: ChatState, sleep: Callable[[float], None] = time.sleep) ->
                 # User-auth messages "can only contain text" (reference §4).
                 raise invalid(f"Message {key} are only supported with app authentication.")
         text = str(body.get("text", ""))
+        # `text` is read under the request's markupSyntax, else the app-level default (§4).
+        syntax = state.input_syntax(body.get("markupSyntax"))
         if len(text.encode("utf-8")) > MAX_MESSAGE_BYTES:
             raise invalid(f"Message too long: the maximum size is {MAX_MESSAGE_BYTES} bytes.")
         attachments = state.attach(space_name, body.get("attachment") or [])
@@ -462,13 +470,14 @@ def create_app(state: ChatState, sleep: Callable[[float], None] = time.sleep) ->
             id=new_message_id(),
             space=space_name,
             sender=caller(),
-            text=text,
+            text="",
             create_time=state.next_create_time(),
             thread_id=thread.id,
             thread_reply=reply,
             client_id=client_id,
             attachments=attachments,
         )
+        state.compose(msg, text, syntax)
         state.add_message(msg)
         space.last_active = msg.create_time
         return msg
@@ -551,16 +560,24 @@ def create_app(state: ChatState, sleep: Callable[[float], None] = time.sleep) ->
             for key in APP_ONLY_FIELDS:
                 if key in fields:
                     raise invalid(f"Message {key} are only supported with app authentication.")
+            # Validate everything before changing anything: a refused edit leaves no trace.
+            text, syntax = msg.text, None
             if "text" in fields:
                 text = str(body.get("text", ""))
+                # "set markup_syntax and text on the Message and include text (not
+                # markup_syntax) in update_mask": the syntax applies to this edit only.
+                syntax = state.input_syntax(body.get("markupSyntax"))
                 if len(text.encode("utf-8")) > MAX_MESSAGE_BYTES:
                     raise invalid(f"Message too long: the maximum is {MAX_MESSAGE_BYTES} bytes.")
-                msg.text = text
+            attachments = msg.attachments
             if "attachment" in fields:
-                msg.attachments = state.attach(space.name, body.get("attachment") or [])
-            if not msg.text.strip() and not msg.attachments:
+                attachments = state.attach(space.name, body.get("attachment") or [])
+            if not text.strip() and not attachments:
                 raise invalid("Message cannot be empty.")
-            msg.last_update = state.now()
+            if syntax is not None:
+                state.compose(msg, text, syntax)
+            msg.attachments = attachments
+            state.edited(msg)
             return _json_response(state.message_json(msg))
 
     @app.delete("/v1/spaces/<space_id>/messages/<message_id>")
@@ -583,6 +600,38 @@ def create_app(state: ChatState, sleep: Callable[[float], None] = time.sleep) ->
                         state.tombstone(other, "CREATOR")
             state.tombstone(msg, "CREATOR")
         return _json_response({})
+
+    # ------------------------------------------------------------- space events
+    @app.get("/v1/spaces/<space_id>/spaceEvents")
+    def _list_space_events(space_id: str) -> Response:
+        # No default or maximum page size is documented; the emulator uses 100 and 1000 like
+        # the other list methods (UNCONFIRMED).
+        size = _page_size(100, 1000)
+        with state.lock:
+            space = state.space_for(f"spaces/{space_id}", caller())
+            # A read in the per-space quota (not a message method for the project quota).
+            state.check_quota("read", space.name)
+            flt = parse_space_event_filter(request.args.get("filter", ""), state.now())
+            events = state.list_space_events(space.name, flt)
+            params = {"filter": request.args.get("filter", ""), "pageSize": size}
+            chunk, token = state.page(events, params, size, request.args.get("pageToken"))
+            out: JSON = {}
+            if chunk:
+                out["spaceEvents"] = [state.space_event_json(e) for e in chunk]
+            if token:
+                out["nextPageToken"] = token
+        return _json_response(out)
+
+    @app.get("/v1/spaces/<space_id>/spaceEvents/<event_id>")
+    def _get_space_event(space_id: str, event_id: str) -> Response:
+        with state.lock:
+            space = state.space_for(f"spaces/{space_id}", caller())
+            state.check_quota("read", space.name)
+            horizon = state.now() - SPACE_EVENT_WINDOW
+            for event in state.space_events.get(space.name, []):
+                if event.id == event_id and event.time > horizon:
+                    return _json_response(state.space_event_json(event))
+        raise not_found()
 
     # ------------------------------------------------------------- reactions
     @app.post("/v1/spaces/<space_id>/messages/<message_id>/reactions")
@@ -840,12 +889,15 @@ def _register_control(app: Flask, state: ChatState) -> None:
                 id=new_message_id(),
                 space=space.name,
                 sender=sender,
-                text=str(data.get("text", "")),
+                text="",
                 create_time=state.next_create_time(wanted),
                 thread_id=thread.id,
                 thread_reply=reply,
                 attachments=uploads,
             )
+            # `text` is the composer input in Chat markup, as the UI produces it: `<users/1>`
+            # for a mention picked from autocomplete, `<url|label>` for a labelled link.
+            state.compose(msg, str(data.get("text", "")), markup.CHAT)
             state.add_message(msg)
             if space.last_active is None or msg.create_time > space.last_active:
                 space.last_active = msg.create_time
@@ -856,9 +908,18 @@ def _register_control(app: Flask, state: ChatState) -> None:
         data = body()
         with state.lock:
             msg = state.find_message(f"spaces/{space_id}", message_id)
-            msg.text = str(data.get("text", ""))
-            msg.last_update = state.now()
+            state.compose(msg, str(data.get("text", "")), markup.CHAT)
+            state.edited(msg)
             return _json_response(state.message_json(msg))
+
+    @app.get("/_emulator/spaces/<space_id>/messages/<message_id>/rendered")
+    def _rendered(space_id: str, message_id: str) -> Response:
+        # Rendered from the stored Doc, not by re-parsing formattedText: Chat markup has no
+        # escapes, so literal `<url|label>` text from Markdown input would read as a link.
+        with state.lock:
+            msg = state.find_message(f"spaces/{space_id}", message_id)
+            html = markup.render_html(msg.doc, state.display_name)
+        return _json_response({"html": html})
 
     @app.delete("/_emulator/spaces/<space_id>/messages/<message_id>")
     def _delete(space_id: str, message_id: str) -> Response:
@@ -936,12 +997,22 @@ def _register_control(app: Flask, state: ChatState) -> None:
     def _config() -> Response:
         data = body()
         with state.lock:
+            # Validate a copy, so a refused setting leaves the running config untouched.
+            config = dict(state.config)
             for key, value in data.items():
-                if key not in state.config:
+                if key not in config:
                     raise invalid(f"Unknown config key: {key!r}")
-                state.config[key] = value
-            if state.config["sender_details"] not in ("full", "minimal"):
+                config[key] = value
+            if config["sender_details"] not in ("full", "minimal"):
                 raise invalid("sender_details must be 'full' or 'minimal'")
+            syntaxes = (markup.CHAT, markup.MARKDOWN)
+            if config["app_default_markup_syntax"] not in syntaxes:
+                raise invalid("app_default_markup_syntax must be one of " + ", ".join(syntaxes))
+            if config["output_default_markup_syntax"] not in (None, *syntaxes):
+                raise invalid(
+                    "output_default_markup_syntax must be null or one of " + ", ".join(syntaxes)
+                )
+            state.config = config
             return _json_response(dict(state.config))
 
 
@@ -1041,7 +1112,10 @@ class ChatControl:
         attachments: list[JSON] | None = None,
         **body: Any,
     ) -> JSON:
-        """Post as a human in the Chat UI; `space` is `spaces/X` or `X`."""
+        """Post as a human in the Chat UI; `space` is `spaces/X` or `X`.
+
+        `text` is the composer input in Chat markup (`<users/2>`, `<https://x|label>`,
+        `*bold*`, ...): it becomes `formattedText`; `text` is its plain rendering."""
         merged = _merge(
             body,
             sender=sender,
@@ -1053,7 +1127,8 @@ class ChatControl:
         return self._call("POST", f"/{_space_path(space)}/messages", merged)
 
     def edit_message(self, *message: str, text: str | None = None) -> JSON:
-        """`edit_message(name, text)` or `edit_message(space, message_id, text)`."""
+        """`edit_message(name, text)` or `edit_message(space, message_id, text)`; `text` in
+        Chat markup, as for `post_message`."""
         parts = list(message)
         if text is None:
             text = parts.pop()
@@ -1074,6 +1149,11 @@ class ChatControl:
             user = parts.pop()
         path = f"/{_message_path(parts)}/reactions"
         return self._call("POST", path, {"user": user, "unicode": unicode})
+
+    def rendered(self, *message: str) -> JSON:
+        """`{"html": ...}`: what a person sees for the message (`rendered(name)` or
+        `rendered(space, message_id)`); see `google_chat_markup.render_html`."""
+        return self._call("GET", f"/{_message_path(list(message))}/rendered")
 
     def state(self) -> JSON:
         return self._call("GET", "/state")

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from emulators import google_chat_markup as markup
+
 JSON = dict[str, Any]
 
 # google.rpc code -> HTTP status (googleapis-common-protos google/rpc/code.proto).
@@ -137,6 +139,36 @@ DEFAULT_CONFIG: JSON = {
     "project_read_limit": [3000, 60.0],
     "access_token_lifetime": 3599,
     "retry_after_header": False,
+    # How `text` is read when a create/patch/update names no `markupSyntax`: "Newly created Chat
+    # apps default to Markdown" (format-messages), the case of a new bridge install.
+    "app_default_markup_syntax": markup.MARKDOWN,
+    # Syntax of `formattedText` in answers when the request names none (get/list without the
+    # `markupSyntax` parameter, create/patch answers, space events). None = the app default,
+    # the stricter reading of "specify markup_syntax ... to override the app-level default".
+    "output_default_markup_syntax": None,
+}
+# spaces.spaceEvents: how far back events are kept and may be asked for (spaceEvents.list filter).
+SPACE_EVENT_WINDOW = timedelta(days=28)
+# Non-batch event types a spaceEvents.list filter may name (SpaceEvent.eventType); batch types
+# must be omitted from the filter ("Omit batch event types in your filter").
+SPACE_EVENT_TYPES = tuple(
+    f"google.workspace.chat.{kind}"
+    for kind in (
+        "message.v1.created",
+        "message.v1.updated",
+        "message.v1.deleted",
+        "membership.v1.created",
+        "membership.v1.updated",
+        "membership.v1.deleted",
+        "reaction.v1.created",
+        "reaction.v1.deleted",
+        "space.v1.updated",
+    )
+)
+MESSAGE_EVENT_DATA = {
+    "google.workspace.chat.message.v1.created": "messageCreatedEventData",
+    "google.workspace.chat.message.v1.updated": "messageUpdatedEventData",
+    "google.workspace.chat.message.v1.deleted": "messageDeletedEventData",
 }
 
 
@@ -258,7 +290,7 @@ class Message:
     id: str
     space: str
     sender: str
-    text: str
+    text: str  # the plain `text`; `doc` is the parsed body every other form derives from
     create_time: datetime
     thread_id: str
     thread_reply: bool
@@ -268,10 +300,28 @@ class Message:
     deletion_type: str | None = None
     attachments: list[tuple[str, Upload]] = field(default_factory=list)  # (attachment id, blob)
     reactions: list[Reaction] = field(default_factory=list)
+    doc: markup.Doc = ()
+    argument_text: str = ""
+    mentions: list[tuple[int, int, str]] = field(default_factory=list)  # (start, length, user)
 
     @property
     def name(self) -> str:
         return f"{self.space}/messages/{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class SpaceEvent:
+    """One recorded change; its payload is rendered from the message's latest version."""
+
+    id: str
+    event_type: str
+    time: datetime
+    seq: int  # recording order: breaks ties between events of the same microsecond
+    message: Message
+
+    @property
+    def name(self) -> str:
+        return f"{self.message.space}/spaceEvents/{self.id}"
 
 
 @dataclass
@@ -344,6 +394,7 @@ class ChatState:
         self.log: list[LogEntry] = []
         self.quota_hits: dict[tuple[str, str], collections.deque[float]] = {}
         self.page_tokens: dict[str, tuple[str, int]] = {}  # token -> (params digest, offset)
+        self.space_events: dict[str, list[SpaceEvent]] = {}  # space -> events, any order
         self._last_time: datetime | None = None
 
     # ----------------------------------------------------------------- time, ids
@@ -528,7 +579,9 @@ class ChatState:
         return client_id in self.message_index.get(space, {})
 
     def add_message(self, msg: Message) -> None:
-        """Store a message in createTime order and index it by server and client id."""
+        """Store a message in createTime order, index it by server and client id, and record
+        its `created` space event (at its createTime, so backdated posts age out too)."""
+        self.record_event("google.workspace.chat.message.v1.created", msg, msg.create_time)
         msgs = self.messages[msg.space]
         msgs.append(msg)
         if len(msgs) > 1 and msgs[-2].create_time > msg.create_time:
@@ -589,6 +642,73 @@ class ChatState:
     def tombstone(self, msg: Message, deletion_type: str) -> None:
         msg.delete_time = self.now()
         msg.deletion_type = deletion_type
+        self.record_event("google.workspace.chat.message.v1.deleted", msg, msg.delete_time)
+
+    def edited(self, msg: Message) -> None:
+        """Mark a user edit: `lastUpdateTime` and an `updated` space event."""
+        msg.last_update = self.now()
+        self.record_event("google.workspace.chat.message.v1.updated", msg, msg.last_update)
+
+    def record_event(self, event_type: str, msg: Message, when: datetime) -> None:
+        # createTimes are bumped to stay unique, so an edit in the same microsecond could carry
+        # an earlier clock reading than its creation; never let it sort before the creation.
+        when = max(when, msg.create_time)
+        events = self.space_events.setdefault(msg.space, [])
+        seq = sum(len(v) for v in self.space_events.values())
+        events.append(SpaceEvent(_rand(_ID_CHARS, 16), event_type, when, seq, msg))
+
+    def list_space_events(self, space: str, flt: SpaceEventFilter) -> list[SpaceEvent]:
+        """Events of `space` the filter accepts, oldest first, within the 28-day window."""
+        horizon = self.now() - SPACE_EVENT_WINDOW
+        events = [
+            e
+            for e in self.space_events.get(space, [])
+            if e.time > horizon and flt.accepts(e.event_type, e.time)
+        ]
+        return sorted(events, key=lambda e: (e.time, e.seq))
+
+    # ----------------------------------------------------------------- message bodies
+    def compose(self, msg: Message, source: str, syntax: str) -> None:
+        """Set `msg`'s body from `source` read under `syntax` (CHAT or MARKDOWN): the parsed
+        Doc, the plain `text`, `argumentText` and the mention offsets."""
+
+        def resolve(name: str) -> str | None:
+            if name == "users/all":
+                return name
+            try:
+                return self.resolve_user(name).name
+            except ApiError:
+                return None  # not a user: the text stays literal, as it does in the Chat UI
+
+        def is_app(name: str) -> bool:
+            user = self.users.get(name)
+            return user is not None and user.type == "BOT"
+
+        msg.doc = markup.parse(source, syntax, resolve)
+        msg.text, msg.mentions = markup.plain_text(msg.doc, self.display_name)
+        msg.argument_text = markup.plain_text(msg.doc, self.display_name, omit=is_app)[0]
+
+    def display_name(self, name: str) -> str:
+        user = self.users.get(name)
+        return user.display_name if user is not None else ""
+
+    def input_syntax(self, requested: object) -> str:
+        """The syntax `text` is read in: the request's `markupSyntax`, else the app default."""
+        if requested is None or requested == "MARKUP_SYNTAX_UNSPECIFIED":
+            return str(self.config["app_default_markup_syntax"])
+        if requested not in markup.MARKUP_SYNTAXES:
+            raise invalid(f"Invalid value at 'message.markup_syntax', \"{requested}\"")
+        return str(requested)
+
+    def output_syntax(self, requested: str | None = None) -> str:
+        """The syntax of `formattedText` in an answer (the `markupSyntax` query parameter)."""
+        if requested is not None and requested not in markup.MARKUP_SYNTAXES:
+            # googleapiclient checks enums itself; a raw caller gets what Google's parser says.
+            raise invalid(f"Invalid value at 'markup_syntax', \"{requested}\"")
+        if requested in (None, "", "MARKUP_SYNTAX_UNSPECIFIED"):
+            default = self.config["output_default_markup_syntax"]
+            return str(default or self.config["app_default_markup_syntax"])
+        return requested
 
     def attach(self, space: str, refs: Iterable[JSON]) -> list[tuple[str, Upload]]:
         out = []
@@ -658,7 +778,8 @@ class ChatState:
             "createTime": rfc3339(space.members[user]),
         }
 
-    def message_json(self, msg: Message) -> JSON:
+    def message_json(self, msg: Message, syntax: str | None = None) -> JSON:
+        """The Message resource; `formattedText` in `syntax` (default: `output_syntax()`)."""
         if msg.delete_time is not None:
             # showDeleted tombstone: deletion data but no content (reference §2.3).
             return {
@@ -676,13 +797,13 @@ class ChatState:
             "sender": self.user_json(msg.sender),
             "createTime": rfc3339(msg.create_time),
             "text": msg.text,
-            "formattedText": msg.text,
-            "argumentText": msg.text,
+            "formattedText": markup.serialize(msg.doc, syntax or self.output_syntax()),
+            "argumentText": msg.argument_text,
             "thread": thread_json,
             "threadReply": msg.thread_reply,
             "space": {"name": msg.space},
         }
-        annotations = self.mention_annotations(msg.text)
+        annotations = self.mention_annotations(msg)
         if annotations:
             out["annotations"] = annotations
         if msg.last_update is not None:
@@ -709,25 +830,39 @@ class ChatState:
             ]
         return out
 
-    def mention_annotations(self, text: str) -> list[JSON]:
-        """USER_MENTION annotations for `<users/{id}>` in the text (what `text` holds for a
-        real received mention is UNCONFIRMED, reference §2.3; this is the input syntax)."""
-        out = []
-        for m in re.finditer(r"<(users/[^>\s]+)>", text):
-            try:
-                user = self.resolve_user(m.group(1)).name
-            except ApiError:
-                continue
-            out.append(
-                {
-                    "type": "USER_MENTION",
-                    # Indices count UTF-16 code units, as protobuf JSON strings do.
-                    "startIndex": len(text[: m.start()].encode("utf-16-le")) // 2,
-                    "length": len(m.group(0).encode("utf-16-le")) // 2,
-                    "userMention": {"user": self.user_json(user), "type": "MENTION"},
-                }
-            )
-        return out
+    def mention_annotations(self, msg: Message) -> list[JSON]:
+        """USER_MENTION annotations: offsets into the plain `text`, where a mention shows as
+        `@Display Name` (the discovery doc's Annotation example: `Hello @FooBot how are you!`,
+        startIndex 6, length 7). `<users/all>` gets none (its annotation is UNCONFIRMED)."""
+        return [
+            {
+                "type": "USER_MENTION",
+                "startIndex": start,
+                "length": length,
+                "userMention": {"user": self.user_json(user), "type": "MENTION"},
+            }
+            for start, length, user in msg.mentions
+            if user != "users/all"
+        ]
+
+    def space_event_json(self, event: SpaceEvent, syntax: str | None = None) -> JSON:
+        """SpaceEvent with the message's latest version; a deleted message carries only `name`,
+        `createTime` and `deletionMetadata` (MessageDeletedEventData), in every event type."""
+        msg = event.message
+        if msg.delete_time is not None:
+            payload: JSON = {
+                "name": msg.name,
+                "createTime": rfc3339(msg.create_time),
+                "deletionMetadata": {"deletionType": msg.deletion_type or "CREATOR"},
+            }
+        else:
+            payload = self.message_json(msg, syntax)
+        return {
+            "name": event.name,
+            "eventTime": rfc3339(event.time),
+            "eventType": event.event_type,
+            MESSAGE_EVENT_DATA[event.event_type]: {"message": payload},
+        }
 
     def reaction_json(self, msg: Message, reaction: Reaction) -> JSON:
         return {
@@ -794,6 +929,112 @@ def parse_message_filter(text: str) -> MessageFilter:
         else:
             raise invalid(f"Invalid filter: {text!r}")
     return MessageFilter(after=after, before=before, thread=thread)
+
+
+_EVENT_TIME_COND = re.compile(r'^(start_time|startTime|end_time|endTime)\s*=\s*"([^"]*)"$')
+_EVENT_TYPE_COND = re.compile(r'^(?:event_types|eventTypes)\s*:\s*"([^"]*)"$')
+
+
+@dataclass(frozen=True, slots=True)
+class SpaceEventFilter:
+    types: frozenset[str]
+    start: datetime | None = None  # exclusive
+    end: datetime | None = None  # inclusive
+
+    def accepts(self, event_type: str, when: datetime) -> bool:
+        if event_type not in self.types:
+            return False
+        if self.start is not None and not when > self.start:
+            return False
+        return self.end is None or when <= self.end
+
+
+def parse_space_event_filter(text: str, now: datetime) -> SpaceEventFilter:
+    """Parse a spaces.spaceEvents.list filter strictly (discovery doc `filter` description).
+
+    Grammar: conditions joined by `AND`: at most one `start_time="RFC3339"`, at most one
+    `end_time="RFC3339"` (`=` operator, quoted), and exactly one event-type group: one
+    `event_types:"TYPE"` or several joined by `OR` inside parentheses (a bare `OR` chain only when
+    it is the whole filter). camelCase field names (the rendered REST page) are accepted too.
+    Invalid, as documented: `OR` between times, `AND` between event types, no event type
+    (required), batch types ("omit batch event types"); stricter readings: unknown types,
+    start_time more than 28 days ago, end_time before start_time.
+    """
+    text = text.strip()
+    if not text:
+        raise invalid("Filter is required: specify at least one event type with event_types.")
+    bad = invalid(f"Invalid filter: {text!r}")
+    start = end = None
+    types: set[str] | None = None
+    conds = _split_top_level(text, "AND")
+    for cond in conds:
+        if m := _EVENT_TIME_COND.match(cond):
+            try:
+                ts = parse_rfc3339(m.group(2))
+            except ValueError:
+                raise invalid(f"Invalid timestamp in filter: {m.group(2)!r}") from None
+            if m.group(1) in ("start_time", "startTime"):
+                if start is not None:
+                    raise bad
+                start = ts
+            else:
+                if end is not None:
+                    raise bad
+                end = ts
+            continue
+        if types is not None:
+            raise bad  # event types can only be combined with OR, once
+        group = cond
+        if group.startswith("(") and group.endswith(")"):
+            group = group[1:-1].strip()
+        elif len(conds) > 1 and re.search(r"\sOR\s", group):
+            raise bad  # AND and OR mixed without parentheses
+        types = set()
+        for part in _split_top_level(group, "OR"):
+            tm = _EVENT_TYPE_COND.match(part)
+            if not tm:
+                raise bad
+            event_type = tm.group(1)
+            if ".batch" in event_type:
+                raise invalid(f"Omit batch event types in the filter: {event_type!r}")
+            if event_type not in SPACE_EVENT_TYPES:
+                raise invalid(f"Unsupported event type in filter: {event_type!r}")
+            types.add(event_type)
+    if not types:
+        raise invalid("Filter must specify at least one event type with event_types.")
+    if start is not None and start < now - SPACE_EVENT_WINDOW:
+        raise invalid("start_time must be within the last 28 days.")
+    if start is not None and end is not None and end < start:
+        raise invalid("end_time must not be before start_time.")
+    return SpaceEventFilter(types=frozenset(types), start=start, end=end)
+
+
+def _split_top_level(text: str, op: str) -> list[str]:
+    """Split on ` op ` outside parentheses and quotes; an unbalanced parenthesis is invalid."""
+    parts, depth, quoted, last = [], 0, False, 0
+    pattern = re.compile(rf"\s+{op}\s+")
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == '"':
+            quoted = not quoted
+        elif not quoted and ch == "(":
+            depth += 1
+        elif not quoted and ch == ")":
+            depth -= 1
+            if depth < 0:
+                raise invalid(f"Invalid filter: {text!r}")
+        elif not quoted and depth == 0 and (m := pattern.match(text, i)):
+            parts.append(text[last:i].strip())
+            i = last = m.end()
+            continue
+        i += 1
+    if depth or quoted:
+        raise invalid(f"Invalid filter: {text!r}")
+    parts.append(text[last:].strip())
+    if any(not p for p in parts):
+        raise invalid(f"Invalid filter: {text!r}")
+    return parts
 
 
 def parse_order_by(text: str | None) -> bool:

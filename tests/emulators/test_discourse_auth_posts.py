@@ -558,9 +558,10 @@ def test_topic_pages_slug_redirect_and_specific_posts(
     assert by_number["id"] == first["id"] and by_number["raw"] == BODY
 
 
-def test_latest_posts_before_is_inclusive_and_capped_at_50(
+def test_latest_posts_before_is_exclusive_and_capped_at_50(
     discourse_api: DiscourseApi, forum: dict[str, Any]
 ) -> None:
+    # LatestPostsQuery (newest core): `id < before`; `posts_before_inclusive` emulates old cores.
     first = new_topic(discourse_api, forum["category"], "Topic for latest posts").json()
     control = forum["control"]
     ids = [first["id"]]
@@ -571,7 +572,10 @@ def test_latest_posts_before_is_inclusive_and_capped_at_50(
     assert len(latest) == 50 and latest[0]["id"] == ids[-1]
     assert latest[0]["topic_title"] == "Topic for latest posts" and "raw" in latest[0]
     before = discourse_api.get(f"/posts.json?before={ids[10]}").json()["latest_posts"]
-    assert [p["id"] for p in before] == list(reversed(ids[:11]))
+    assert [p["id"] for p in before] == list(reversed(ids[:10]))
+    control.settings(posts_before_inclusive=True)
+    old = discourse_api.get(f"/posts.json?before={ids[10]}").json()["latest_posts"]
+    assert [p["id"] for p in old] == list(reversed(ids[:11]))
 
 
 def test_category_topic_list_pages_of_30(

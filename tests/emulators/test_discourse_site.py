@@ -221,7 +221,7 @@ def test_upload_image_and_serve_short_url(discourse_api: DiscourseApi, control: 
     data = png(800, 600)
     response = discourse_api.post(
         "/uploads.json",
-        data={"type": "composer", "synchronous": "true"},
+        data={"upload_type": "composer", "synchronous": "true"},
         files={"file": ("cat.png", data, "image/png")},
         user="alice",
     )
@@ -242,17 +242,17 @@ def test_upload_image_and_serve_short_url(discourse_api: DiscourseApi, control: 
     [
         (
             {"file": ("notes.exe", b"MZ", "application/octet-stream")},
-            {"type": "composer"},
+            {"upload_type": "composer"},
             422,
             [
                 "Sorry, the file you are trying to upload is not authorized (authorized "
                 "extensions: jpg, jpeg, png, gif, heic, heif, webp)."
             ],
         ),
-        ({}, {"type": "composer"}, 422, ["Sorry, you must provide a file to upload."]),
+        ({}, {"upload_type": "composer"}, 422, ["Sorry, you must provide a file to upload."]),
         (
             {"file": ("big.png", b"x" * (4096 * 1024 + 1), "image/png")},
-            {"type": "composer"},
+            {"upload_type": "composer"},
             422,
             ["Sorry, the file you are trying to upload is too big (maximum size is 4096KB)."],
         ),
@@ -308,6 +308,11 @@ def test_chat_send_list_paging_and_page_size_limit(
 ) -> None:
     category = control.create_category("Chatty")
     channel = control.create_chat_channel(category["id"], "Chatty channel")
+    # Sending needs a membership (CreateMessage `model :membership`): join first.
+    joined = discourse_api.post(
+        f"/chat/api/channels/{channel['id']}/memberships/me.json", user="alice"
+    )
+    assert joined.json()["membership"]["following"] is True
     ids = []
     for n in range(12):
         sent = discourse_api.post(
@@ -341,6 +346,7 @@ def test_chat_auto_silence_after_the_limit(discourse_api: DiscourseApi, control:
     control.settings(chat_allowed_messages_for_other_trust_levels=3)
     category = control.create_category("Spam")
     channel = control.create_chat_channel(category["id"], "Spam channel")
+    control.add_chat_members(channel["id"], ["alice"])
     path = f"/chat/{channel['id']}.json"
     for n in range(3):
         assert discourse_api.post(path, json={"message": f"spam {n}"}, user="alice").ok

@@ -46,7 +46,10 @@ def test_create_returns_message_sent_as_the_calling_user(world: ChatWorld) -> No
         "displayName": "Alice Example",
         "email": "alice@example.com",
     }
-    assert msg["text"] == "hello *bold*"
+    # No markupSyntax: read as Markdown (the default of a new Chat app), so `*bold*` is italic;
+    # `text` is plain and formattedText (app default syntax again, Markdown) keeps the markup.
+    assert msg["text"] == "hello bold"
+    assert msg["formattedText"] == "hello *bold*"
     assert msg["threadReply"] is False
     assert msg["thread"]["name"].startswith(f"{world.space}/threads/")
     assert "lastUpdateTime" not in msg and "clientAssignedMessageId" not in msg
@@ -356,10 +359,16 @@ def test_not_a_member_and_unknown_space(world: ChatWorld) -> None:
 
 def test_mentions_become_annotations(world: ChatWorld) -> None:
     msg = _create(world, "hé <users/1002> and <users/alice@example.com> and <users/999>")
+    # `text` shows a mention as `@Display Name`; annotations index into that plain text; an
+    # unknown user is no mention and stays literal; formattedText names canonical users.
+    assert msg["text"] == "hé @Bob Example and @Alice Example and <users/999>"
     mentions = msg["annotations"]
     assert [a["userMention"]["user"]["name"] for a in mentions] == [world.bob, world.alice]
-    assert mentions[0]["startIndex"] == 3 and mentions[0]["length"] == len("<users/1002>")
+    assert [(a["startIndex"], a["length"]) for a in mentions] == [(3, 12), (20, 14)]
     assert mentions[0]["type"] == "USER_MENTION"
+    assert mentions[0]["userMention"]["type"] == "MENTION"
+    chat = world.chat.spaces().messages().get(name=msg["name"], markupSyntax="MARKUP_SYNTAX_CHAT")
+    assert chat.execute()["formattedText"] == "hé <users/1002> and <users/1001> and <users/999>"
 
 
 def test_fields_partial_response(world: ChatWorld) -> None:
