@@ -120,12 +120,16 @@ class SyncConfig:
     new_user_trust_level: int = 1
     # Chat edits and deletions are seen by re-reading this far back in spaces active within it.
     edit_window: timedelta = timedelta(hours=1)
-    # ...but a space whose lastActiveTime has not moved is re-read for edits at most this often.
-    edit_scan_interval_seconds: float = 60
+    # ...but a space whose lastActiveTime has not moved is re-read for edits at most this often
+    # (0: every cycle, so that an edit reaches the forum within two poll intervals).
+    edit_scan_interval_seconds: float = 0
     long_messages: str = "split"  # "split" into linked parts, or "truncate" with a link
     # The line naming a Discourse author in Chat, with {name} and {username}; None: built in.
     attribution_format: str | None = None
     max_attachment_bytes: int = 4 * 1024 * 1024  # Discourse's default max_attachment_size_kb
+    # A message whose forum author is refused (suspended, deactivated, silenced): "park" it
+    # (`status` lists it, `retry` resends it) or "post_as_bridge" (the API user, attributed).
+    refused_authors: str = "park"
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,8 +256,8 @@ class _Checker:
             return _MISSING
         return value
 
-    def number(self, name: str, default: Any, *, unit: str) -> Any:
-        """A strictly positive, finite int or float (returned as float)."""
+    def number(self, name: str, default: Any, *, unit: str, allow_zero: bool = False) -> Any:
+        """A strictly positive (or, with `allow_zero`, non-negative), finite number, as float."""
         if name not in self.data:
             return self.get(name, default)
         value = self.data[name]
@@ -264,10 +268,9 @@ class _Checker:
                 "write a number without quotes",
             )
             return _MISSING
-        if not math.isfinite(value) or value <= 0:
-            self.add(
-                name, f"must be a positive number of {unit}, got {value!r}; use a value above 0"
-            )
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            lowest = "0 or more" if allow_zero else "a value above 0"
+            self.add(name, f"must be a positive number of {unit}, got {value!r}; use {lowest}")
             return _MISSING
         return float(value)
 
@@ -372,6 +375,7 @@ _DISCOURSE_KEYS = (
     "timeout_seconds",
 )
 _GOOGLE_KEYS = ("credentials_file", "token_file", "api_endpoint")
+REFUSED_AUTHOR_ACTIONS = ("park", "post_as_bridge")
 _SYNC_KEYS = (
     "poll_interval_minutes",
     "poll_interval_seconds",
@@ -391,6 +395,7 @@ _SYNC_KEYS = (
     "long_messages",
     "attribution_format",
     "max_attachment_mb",
+    "refused_authors",
 )
 _MAPPING_KEYS = ("google_space_id", "discourse_category_id", "discourse_parent_category_id")
 _TOP_KEYS = ("discourse", "google", "sync_settings", "mappings")
@@ -531,17 +536,24 @@ def _sync(problems: list[str], data: Mapping[str, Any], base: Path) -> Any:
     # Discourse trust levels are 0 (new) to 4 (leader).
     trust = c.integer("new_user_trust_level", 1, low=0, high=4)
     edit_window = _edit_window(c)
-    edit_scan = c.number("edit_scan_interval_seconds", 60.0, unit="seconds")
+    edit_scan = c.number("edit_scan_interval_seconds", 0.0, unit="seconds", allow_zero=True)
     long_messages = c.get("long_messages", "split")
     if long_messages not in ("split", "truncate"):
         c.add("long_messages", f'{long_messages!r} is not understood; use "split" or "truncate"')
         long_messages = _MISSING
     attachment_mb = c.number("max_attachment_mb", 4.0, unit="megabytes")
+    refused = c.get("refused_authors", "park")
+    if refused not in REFUSED_AUTHOR_ACTIONS:
+        c.add(
+            "refused_authors",
+            f'{refused!r} is not understood; use "park" or "post_as_bridge"',
+        )
+        refused = _MISSING
     attribution = _attribution_format(c)
     values = (interval, host, port, database, log_file, level, history, domain, max_attempts)
     values = (*values, public_url)
     values = (*values, create_users, trust, edit_window, edit_scan, long_messages, attachment_mb)
-    values = (*values, attribution)
+    values = (*values, attribution, refused)
     if _MISSING in values:
         return None
     return SyncConfig(
@@ -562,6 +574,7 @@ def _sync(problems: list[str], data: Mapping[str, Any], base: Path) -> Any:
         long_messages=long_messages,
         attribution_format=attribution,
         max_attachment_bytes=int(attachment_mb * 1024 * 1024),
+        refused_authors=refused,
     )
 
 

@@ -81,6 +81,8 @@ _PLAIN_WAIT_RE = re.compile(r"retry again in (\d+(?:\.\d+)?) seconds?", re.IGNOR
 _BAD_CREDENTIALS_TEXT = "API username or key is invalid"
 # The topic lookup by external id redirects here (§2.4 of the reference).
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Hops followed for an upload download (Discourse: one to the file or its CDN).
+_MAX_UPLOAD_REDIRECTS = 3
 _AUTH_ERROR_TYPES = frozenset({"invalid_access", "not_logged_in", "invalid_api_credentials"})
 
 
@@ -1014,7 +1016,12 @@ class DiscourseClient:
         return path + (f"?{parts.query}" if parts.query else "")
 
     def latest_posts(self, *, before: int | None = None) -> list[DiscoursePost]:
-        """Up to 50 regular public posts, newest first, with `id <= before` when given."""
+        """Up to 50 regular public posts, newest first.
+
+        `before` is exclusive on current forums (`id < before`, lib/latest_posts_query.rb) and
+        was inclusive on older ones: callers page with `before=<oldest id seen>` and drop the
+        ids they already have, which loses nothing under either rule.
+        """
         params = {"before": before} if before is not None else None
         data = self._get("/posts.json", params=params)
         return [DiscoursePost.from_api(post) for post in data.get("latest_posts") or ()]
@@ -1151,12 +1158,89 @@ class DiscourseClient:
             "POST",
             "/uploads.json",
             # `synchronous` is not sent: Discourse 3.1+ always answers with the upload.
-            data={"type": "composer"},
+            # `upload_type`, not `type`: `type` is deprecated since 3.4, removal due in 3.5
+            # (uploads_controller.rb#create).
+            data={"upload_type": "composer"},
             files={"file": (filename, data, content_type)},
             as_user=as_user,
             retry_transient=True,
         )
         return DiscourseUpload.from_api(self._json(response, "POST", "/uploads.json"))
+
+    def download_upload(self, short_url: str, *, max_bytes: int | None = None) -> bytes:
+        """The bytes of an upload named by its `upload://…` short URL.
+
+        Discourse answers `/uploads/short-url/…` with a redirect: to a path of its own, or, on a
+        forum with external storage (S3, a CDN), to another host (`allow_other_host: true`).
+        A same-host hop goes through `_request` (budget, key); a foreign one is fetched with a
+        bare session: no `Api-Key`, no `Api-Username`, no cookie, outside the admin budget,
+        because credentials go only to the host they belong to.
+
+        Raises: DiscourseNotFound, DiscourseRejected, DiscourseUnavailable (and the auth and
+        rate-limit errors of `_request` for the forum's own hops).
+        """
+        path = "/uploads/short-url/" + short_url.removeprefix("upload://")
+        response = self._request("GET", path, redirect_ok=True)
+        for _hop in range(_MAX_UPLOAD_REDIRECTS):
+            if response.status_code not in _REDIRECT_STATUSES:
+                return _bounded_content(response, max_bytes, path)
+            location = response.headers.get("Location")
+            if not location:
+                raise DiscourseUnavailable(
+                    f"GET {path} -> {response.status_code} without Location",
+                    status=response.status_code,
+                    method="GET",
+                    path=path,
+                )
+            target = urljoin(response.url, location)
+            if self._is_own_host(target):
+                response = self._request("GET", self._same_host_path(target), redirect_ok=True)
+            else:
+                return self._download_foreign(target, path, max_bytes)
+        raise DiscourseUnavailable(f"GET {path}: too many redirects", method="GET", path=path)
+
+    def _is_own_host(self, url: str) -> bool:
+        parts = urlsplit(url)
+        return (parts.scheme, parts.netloc.lower()) == (
+            self._base_parts.scheme,
+            self._base_parts.netloc.lower(),
+        )
+
+    def _download_foreign(self, url: str, path: str, max_bytes: int | None) -> bytes:
+        """GET a file from another host (a CDN) without any of the forum's credentials."""
+        host = urlsplit(url).netloc
+        with requests.Session() as bare:
+            bare.trust_env = self._session.trust_env
+            bare.proxies.update(self._session.proxies)
+            bare.verify = self._session.verify
+            bare.headers["User-Agent"] = "gchat-discourse-bridge"
+            try:
+                # Further redirects stay credential-free: this session holds no secret at all.
+                response = bare.get(url, timeout=self._timeout, stream=max_bytes is not None)
+            except requests.RequestException as exc:
+                raise DiscourseUnavailable(
+                    f"GET {path} via {host}: {type(exc).__name__}", method="GET", path=path
+                ) from exc
+            with response:
+                if response.status_code >= 500:
+                    raise DiscourseUnavailable(
+                        f"GET {path} via {host} -> {response.status_code}",
+                        status=response.status_code,
+                        method="GET",
+                        path=path,
+                    )
+                if response.status_code == 404:
+                    raise DiscourseNotFound(
+                        f"GET {path} via {host} -> 404", status=404, method="GET", path=path
+                    )
+                if response.status_code >= 300:
+                    raise DiscourseRejected(
+                        f"GET {path} via {host} -> {response.status_code}",
+                        status=response.status_code,
+                        method="GET",
+                        path=path,
+                    )
+                return _bounded_content(response, max_bytes, path)
 
     # ---- chat -------------------------------------------------------------------------------
 
@@ -1305,6 +1389,25 @@ class DiscourseClient:
             "content_type": content_type,
         }
         return {"web_hook": {key: value for key, value in fields.items() if value is not None}}
+
+
+def _bounded_content(response: requests.Response, max_bytes: int | None, path: str) -> bytes:
+    """The body, refusing one larger than `max_bytes` without reading it all into memory."""
+    if max_bytes is None:
+        return bytes(response.content)
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(chunk_size=65536):
+        size += len(chunk)
+        if size > max_bytes:
+            raise DiscourseRejected(
+                f"GET {path}: the file is larger than {max_bytes} bytes",
+                status=response.status_code,
+                method="GET",
+                path=path,
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class _UnsentError(Exception):

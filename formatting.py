@@ -20,6 +20,33 @@ Invariants:
   markup. Chat has no escape character, so literal text that Chat would read as markup is broken
   up with invisible characters (U+200B next to a marker, U+200B after ``<``); how real Chat
   treats those is not documented, see ``_escape_chat_literal``.
+
+Markup syntax. Both directions use Chat syntax (``MARKUP_SYNTAX_CHAT``), and the Chat client
+declares it on every call (``google_chat_client.MARKUP_SYNTAX``): messages are read with
+``formattedText`` in Chat syntax and written with ``markupSyntax: MARKUP_SYNTAX_CHAT``. Chat
+syntax is the one whose mentions and labelled links Google documents; Markdown syntax's are
+UNCONFIRMED (reference google-chat-api.md §4), and an undeclared syntax is the app's default,
+Markdown for new apps. A Chat message's ``text`` is plain (``@Bob Builder``, a link's label):
+bodies are converted from ``formattedText`` (``ChatMessage.markup``), titles taken from ``text``.
+
+Documented cases (tables in tests/test_formatting.py; GCF = Google's "Format messages" page;
+WJ = U+2060 WORD JOINER, which Discourse's mention matcher does not read through):
+
+    Chat formattedText        Discourse markdown       why
+    *bold*                    **bold**                 GCF bold
+    _it_                      _it_                     GCF italic ('_', not '*': nesting never
+                                                       builds a '***' run CommonMark may misread)
+    ~s~                       ~~s~~                    GCF strike; GFM strikethrough
+    `code`, ```block```       code span, fence         GCF monospace, kept verbatim
+    <https://x|label>         [label](<https://x>)     GCF hyperlink
+    <users/ID>, ID mapped     @username                GCF mention; pings the forum user
+    <users/ID>, not mapped    @<WJ>Display Name        shown, never pings; the name comes from
+                                                       the mention annotation (or `text`)
+    <users/all>               @<WJ>all                 no forum-wide ping from a post
+    @word, markdown specials  @<WJ>word, escaped       shown literally as typed
+
+Discourse -> Chat is the reverse table (``**b**`` -> ``*b*``, ``[l](u)`` -> ``<u|l>``,
+``@mapped`` -> ``<users/ID>``), plus headings, quotes, lists, BBCode and emoji codes.
 """
 
 from __future__ import annotations
@@ -433,11 +460,16 @@ def gchat_to_discourse_markdown(
     display_name_lookup: Callable[[str], str | None] | None = None,
     everyone_mention: str | None = None,
 ) -> str:
-    """Convert Chat text (preferably ``formattedText``) to Discourse markdown.
+    """Convert a Chat message's ``formattedText`` (Chat syntax) to Discourse markdown.
+
+    Pass ``ChatMessage.markup``: ``formattedText``, or ``text`` when Google sent none. The plain
+    ``text`` of a real message has lost its markup (``@Bob Builder`` instead of ``<users/…>``,
+    a link's label without its URL), so it converts to a poorer, un-pinging post.
 
     ``mention_lookup("users/123")`` returns the mapped Discourse username (pinged as
-    ``@username``) or None; then ``display_name_lookup`` (optional) gives the name shown as
-    literal, non-pinging ``@Name``.
+    ``@username``) or None; then ``display_name_lookup`` (optional; for a message,
+    ``ChatMessage.mention_display_name``, which reads the mention annotations) gives the name
+    shown as literal, non-pinging ``@Name``.
     """
     out: list[str] = []
     prev_kind = ""

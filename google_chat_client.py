@@ -21,6 +21,22 @@ Invariants:
 - The token file's `token_uri` is honoured (google-auth's `from_authorized_user_file` would replace
   it with Google's), and a refreshed access token is written back atomically with mode 0600.
 - Secrets (access/refresh tokens, client secret) are never logged.
+- Markup syntax is always explicit (`MARKUP_SYNTAX`), never the app's console default: every
+  `messages.list`/`messages.get` asks for `formattedText` in Chat syntax, and every create/patch
+  body declares that its `text` is Chat syntax. Why Chat syntax and not Markdown:
+  * Google documents, for Chat syntax only, the two constructs a bridge cannot do without: user
+    mentions `<users/{id}>` (and `<users/all>`) and labelled links `<url|label>`; how Markdown
+    syntax writes mentions and links is UNCONFIRMED (reference google-chat-api.md §4).
+  * `formatting.discourse_to_gchat_text` already renders Chat markup, and
+    `formatting.gchat_to_discourse_markdown` parses it: one syntax both ways, so what the bridge
+    writes reads back in the same form it was written (edit and echo detection stay stable).
+  * Left undeclared, the syntax is the app's default, and "newly created Chat apps default to
+    Markdown": `*bold*` would then show in italics and `<users/…>` literally.
+- A message's `text` is plain (mentions as `@Name`, links as their label, formatting dropped);
+  `formatted_text` carries the markup and is what the converters read (`ChatMessage.markup`).
+  Create and patch take no `markupSyntax` query parameter, so the `formatted_text` of the
+  messages they return is in a syntax we do not choose (the app default is the likely one;
+  UNCONFIRMED): convert only messages read with `list_messages`/`get_message`.
 """
 
 from __future__ import annotations
@@ -54,6 +70,8 @@ logger = logging.getLogger(__name__)
 AUTH_HINT = "run `python main.py auth` to authorize the bridge again"
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 MAX_PAGE_SIZE = 1000
+# The one syntax the bridge reads `formattedText` in and writes `text` in (module docstring).
+MARKUP_SYNTAX = "MARKUP_SYNTAX_CHAT"
 # messageId rules from the discovery doc: "client-" prefix, <= 63 chars of [a-z0-9-].
 _CLIENT_MESSAGE_ID = re.compile(r"^client-[a-z0-9-]{1,56}$")
 _RFC3339 = re.compile(
@@ -107,6 +125,10 @@ def _optional_time(value: Any) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
     return parse_rfc3339(value)
+
+
+def _optional_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _space_of(resource_name: str) -> str:
@@ -188,9 +210,72 @@ class ChatAttachment:
         )
 
 
+def _int(value: Any) -> int:
+    """A protobuf-JSON integer (a number or a decimal string; absent means 0)."""
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _utf16_slice(text: str, start: int, length: int) -> str:
+    """`text[start:start+length]` counted in UTF-16 code units."""
+    encoded = text.encode("utf-16-le")
+    return encoded[2 * start : 2 * (start + length)].decode("utf-16-le", errors="ignore")
+
+
+@dataclass(frozen=True, slots=True)
+class ChatAnnotation:
+    """An annotation of a message's `text`; USER_MENTION ones name the mentioned user.
+
+    `start_index`/`length` locate the annotated run in the plain `text` (for a mention, the
+    `@Name` readers see). Google does not document their unit: we read them as UTF-16 code units,
+    as the emulator writes them, and fall back to code points (`run_in`); for text without
+    characters outside the BMP both readings agree.
+    """
+
+    type: str  # "USER_MENTION" | "SLASH_COMMAND" | "RICH_LINK" | "CUSTOM_EMOJI"
+    start_index: int
+    length: int
+    user_name: str | None  # userMention.user.name: "users/123" (or "users/all")
+    # Under user auth Google leaves displayName out for users who share no space (and have no
+    # "prior affinity") with the caller (reference google-chat-api.md §6.3), so it may be None.
+    user_display_name: str | None
+    user_type: str | None  # "HUMAN" | "BOT"
+
+    @classmethod
+    def from_api(cls, data: dict[str, Any]) -> ChatAnnotation:
+        mention = data.get("userMention")
+        user = mention.get("user") if isinstance(mention, dict) else None
+        user = user if isinstance(user, dict) else {}
+        return cls(
+            type=str(data.get("type") or ""),
+            start_index=_int(data.get("startIndex")),
+            length=_int(data.get("length")),
+            user_name=user.get("name") or None,
+            user_display_name=user.get("displayName") or None,
+            user_type=user.get("type") or None,
+        )
+
+    def run_in(self, text: str) -> str:
+        """The annotated run of `text` (a mention's `@Name`), "" when the indices do not fit."""
+        if self.length <= 0 or self.start_index < 0:
+            return ""
+        run = _utf16_slice(text, self.start_index, self.length)
+        if run.startswith("@"):
+            return run
+        by_code_point = text[self.start_index : self.start_index + self.length]
+        return by_code_point if by_code_point.startswith("@") else run
+
+
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
-    """A message. Tombstones (`show_deleted`) have `delete_time` set and no content."""
+    """A message. Tombstones (`show_deleted`) have `delete_time` set and no content.
+
+    `text` is plain (what a reader sees: `@Bob Builder`, a link's label); `formatted_text` is
+    the same message in Chat markup (`*bold*`, `<users/123>`, `<https://x|label>`), read with
+    `markupSyntax=MARKUP_SYNTAX_CHAT`. Convert `markup`; take titles from `text`.
+    """
 
     name: str
     space_name: str
@@ -204,14 +289,31 @@ class ChatMessage:
     client_assigned_message_id: str | None
     thread_reply: bool
     attachments: tuple[ChatAttachment, ...]
-    # `text` shows mentions in a display form (@Name); `formattedText` keeps Chat's markup,
-    # `<users/…>` mentions and `<url|label>` links: convert from this one when Google sends it.
+    # Defaults keep records built by hand (tests, tools) valid: no markup known, no mentions.
     formatted_text: str | None = None
+    annotations: tuple[ChatAnnotation, ...] = ()
 
     @property
     def markup(self) -> str:
         """The text to convert: `formattedText` when present, else `text`."""
         return self.formatted_text if self.formatted_text is not None else self.text
+
+    def mention_display_name(self, user_name: str) -> str | None:
+        """The name this message shows for a mention of `user_name` (no '@'), or None.
+
+        The mention annotation's displayName, else the `@Name` run of `text` it points at (the
+        name Chat itself displayed, present even when Google leaves displayName out). Shaped as
+        the `display_name_lookup` of `formatting.gchat_to_discourse_markdown`.
+        """
+        for annotation in self.annotations:
+            if annotation.type != "USER_MENTION" or annotation.user_name != user_name:
+                continue
+            if annotation.user_display_name:
+                return annotation.user_display_name
+            run = annotation.run_in(self.text)
+            if run.startswith("@") and run[1:].strip():
+                return run[1:].strip()
+        return None
 
     @classmethod
     def from_api(cls, data: dict[str, Any]) -> ChatMessage:
@@ -232,7 +334,12 @@ class ChatMessage:
             client_assigned_message_id=data.get("clientAssignedMessageId") or None,
             thread_reply=bool(data.get("threadReply", False)),
             attachments=tuple(ChatAttachment.from_api(a) for a in data.get("attachment") or ()),
-            formatted_text=data.get("formattedText"),
+            formatted_text=_optional_str(data.get("formattedText")),
+            annotations=tuple(
+                ChatAnnotation.from_api(a)
+                for a in data.get("annotations") or ()
+                if isinstance(a, dict)
+            ),
         )
 
 
@@ -832,7 +939,12 @@ class GoogleChatClient:
         if thread_name:
             # Unquoted, as in every Google example; at most one thread condition is allowed.
             conditions.append(f"thread.name = {thread_name}")
-        params: dict[str, Any] = {"parent": space_name, "pageSize": min(page_size, MAX_PAGE_SIZE)}
+        params: dict[str, Any] = {
+            "parent": space_name,
+            "pageSize": min(page_size, MAX_PAGE_SIZE),
+            # formattedText in the syntax the converters parse, whatever the app's default.
+            "markupSyntax": MARKUP_SYNTAX,
+        }
         if conditions:
             params["filter"] = " AND ".join(conditions)
         if show_deleted:
@@ -849,7 +961,9 @@ class GoogleChatClient:
 
     def get_message(self, message_name: str) -> ChatMessage:
         """A message by name (`spaces/S/messages/M`, M may be a client-assigned id)."""
-        return ChatMessage.from_api(self._call(lambda: self._messages().get(name=message_name)))
+        return ChatMessage.from_api(
+            self._call(lambda: self._messages().get(name=message_name, markupSyntax=MARKUP_SYNTAX))
+        )
 
     def create_message(
         self,
@@ -860,7 +974,7 @@ class GoogleChatClient:
         thread_name: str | None = None,
         attachments: Sequence[dict[str, Any]] = (),
     ) -> ChatMessage:
-        """Create a message as the authorized user; idempotent through `message_id`.
+        """Create a message (`text` in Chat markup) as the authorized user; idempotent by id.
 
         `message_id` must be a client-assigned id (`client-` + up to 56 of `[a-z0-9-]`). If a
         message with that id already exists (an earlier attempt, perhaps before a crash), that
@@ -873,7 +987,9 @@ class GoogleChatClient:
         """
         if not _CLIENT_MESSAGE_ID.match(message_id):
             raise ValueError(f"not a client-assigned message id: {message_id!r}")
-        body: dict[str, Any] = {"text": text}
+        # `text` is Chat markup (formatting.discourse_to_gchat_text): say so, or an app whose
+        # default is Markdown would show `*bold*` in italics and `<users/…>` literally.
+        body: dict[str, Any] = {"text": text, "markupSyntax": MARKUP_SYNTAX}
         params: dict[str, Any] = {"parent": space_name, "messageId": message_id}
         if thread_name:
             body["thread"] = {"name": thread_name}
@@ -904,11 +1020,12 @@ class GoogleChatClient:
         return message
 
     def update_message_text(self, message_name: str, text: str) -> ChatMessage:
-        """Replace a message's text (PATCH updateMask=text)."""
+        """Replace a message's text, given in Chat markup (PATCH updateMask=text)."""
+        # The discovery doc: set markupSyntax and text on the body and put only `text` in the
+        # mask (markupSyntax is how the new text is read, not a field that is updated).
+        body = {"text": text, "markupSyntax": MARKUP_SYNTAX}
         data = self._call(
-            lambda: self._messages().patch(
-                name=message_name, updateMask="text", body={"text": text}
-            ),
+            lambda: self._messages().patch(name=message_name, updateMask="text", body=body),
             write_space=_space_of(message_name),
         )
         return ChatMessage.from_api(data)

@@ -17,7 +17,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -39,6 +39,9 @@ from webhook_listener import Readiness, WebhookConfigError, WebhookServer, creat
 logger = logging.getLogger("gchat_discourse")
 
 EXIT_CONFIG = 2
+# Handled inbox rows are kept this long for their dedupe keys (Discourse redelivers only by hand,
+# and a post's creation is also guarded by its stored link), then deleted so the table stays small.
+INBOX_RETENTION = timedelta(days=7)
 CYCLE_ERROR_KEY = "last_cycle_error"  # status key: why the last scheduler cycle failed, or ""
 EXIT_CREDENTIALS = 3
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -158,6 +161,7 @@ def poll_job(runtime: Runtime) -> None:
         step("Discourse catch-up pull", runtime.discourse_to_gchat.catch_up)
         step("Chat poll of DM spaces", dms)
         step("Discourse chat catch-up pull", runtime.dms.catch_up)
+        step("inbox pruning", lambda: runtime.store.prune_done_events(INBOX_RETENTION))
     if failures:
         # For /readyz: a failing catch-up (e.g. Discourse refusing the key) leaves the room
         # poll's own result "ok" when there was nothing to mirror.

@@ -51,7 +51,7 @@ from google_chat_client import (
     ChatUnavailable,
     GoogleChatClient,
 )
-from sync_gchat_to_discourse import own_write_key, text_part_of_raw
+from sync_gchat_to_discourse import text_part_of_raw
 from webhook_listener import WebhookDelivery
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def inbox_keys(event_name: str, body: Mapping[str, Any]) -> tuple[str, str]:
     """(dedupe key, ordering key) for a webhook body.
 
     A post's creation is keyed by its id alone, so the webhook and the catch-up pull meet on one
-    row; later events by id and version, so a redelivery is dropped but a new edit is not.
+    row; later events by id and content, so a redelivery is dropped but a new edit is not.
 
     Raises:
         ValueError: the body lacks the ids the event needs.
@@ -89,7 +89,10 @@ def inbox_keys(event_name: str, body: Mapping[str, Any]) -> tuple[str, str]:
         if event_name == "post_created":
             return f"post_created:{post_id}", f"topic:{topic_id}"
         if event_name == "post_edited":
-            return f"post_edited:{post_id}:{payload.get('version')}", f"topic:{topic_id}"
+            # Keyed by content and edit time, not `version`: a second edit by the same person
+            # within Discourse's editing grace period keeps the version (lib/post_revisor.rb).
+            edit = {"raw": payload.get("raw"), "updated_at": payload.get("updated_at")}
+            return f"post_edited:{post_id}:{_digest(edit)}", f"topic:{topic_id}"
         # A post may be deleted and recovered more than once at one version.
         return f"{event_name}:{post_id}:{_digest(payload)}", f"topic:{topic_id}"
     if event_name.startswith("topic_"):
@@ -150,9 +153,13 @@ def plan_post(
     space_for_category: Mapping[int, str],
     thread_for_topic: str | None,
     already_bridged: bool,
-    by_bridge_user: bool,
 ) -> PostAction:
-    """Decide what a new Discourse post becomes in Chat. No I/O."""
+    """Decide what a new Discourse post becomes in Chat. No I/O.
+
+    Echoes are recognised by origin (the stored link, the marker in `raw`), never by author:
+    an account the bridge created may be claimed by its person (a password reset), whose own
+    posts must then cross like anyone's.
+    """
     if already_bridged:
         return Skip("already in Chat")
     if post.post_type != 1:
@@ -161,7 +168,7 @@ def plan_post(
         return Skip("private message")
     if post.hidden or post.user_deleted or post.deleted_at is not None:
         return Skip("hidden or deleted")
-    if by_bridge_user or (post.raw and formatting.find_origin_marker(post.raw)):
+    if post.raw and formatting.find_origin_marker(post.raw):
         return Skip("came from Chat")
     space = space_for_category.get(post.category_id) if post.category_id is not None else None
     if space is None and thread_for_topic is None:
@@ -305,11 +312,14 @@ class DiscourseToGchat:
         high_water = int(mark)
         found: dict[int, DiscoursePost] = {}
         while page:
-            found.update((p.id, p) for p in page if p.id > high_water)
+            fresh = {p.id: p for p in page if p.id > high_water and p.id not in found}
+            found.update(fresh)
             oldest = min(p.id for p in page)
-            if oldest <= high_water + 1:
-                break
-            page = self._discourse.latest_posts(before=oldest - 1)
+            if oldest <= high_water + 1 or not fresh:
+                break  # reached the mark, or a page with nothing new (no further progress)
+            # `before` is exclusive now and was inclusive on older forums: asking for ids
+            # before the oldest seen, and dropping ids already found, loses none under either.
+            page = self._discourse.latest_posts(before=oldest)
         for post in sorted(found.values(), key=lambda p: p.id):
             self._store.enqueue_event(
                 event_id="",
@@ -625,7 +635,6 @@ class DiscourseToGchat:
             space_for_category=self._space_for_category(),
             thread_for_topic=self._store.thread_for_topic(post.topic_id),
             already_bridged=self._store.message_for_post(post.id) is not None,
-            by_bridge_user=self._store.is_bridge_user(post.username),
         )
         if isinstance(action, Skip):
             logger.debug("post %d not bridged: %s", post.id, action.reason)
@@ -715,7 +724,7 @@ class DiscourseToGchat:
         notes: list[str] = []
         for short_url, filename in uploads_in_raw(post.raw or ""):
             try:
-                data = self._download_upload(short_url)
+                data = self._discourse.download_upload(short_url)
                 if len(data) > self._config.sync.max_attachment_bytes:
                     notes.append(f"_({filename} is too large to attach; see the link above)_")
                     continue
@@ -728,24 +737,8 @@ class DiscourseToGchat:
             attachments.append({"attachmentDataRef": ref})
         return attachments, notes
 
-    def _download_upload(self, short_url: str) -> bytes:
-        # DiscourseClient has no download call yet; its one request function keeps the budget,
-        # retries and error mapping (reported to the lead: should become a public method).
-        path = "/uploads/short-url/" + short_url.removeprefix("upload://")
-        response = self._discourse._request("GET", path, redirect_ok=True)  # noqa: SLF001
-        if response.is_redirect and response.headers.get("Location"):
-            response = self._discourse._request("GET", response.headers["Location"])  # noqa: SLF001
-        return bytes(response.content)
-
     def _create_chat_message(self, gchat_space_name: str, text: str, **kw: Any) -> ChatMessage:
-        """`create_message`, remembering it as the space's latest own write.
-
-        The Chat poll then knows that a lastActiveTime equal to this message's createTime is
-        the bridge's own doing and spends no read on it (see sync_gchat_to_discourse).
-        """
-        message = self._chat.create_message(gchat_space_name, text, **kw)
-        self._store.set_cursor(own_write_key(gchat_space_name), message.create_time.isoformat())
-        return message
+        return self._chat.create_message(gchat_space_name, text, **kw)
 
     def _space_for_category(self) -> dict[int, str]:
         spaces: dict[int, str] = {}

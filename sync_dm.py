@@ -50,6 +50,7 @@ from discourse_client import (
     DiscourseChatMessage,
     DiscourseClient,
     DiscourseError,
+    DiscourseNotFound,
     DiscourseRejected,
     DiscourseUnavailable,
 )
@@ -65,7 +66,7 @@ from google_chat_client import (
 )
 from sync_discourse_to_gchat import inbox_keys
 from sync_gchat_to_discourse import PollResult, fetch_spaces
-from users import UserDirectory
+from users import Author, UserDirectory
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ CHAT_EVENTS = frozenset({"chat_message_created", "chat_message_edited", "chat_me
 CURSOR_OVERLAP = timedelta(seconds=10)
 RETRY_BASE_DELAY = timedelta(seconds=30)
 RECONCILE_WINDOW = 50  # Discourse's maximum chat page
+CHAT_PAGE_SIZE = 50  # a page of the channel's messages (Discourse's maximum)
 BRIDGE_ACCOUNT_KEY = "gchat_bridge_account"  # status key: the Google user the bridge runs as
 NO_TEXT = "_(a message with no text)_"
 
@@ -140,9 +142,21 @@ def plan_dm(messages: Sequence[ChatMessage], *, linked: Iterable[str]) -> list[D
     return actions
 
 
-def render_chat_message(text: str, attribution: str | None, mention_lookup: Any) -> str:
-    """The Discourse chat text for a Chat message (markdown; attribution only when needed)."""
-    body = formatting.gchat_to_discourse_markdown(text, mention_lookup=mention_lookup).strip()
+def render_chat_message(
+    message: ChatMessage,
+    attribution: str | None,
+    mention_lookup: Callable[[str], str | None],
+) -> str:
+    """The Discourse chat text for a Chat message (markdown; attribution only when needed).
+
+    The same conversion as topic posts (sync_gchat_to_discourse.render_text): from
+    formattedText, which keeps the mentions and link targets that the plain `text` has lost.
+    """
+    body = formatting.gchat_to_discourse_markdown(
+        message.markup,
+        mention_lookup=mention_lookup,
+        display_name_lookup=message.mention_display_name,
+    ).strip()
     body = body or NO_TEXT
     return f"{attribution}\n{body}" if attribution else body
 
@@ -444,12 +458,30 @@ class DmSync:
         self, message: ChatMessage, space: ChatSpace, channel_id: int, result: PollResult
     ) -> bool:
         """Send one message; False when the space must stop for this cycle."""
-        if not self._due(message.name):
+        failure = self._store.failure_for(DIRECTION, message.name)
+        if failure is not None and failure.parked:
+            return True  # `status` lists it, `retry` resends it; it holds back nothing
+        if failure is not None and failure.next_attempt_at > self._clock():
             return False
         try:
-            self._send(message, space, channel_id)
-        except DiscourseAuthError:
-            raise
+            self._send_or_attribute(message, space, channel_id)
+        except DiscourseAuthError as exc:
+            if exc.credentials_invalid:
+                raise
+            # The author's forum account is refused (suspended, deactivated, silenced): park
+            # this message only; the others of the channel go on.
+            self._store.record_failure(
+                DIRECTION,
+                message.name,
+                f"Discourse refused the author's account: {exc}",
+                max_attempts=1,
+                next_attempt_at=self._clock(),
+            )
+            logger.error(
+                "parked %s: Discourse refused the author's account: %s", message.name, exc
+            )
+            result.parked += 1
+            return True
         except DiscourseRejected as exc:
             self._store.record_failure(
                 DIRECTION,
@@ -480,20 +512,34 @@ class DmSync:
         result.mirrored += 1
         return True
 
-    def _due(self, gchat_message_name: str) -> bool:
-        failure = self._store.failure_for(DIRECTION, gchat_message_name)
-        if failure is None or failure.parked:
-            return failure is None
-        return failure.next_attempt_at <= self._clock()
-
-    def _send(self, message: ChatMessage, space: ChatSpace, channel_id: int) -> None:
+    def _send_or_attribute(self, message: ChatMessage, space: ChatSpace, channel_id: int) -> None:
         author = self._users.author_for(message.sender, space.name)
+        try:
+            self._send(message, channel_id, author)
+        except DiscourseAuthError as exc:
+            if (
+                exc.credentials_invalid
+                or author.attribution is not None
+                or self._config.sync.refused_authors != "post_as_bridge"
+            ):
+                raise
+            logger.warning(
+                "Discourse refused @%s (%s); sending %s attributed instead",
+                author.discourse_username,
+                exc,
+                message.name,
+            )
+            self._send(
+                message, channel_id, self._users.bridge_author_for(message.sender, space.name)
+            )
+
+    def _send(self, message: ChatMessage, channel_id: int, author: Author) -> None:
         reader = self._store.get_cursor(_reader_key(channel_id))
         # A person without an account is written by the channel's creator, with attribution.
         as_user = author.discourse_username if author.attribution is None else reader
         if as_user is None:
             raise DiscourseRejected(f"no member of channel {channel_id} to write as")
-        text = render_chat_message(message.text, author.attribution, self._mention_lookup)
+        text = render_chat_message(message, author.attribution, self._mention_lookup)
         if self._store.has_pending_write(message.name):
             found = self._find_sent(channel_id, as_user, text)
             if found is not None:
@@ -568,9 +614,8 @@ class DmSync:
             return  # came from Chat, or already bridged
         if message.deleted_at is not None:
             return
-        if self._store.is_bridge_user(message.username):
-            logger.debug("chat message %d is by a bridge user; not mirrored", message.id)
-            return
+        # Not judged by author: an account the bridge created may have been claimed by its
+        # person. The bridge's own sends are linked, or pending (checked next) until they are.
         prefix = f"{space}/messages/"
         if any(key.startswith(prefix) for key in self._store.pending_writes()):
             # It may be the copy of a Chat message whose link is not stored yet (a crash).
@@ -663,31 +708,58 @@ class DmSync:
         if reader is None or mark is None:
             return 0
         high_water = int(mark)
+        newer = self._messages_after(channel_id, high_water, reader)
         count = 0
-        while True:
-            page = self._discourse.list_chat_messages(
-                channel_id, target_message_id=high_water, direction="future", as_user=reader
-            )
-            page = [m for m in page if m.id > high_water]
-            if not page:
-                return count
-            for message in sorted(page, key=lambda m: m.id):
-                high_water = message.id
-                if self._store.message_for_chat_message(message.id) is not None:
-                    continue  # a copy of a Chat message, or bridged already
-                body = event_body(message)
-                dedupe_key, ordering_key = inbox_keys("chat_message_created", body)
-                if self._store.enqueue_event(
-                    event_id="",
-                    event_type="chat_message",
-                    event_name="chat_message_created",
-                    payload=json.dumps(body),
-                    dedupe_key=dedupe_key,
-                    ordering_key=ordering_key,
-                    received_at=self._clock(),
-                ):
-                    count += 1
-            self._store.set_cursor(_high_water_key(channel_id), str(high_water))
+        for message in newer:
+            if message.deleted_at is not None:
+                continue  # trashed (staff readers see those): nothing to bring across
+            if self._store.message_for_chat_message(message.id) is not None:
+                continue  # a copy of a Chat message, or bridged already
+            body = event_body(message)
+            dedupe_key, ordering_key = inbox_keys("chat_message_created", body)
+            if self._store.enqueue_event(
+                event_id="",
+                event_type="chat_message",
+                event_name="chat_message_created",
+                payload=json.dumps(body),
+                dedupe_key=dedupe_key,
+                ordering_key=ordering_key,
+                received_at=self._clock(),
+            ):
+                count += 1
+        if newer:
+            self._store.set_cursor(_high_water_key(channel_id), str(newer[-1].id))
+        return count
+
+    def _messages_after(
+        self, channel_id: int, high_water: int, reader: str
+    ) -> list[DiscourseChatMessage]:
+        """The channel's live messages with an id above `high_water`, oldest first.
+
+        Reads the newest page, then pages into the past from the oldest message just seen,
+        until the mark is reached. The high-water id itself is never sent as a target:
+        Discourse answers 404 for a target that does not exist (0 for a channel linked while
+        empty, or a message trashed since: list_channel_messages.rb, `target_message_exists`).
+        An idle channel costs one request.
+        """
+        found: dict[int, DiscourseChatMessage] = {}
+        page = self._discourse.list_chat_messages(channel_id, as_user=reader)
+        while page:
+            fresh = [m for m in page if m.id > high_water and m.id not in found]
+            found.update((m.id, m) for m in fresh)
+            oldest = min(m.id for m in page)
+            if oldest <= high_water or not fresh or len(page) < CHAT_PAGE_SIZE:
+                break  # reached the mark, the channel's start, or no progress
+            try:
+                page = self._discourse.list_chat_messages(
+                    channel_id, target_message_id=oldest, direction="past", as_user=reader
+                )
+            except DiscourseNotFound:
+                # Trashed between the two reads: start again from the newest page next cycle;
+                # what was found so far is kept (the links and dedupe keys stop doubles).
+                logger.info("chat message %d vanished while paging channel %d", oldest, channel_id)
+                break
+        return sorted(found.values(), key=lambda m: m.id)
 
 
 __all__ = [

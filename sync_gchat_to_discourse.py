@@ -173,7 +173,12 @@ def plan(
         if new_after is not None and message.create_time <= new_after:
             continue
         thread = thread_of(message)
-        title = formatting.title_from_text(message.text, fallback=fallback_title(message))
+        # From the plain `text` (mentions as `@Name`, links as their label): no markup in titles.
+        title = formatting.title_from_text(
+            message.text,
+            fallback=fallback_title(message),
+            display_name_lookup=message.mention_display_name,
+        )
         if is_bridge_origin(message):
             actions.append(Skip(message, "written by the bridge"))
         elif message.delete_time is not None:
@@ -207,8 +212,17 @@ def _change_of(
 def render_text(
     message: ChatMessage, author: Author, mention_lookup: Callable[[str], str | None]
 ) -> str:
-    """The text part of the post for `message` (attribution and body, no embeds, no marker)."""
-    body = formatting.gchat_to_discourse_markdown(message.text, mention_lookup=mention_lookup)
+    """The text part of the post for `message` (attribution and body, no embeds, no marker).
+
+    Also what the link's content hash covers (`formatting.content_hash`), so the stored hash and
+    the one edit detection computes come from this one rendering.
+    """
+    # formattedText carries the mentions and link targets that the plain `text` has lost.
+    body = formatting.gchat_to_discourse_markdown(
+        message.markup,
+        mention_lookup=mention_lookup,
+        display_name_lookup=message.mention_display_name,
+    )
     if not body.strip():
         body = "_(a message with no text)_" if not message.attachments else ""
     if author.attribution:
@@ -285,11 +299,6 @@ def cursor_key(gchat_space_name: str) -> str:
 
 
 NEVER_ACTIVE = "never-active"
-
-
-def own_write_key(gchat_space_name: str) -> str:
-    """Cursor key of the createTime of the bridge's latest message in a space."""
-    return f"gchat_own_write:{gchat_space_name}"
 
 
 def active_key(gchat_space_name: str) -> str:
@@ -373,6 +382,14 @@ def fetch_spaces(
         except ChatError as exc:
             problems.append(f"{name}: cannot read the space: {exc}")
     return found, problems
+
+
+class _RefusedAuthor(Exception):
+    """The forum account of a message's author is refused; the message is parked."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class CycleAborted(Exception):
@@ -506,18 +523,11 @@ class GchatToDiscourse:
             and space.last_active_time is not None
             and space.last_active_time >= window_start
         )
+        # A moved lastActiveTime is always read, even when the move is the bridge's own write
+        # from Discourse: a person may have written just before it, and must not wait for a
+        # later scan. Chat allows 15 reads a second per space against 1 write, so the read that
+        # follows each bridge write is cheap; a late message is not.
         seen_active = self._store.get_cursor(active_key(space.name))
-        if (
-            recent
-            and last_active is not None
-            and last_active != seen_active
-            and last_active == self._store.get_cursor(own_write_key(space.name))
-        ):
-            # The space's latest activity is the bridge's own write from Discourse: no read for
-            # it. A person's message written just before it is younger than the edit window, so
-            # the next edit scan (at most edit_scan_interval_seconds away) still brings it.
-            self._store.set_cursor(active_key(space.name), last_active)
-            seen_active = last_active
         if last_active is None and seen_active == NEVER_ACTIVE:
             return  # a space that has never had a message, read once already
         if last_active is not None and seen_active == last_active:
@@ -620,17 +630,31 @@ class GchatToDiscourse:
             logger.debug("skip %s: %s", message.name, action.reason)
             result.skipped += 1
             return True
-        if not self._due(message.name):
-            return False
+        failure = self._store.failure_for(DIRECTION, message.name)
+        if failure is not None and failure.parked:
+            # Parked: `status` lists it and `retry` brings it back (rewinding the cursor); it
+            # must not hold back the messages after it.
+            logger.debug("skip %s: parked (%s)", message.name, failure.last_error)
+            return True
+        if failure is not None and failure.next_attempt_at > self._clock():
+            return False  # waiting for its retry: later messages of the space wait behind it
         try:
             if isinstance(action, EditPost):
                 self._edit(action, space)
             elif isinstance(action, DeletePost):
                 self._delete(action)
             else:
-                self._mirror(action, space, category_id)
+                self._mirror_or_refuse(action, space, category_id, result)
         except DiscourseAuthError as exc:
-            raise CycleAborted(f"Discourse refused the API key: {exc}") from exc
+            if exc.credentials_invalid:
+                # Only a bad key stops the cycle: nothing else could be written either.
+                raise CycleAborted(f"Discourse refused the API key: {exc}") from exc
+            # The acting user or this action is refused (a guardian check): this item only.
+            self._park(message.name, f"Discourse refused it: {exc}", result)
+            return True
+        except _RefusedAuthor as refused:
+            self._park(message.name, refused.reason, result)
+            return True
         except ChatAuthError as exc:
             raise CycleAborted(f"Google refused the credentials: {exc}") from exc
         except DiscourseRejected as exc:
@@ -665,17 +689,60 @@ class GchatToDiscourse:
         result.mirrored += 1
         return True
 
-    def _due(self, gchat_message_name: str) -> bool:
-        failure = self._store.failure_for(DIRECTION, gchat_message_name)
-        if failure is None or failure.parked:
-            return failure is None
-        return failure.next_attempt_at <= self._clock()
+    def _park(self, gchat_message_name: str, reason: str, result: PollResult) -> None:
+        self._store.record_failure(
+            DIRECTION,
+            gchat_message_name,
+            reason,
+            max_attempts=1,
+            next_attempt_at=self._clock(),
+        )
+        logger.error("parked %s: %s", gchat_message_name, reason)
+        result.parked += 1
 
-    def _mirror(
-        self, action: CreateTopic | CreateReply, space: ChatSpace, category_id: int
+    def _mirror_or_refuse(
+        self,
+        action: CreateTopic | CreateReply,
+        space: ChatSpace,
+        category_id: int,
+        result: PollResult,
     ) -> None:
+        """Mirror as the author; if Discourse refuses the author's account, park or attribute.
+
+        Discourse answers the generic 403 `invalid_access` when the impersonated user is
+        suspended or deactivated (default_current_user_provider.rb), and a silenced user may
+        not post: one person's account must never stop anyone else's messages.
+        """
         message = action.message
         author = self._users.author_for(message.sender, space.name)
+        try:
+            self._mirror(action, space, category_id, author)
+        except DiscourseAuthError as exc:
+            if exc.credentials_invalid or author.attribution is not None:
+                raise
+            reason = (
+                f"Discourse refused the account @{author.discourse_username} of "
+                f"{message.sender.display_name or message.sender.name} (suspended, "
+                f"deactivated or silenced?): {exc}"
+            )
+            if self._config.sync.refused_authors != "post_as_bridge":
+                raise _RefusedAuthor(reason) from exc
+            logger.warning("%s; posting %s as the API user instead", reason, message.name)
+            self._mirror(
+                action,
+                space,
+                category_id,
+                self._users.bridge_author_for(message.sender, space.name),
+            )
+
+    def _mirror(
+        self,
+        action: CreateTopic | CreateReply,
+        space: ChatSpace,
+        category_id: int,
+        author: Author,
+    ) -> None:
+        message = action.message
         raw = render_post(
             message, author, self._mention_lookup, self._attachments_markdown(message, author)
         )

@@ -175,6 +175,12 @@ class UserDirectory:
                 return Author(self._api_username, attribution=_attribution(person))
             return Author(link.discourse_username)
 
+    def bridge_author_for(self, sender: ChatUser, gchat_space_name: str) -> Author:
+        """The API user with an attribution line for `sender` (whose own account is refused)."""
+        with self._lock:
+            person = self._complete(sender, gchat_space_name)
+        return Author(self._api_username, attribution=_attribution(person))
+
     def _complete(self, sender: ChatUser, gchat_space_name: str) -> ChatUser:
         if sender.display_name and sender.email:
             return sender

@@ -399,3 +399,16 @@ def test_attribution_format_is_checked(tmp_path: Path) -> None:
     data["sync_settings"]["attribution_format"] = "{who} wrote:"
     found = problems(tmp_path, data)
     assert len(found) == 1 and found[0].startswith("sync_settings.attribution_format:")
+
+
+def test_refused_authors_and_edit_scan_defaults_and_checks(tmp_path: Path) -> None:
+    cfg = load(tmp_path, base_config())
+    assert cfg.sync.refused_authors == "park"
+    assert cfg.sync.edit_scan_interval_seconds == 0  # every cycle: edits within two intervals
+    data = base_config()
+    data["sync_settings"].update(refused_authors="post_as_bridge", edit_scan_interval_seconds=0)
+    assert load(tmp_path, data).sync.refused_authors == "post_as_bridge"
+    data["sync_settings"].update(refused_authors="drop", edit_scan_interval_seconds=-1)
+    found = problems(tmp_path, data)
+    assert any("refused_authors" in p and '"park" or "post_as_bridge"' in p for p in found)
+    assert any("edit_scan_interval_seconds" in p and "0 or more" in p for p in found)

@@ -272,7 +272,8 @@ def test_topic_posts_and_latest_posts(emu: Any, client: DiscourseClient, categor
     latest = client.latest_posts()
     assert [p.id for p in latest] == [third.id, second.id, first.id]
     assert latest[0].topic_title == "A topic with three posts"
-    assert [p.id for p in client.latest_posts(before=second.id)] == [second.id, first.id]
+    # `before` is exclusive (lib/latest_posts_query.rb: posts.id < before).
+    assert [p.id for p in client.latest_posts(before=second.id)] == [first.id]
 
 
 def test_find_topic_by_external_id(emu: Any, client: DiscourseClient, category_id: int) -> None:
@@ -429,6 +430,37 @@ def test_upload_file(emu: Any, client: DiscourseClient) -> None:
     )
     assert served.status_code == 200
     assert served.content == PNG_1X1
+
+
+def test_upload_sends_upload_type_not_the_deprecated_type(
+    emu: Any, client: DiscourseClient
+) -> None:
+    # The emulator refuses `type` alone (removed in 3.5): a client that sent it would fail here.
+    client.upload_file("dot.png", PNG_1X1, "image/png")
+    assert emu.control.state().get("deprecations", []) == []
+
+
+def test_download_follows_a_cdn_redirect_without_credentials(
+    emu: Any, client: DiscourseClient
+) -> None:
+    upload = client.upload_file("dot.png", PNG_1X1, "image/png")
+    assert client.download_upload(upload.short_url) == PNG_1X1  # local store: served by the forum
+    emu.control.settings(external_storage_cdn=True)
+    before = client.request_count
+    assert client.download_upload(upload.short_url) == PNG_1X1
+    # One admin request (the short URL); the CDN hop is outside the forum's budget.
+    assert client.request_count - before == 1
+    seen = emu.control.cdn_requests()["requests"]
+    assert len(seen) == 1
+    sent = {name.lower() for name in seen[0]["headers"]}
+    assert not sent & {"api-key", "api-username", "authorization", "cookie"}, sent
+
+
+def test_download_refuses_a_file_over_the_limit(emu: Any, client: DiscourseClient) -> None:
+    upload = client.upload_file("dot.png", PNG_1X1, "image/png")
+    emu.control.settings(external_storage_cdn=True)
+    with pytest.raises(DiscourseRejected, match="larger than"):
+        client.download_upload(upload.short_url, max_bytes=len(PNG_1X1) - 1)
 
 
 # ---- chat and webhooks ------------------------------------------------------------------------

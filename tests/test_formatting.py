@@ -24,9 +24,12 @@ Sources cited in each case id / comment:
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 import formatting as f
+from google_chat_client import ChatMessage
 
 WJ = f.WORD_JOINER
 ZW = f.ZWSP
@@ -116,6 +119,27 @@ CHAT_TO_DISCOURSE_CASES = [
     ("GCR-quote-then-text-CM5.1", "> q\nafter", "> q\n\nafter"),
     ("GCF-crlf", "a\r\nb", "a\nb"),
     ("GCF-empty", "", ""),
+    # formattedText as Google returns it with markupSyntax=MARKUP_SYNTAX_CHAT (GCR §2.3 example).
+    (
+        "GCR-formattedText-mention-and-bold",
+        "Hi <users/222>, see *this*",
+        "Hi @bob.smith, see **this**",
+    ),
+    (
+        "GCF-formattedText-bold-mention-labelled-link",
+        "*Deploy* by <users/111>: <https://ci.example.com/run/7|run 7>",
+        "**Deploy** by @ada: [run 7](<https://ci.example.com/run/7>)",
+    ),
+    (
+        "GCF-formattedText-unmapped-mention-in-bold",
+        "*ask <users/333>*",
+        f"**ask @{WJ}Carol Jones**",
+    ),
+    (
+        "GCF-formattedText-labelled-link-in-italic",
+        "_read <https://e.com/doc|the doc>_",
+        "_read [the doc](<https://e.com/doc>)_",
+    ),
 ]
 
 
@@ -280,6 +304,155 @@ def test_mention_lookup_bad_values_are_ignored() -> None:
     assert out == "@ada hi"
     out = f.gchat_to_discourse_markdown("<users/1>", mention_lookup=lambda _u: "x y")
     assert out == f"@{WJ}unknown user"
+
+
+# --- whole messages: formattedText + annotations -> body, plain text -> title ------------------
+# What Google returns for a message read with markupSyntax=MARKUP_SYNTAX_CHAT (GCR §2.3): `text`
+# is plain (a mention as `@Name`, a link as its label, no formatting), `formattedText` has the
+# markup, and USER_MENTION annotations point at the `@Name` runs of `text`.
+
+
+def api_message(
+    text: str, formatted: str | None, annotations: list[dict[str, Any]] | None = None
+) -> ChatMessage:
+    data: dict[str, Any] = {
+        "name": "spaces/S/messages/M",
+        "createTime": "2026-01-01T12:00:00.000000Z",
+        "sender": {"name": "users/1", "type": "HUMAN"},
+        "text": text,
+    }
+    if formatted is not None:
+        data["formattedText"] = formatted
+    if annotations is not None:
+        data["annotations"] = annotations
+    return ChatMessage.from_api(data)
+
+
+def mention(user: str, start: int, length: int, display_name: str | None) -> dict[str, Any]:
+    person: dict[str, Any] = {"name": user, "type": "HUMAN"}
+    if display_name is not None:
+        person["displayName"] = display_name
+    return {
+        "type": "USER_MENTION",
+        "startIndex": start,
+        "length": length,
+        "userMention": {"user": person, "type": "MENTION"},
+    }
+
+
+def message_to_discourse(message: ChatMessage) -> str:
+    return f.gchat_to_discourse_markdown(
+        message.markup,
+        mention_lookup=CHAT_TO_DISCOURSE.get,
+        display_name_lookup=message.mention_display_name,
+    )
+
+
+# (id, text, formattedText, annotations, expected Discourse markdown, expected title)
+MESSAGE_CASES = [
+    (
+        "GCR-mention-mapped",
+        "Hi @Bob Smith, see this now",
+        "Hi <users/222>, see *this* now",
+        [mention("users/222", 3, 10, "Bob Smith")],
+        "Hi @bob.smith, see **this** now",
+        "Hi @Bob Smith, see this now",
+    ),
+    (
+        "GCR-mention-unmapped-annotation-display-name",
+        "please ping @Dee Dee",
+        "please ping <users/444>",
+        [mention("users/444", 12, 8, "Dee Dee")],
+        f"please ping @{WJ}Dee Dee",
+        "please ping @Dee Dee",
+    ),
+    (
+        # No displayName under user auth for a user outside our spaces (GCR §6.3): the name is
+        # the `@Name` run of `text`; indices in UTF-16 units (the emoji counts 2).
+        "GCR-mention-unmapped-name-from-text-utf16",
+        "👍 @Émile Zola is on it",
+        "👍 <users/555> is on it",
+        [mention("users/555", 3, 11, None)],
+        f"👍 @{WJ}Émile Zola is on it",
+        "👍 @Émile Zola is on it",
+    ),
+    (
+        "GCF-mention-all-no-ping",
+        "@all standup in five minutes",
+        "<users/all> standup in five minutes",
+        [mention("users/all", 0, 4, "all")],
+        f"@{WJ}all standup in five minutes",
+        "@all standup in five minutes",
+    ),
+    (
+        "GCF-labelled-link",
+        "please read the design doc today",
+        "please read <https://e.com/doc|the design doc> today",
+        [],
+        "please read [the design doc](<https://e.com/doc>) today",
+        "please read the design doc today",
+    ),
+    (
+        "GCF-bold-italic-strike-code",
+        "Deploy tonight, not now, run make",
+        "*Deploy* _tonight_, ~not now~, run `make`",
+        [],
+        "**Deploy** _tonight_, ~~not now~~, run `make`",
+        "Deploy tonight, not now, run make",
+    ),
+    (
+        # A plain `@word` in text that is no mention must not ping anybody either.
+        "DM-plain-at-word-in-formattedText",
+        "ask @bob about it later",
+        "ask @bob about it later",
+        [],
+        f"ask @{WJ}bob about it later",
+        "ask @bob about it later",
+    ),
+    (
+        # Without formattedText (older records), `text` is converted as Chat markup.
+        "GCT-no-formattedText-falls-back-to-text",
+        "see <users/111> about *this*",
+        None,
+        None,
+        "see @ada about **this**",
+        "see @someone about this",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "formatted", "annotations", "expected_md", "expected_title"),
+    [pytest.param(t, ft, a, md, title, id=i) for i, t, ft, a, md, title in MESSAGE_CASES],
+)
+def test_message_converts_formatted_text_and_titles_from_plain_text(
+    text: str,
+    formatted: str | None,
+    annotations: list[dict[str, Any]] | None,
+    expected_md: str,
+    expected_title: str,
+) -> None:
+    message = api_message(text, formatted, annotations)
+    assert message_to_discourse(message) == expected_md
+    title = f.title_from_text(
+        message.text, fallback=FALLBACK, display_name_lookup=message.mention_display_name
+    )
+    assert title == expected_title
+
+
+def test_message_hash_is_stable_when_google_omits_the_display_name() -> None:
+    # Edit detection hashes the rendering; the same message read once with the annotation's
+    # displayName and once without (GCR §6.3) must render, and hash, the same.
+    with_name = api_message(
+        "ask @Dee Dee now", "ask <users/444> now", [mention("users/444", 4, 8, "Dee Dee")]
+    )
+    without = api_message(
+        "ask @Dee Dee now", "ask <users/444> now", [mention("users/444", 4, 8, None)]
+    )
+    assert message_to_discourse(with_name) == message_to_discourse(without)
+    assert f.content_hash(message_to_discourse(with_name)) == f.content_hash(
+        message_to_discourse(without)
+    )
 
 
 # --- split_for_limit ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import stat
 import threading
 import time
@@ -20,11 +21,15 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 import google.oauth2.credentials
+import googleapiclient.model
 import pytest
 import requests
 
 from google_chat_client import (
+    MARKUP_SYNTAX,
+    ChatAnnotation,
     ChatAuthError,
+    ChatMessage,
     ChatNotFound,
     ChatRateLimited,
     ChatUnavailable,
@@ -204,7 +209,8 @@ def test_create_get_list_patch_delete(world: World) -> None:
     created = client.create_message(world.space, "hello *world*", message_id="client-t-1")
     assert created.name.startswith(world.space + "/messages/")
     assert created.space_name == world.space
-    assert created.text == "hello *world*"
+    # `text` is plain in Google: the markup is only in formattedText (read below).
+    assert created.text == "hello world"
     assert created.sender.name == world.me
     assert created.client_assigned_message_id == "client-t-1"
     assert created.thread_name is not None and created.thread_reply is False
@@ -216,6 +222,7 @@ def test_create_get_list_patch_delete(world: World) -> None:
         created.text,
         created.create_time_raw,
     )
+    assert fetched.formatted_text == "hello *world*" and fetched.markup == "hello *world*"
     by_client_id = client.get_message(f"{world.space}/messages/client-t-1")
     assert by_client_id.name == created.name
 
@@ -238,6 +245,116 @@ def test_create_get_list_patch_delete(world: World) -> None:
     tombstones = list(client.list_messages(world.space, show_deleted=True))
     assert [m.name for m in tombstones] == [created.name]
     assert tombstones[0].delete_time is not None and tombstones[0].text == ""
+
+
+# ------------------------------------------------------------------------------------------
+# Markup syntax: read formattedText in Chat syntax, write Chat syntax, always explicitly
+# ------------------------------------------------------------------------------------------
+
+
+def request_bodies(records: list[logging.LogRecord]) -> list[dict[str, Any]]:
+    """The JSON bodies googleapiclient serialized (its `dump_request_response` log)."""
+    bodies = []
+    for record in records:
+        if record.name == "googleapiclient.model" and record.msg == "body: %s":
+            body = record.args[0] if isinstance(record.args, tuple) else None
+            if body:
+                bodies.append(json.loads(str(body)))
+    return bodies
+
+
+def test_reads_ask_for_chat_syntax_and_writes_declare_it(
+    world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert MARKUP_SYNTAX == "MARKUP_SYNTAX_CHAT"
+    # googleapiclient's own switch to log each request body it serializes: the emulator's log
+    # keeps the query only, this shows the body that went on the wire.
+    monkeypatch.setattr(googleapiclient.model, "dump_request_response", True)
+    caplog.set_level(logging.INFO, logger="googleapiclient.model")
+    client = world.client()
+    markup = "*bold* _it_ ~gone~ `code` <https://example.com/doc|the doc>"
+    created = client.create_message(world.space, markup, message_id="client-markup-1")
+    edited = client.update_message_text(created.name, "now *really* bold")
+    fetched = client.get_message(created.name)
+    listed = list(client.list_messages(world.space))
+
+    bodies = request_bodies(caplog.records)
+    assert bodies == [
+        {"text": markup, "markupSyntax": "MARKUP_SYNTAX_CHAT"},
+        {"text": "now *really* bold", "markupSyntax": "MARKUP_SYNTAX_CHAT"},
+    ]
+    log = world.control.requests()
+    patch = api_calls(log, "PATCH", f"/v1/{world.space}/messages/")
+    # Only `text` is in the mask: markupSyntax says how to read it, it is no field to update.
+    assert len(patch) == 1 and patch[0]["query"].get("updateMask") == "text"
+    reads = api_calls(log, "GET", f"/v1/{world.space}/messages")
+    assert len(reads) == 2
+    assert all(r["query"].get("markupSyntax") == "MARKUP_SYNTAX_CHAT" for r in reads)
+    # Written as Chat syntax and read back in Chat syntax, the markup is unchanged (the app's
+    # default, Markdown for new apps, would have read `*bold*` as italics). The create and
+    # patch answers take no markupSyntax parameter, so their formattedText is in a syntax we
+    # do not choose: only `text` (plain) is checked there.
+    assert created.text == "bold it gone code the doc"
+    assert edited.text == "now really bold"
+    assert fetched.formatted_text == "now *really* bold"
+    assert [m.formatted_text for m in listed] == ["now *really* bold"]
+    first = client.create_message(world.space, markup, message_id="client-markup-2")
+    assert client.get_message(first.name).formatted_text == markup
+
+
+def test_a_human_mention_reads_as_formatted_text_and_annotation(world: World) -> None:
+    client = world.client()
+    world.control.post(world.space, world.other, f"thanks <{world.me}> for *that*")
+    (message,) = client.list_messages(world.space)
+    assert message.formatted_text == f"thanks <{world.me}> for *that*"
+    mentions = [a for a in message.annotations if a.type == "USER_MENTION"]
+    assert [a.user_name for a in mentions] == [world.me]
+    assert message.mention_display_name(world.me) == "Bridge Operator"
+    assert message.mention_display_name(world.other) is None
+
+
+def test_message_record_parses_formatted_text_and_annotations() -> None:
+    data: dict[str, Any] = {
+        "name": "spaces/S/messages/M",
+        "createTime": "2026-01-01T12:00:00Z",
+        "text": "Hello @FooBot and @Ann Lee",
+        "formattedText": "Hello <users/9> and <users/7>",
+        "annotations": [
+            # The discovery document's own example (reference google-chat-api.md §2.3).
+            {
+                "type": "USER_MENTION",
+                "startIndex": 6,
+                "length": 7,
+                "userMention": {
+                    "user": {"name": "users/9", "displayName": "FooBot", "type": "BOT"},
+                    "type": "MENTION",
+                },
+            },
+            # No displayName (user auth, no shared space): the name is the run of `text`.
+            {
+                "type": "USER_MENTION",
+                "startIndex": "18",
+                "length": 8,
+                "userMention": {"user": {"name": "users/7", "type": "HUMAN"}},
+            },
+            {"type": "RICH_LINK", "startIndex": 0, "richLinkMetadata": {"uri": "https://x"}},
+            "not an object",
+        ],
+    }
+    message = ChatMessage.from_api(data)
+    assert message.formatted_text == "Hello <users/9> and <users/7>"
+    assert message.markup == message.formatted_text
+    assert message.annotations == (
+        ChatAnnotation("USER_MENTION", 6, 7, "users/9", "FooBot", "BOT"),
+        ChatAnnotation("USER_MENTION", 18, 8, "users/7", None, "HUMAN"),
+        ChatAnnotation("RICH_LINK", 0, 0, None, None, None),
+    )
+    assert message.mention_display_name("users/9") == "FooBot"
+    assert message.mention_display_name("users/7") == "Ann Lee"
+    assert message.mention_display_name("users/1") is None
+    # Without formattedText (older records, tombstones) the text is what gets converted.
+    plain = ChatMessage.from_api({k: v for k, v in data.items() if k != "formattedText"})
+    assert plain.formatted_text is None and plain.markup == data["text"]
 
 
 def test_spaces_and_members(world: World) -> None:

@@ -18,9 +18,15 @@ def post(raw: str, post_number: int = 2) -> DiscoursePost:
     )  # fmt: skip
 
 
-def test_edits_are_keyed_by_version_and_deletions_by_content() -> None:
-    body = {"post": {"id": 5, "topic_id": 9, "version": 2, "deleted_at": None}}
-    assert inbox_keys("post_edited", body)[0] == "post_edited:5:2"
+def test_edits_and_deletions_are_keyed_by_content() -> None:
+    body = {"post": {"id": 5, "topic_id": 9, "version": 2, "deleted_at": None, "raw": "a"}}
+    edited = inbox_keys("post_edited", body)[0]
+    assert edited.startswith("post_edited:5:")
+    assert inbox_keys("post_edited", body)[0] == edited  # a redelivery is dropped
+    # A second quick edit within the editing grace period keeps the version (post_revisor.rb):
+    # it must not pass for a redelivery of the first.
+    quick = {"post": {**body["post"], "raw": "b", "updated_at": "2026-01-02T00:00:05Z"}}
+    assert inbox_keys("post_edited", quick)[0] != edited
     destroyed = inbox_keys("post_destroyed", body)[0]
     again = {"post": {**body["post"], "deleted_at": "2026-01-02T00:00:00Z"}}
     assert inbox_keys("post_destroyed", again)[0] != destroyed  # a second deletion is new

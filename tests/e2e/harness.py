@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import requests
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -166,6 +167,13 @@ class BridgeProcess:
             return self.files.log.read_text(encoding="utf-8")
         except FileNotFoundError:
             return ""
+
+    def ready(self) -> bool:
+        """True once the bridge's /readyz answers 200 (store migrated, first cycle done)."""
+        try:
+            return requests.get(f"{self.files.base_url}/readyz", timeout=5).status_code == 200
+        except requests.RequestException:
+            return False
 
     def completed_cycles(self) -> int:
         return len(re.findall(r"poll cycle done", self.log_text()))

@@ -91,7 +91,10 @@ def test_discourse_edits_and_deletions_reach_chat(world: World) -> None:
 
         world.discourse.control.edit_post(reply["id"], raw="Item one: the **revised** budget.")
         wait_for(
-            lambda: any("*revised*" in m["text"] for m in world.chat_messages(space)),
+            lambda: any(
+                "<b>revised</b>" in world.chat.control.rendered(m["name"])["html"]
+                for m in world.chat_messages(space)
+            ),
             timeout=30,
             what="the edited reply",
         )

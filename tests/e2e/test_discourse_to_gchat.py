@@ -66,7 +66,8 @@ def test_topic_with_replies_becomes_one_thread_and_a_chat_reply_returns_to_the_t
         assert "Moving the weekly sync meeting" in messages[0]["text"]
         assert "move the weekly sync to Tuesdays" in messages[0]["text"]
         assert "Tuesday works for me." in messages[1]["text"]
-        assert "*Tuesday*" in messages[2]["text"]  # Discourse bold became Chat bold
+        # Discourse bold became Chat bold, as a person sees it.
+        assert "<b>Tuesday</b>" in world.chat.control.rendered(messages[2]["name"])["html"]
         assert "Booked the room." in messages[3]["text"]
         for message in messages:
             assert "Carol Danvers" in message["text"] and "carol" in message["text"]

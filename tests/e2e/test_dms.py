@@ -14,9 +14,24 @@ from tests.e2e.harness import BridgeProcess, wait_for
 from tests.e2e.world import BRIDGE_USER, World
 
 
-def _channel_of(world: World, files: Any, space: str) -> int | None:
-    if not files.database.exists():
-        return None
+def _dm_channel_with(world: World, username: str) -> int | None:
+    """The DM channel whose members include `username`, as the forum holds it.
+
+    Judged by the emulator's state, never by the bridge's database while the bridge runs: it
+    may still be migrating (a read then fails with "no such table").
+    """
+    state = world.discourse.control.state()
+    users = {u["id"]: u["username"] for u in state["users"]}
+    for channel in state["chat_channels"]:
+        if channel.get("chatable_type") == "DirectMessage" and username in {
+            users.get(i) for i in channel["member_ids"]
+        }:
+            return int(channel["id"])
+    return None
+
+
+def _channel_of(files: Any, space: str) -> int | None:
+    """The bridge's stored link (read only while the bridge is stopped)."""
     with sqlite3.connect(files.database) as db:
         row = db.execute(
             "SELECT discourse_channel_id FROM dm_channel WHERE gchat_space_name = ?", (space,)
@@ -58,8 +73,9 @@ def test_dm_and_group_chat_both_ways(world: World) -> None:
     world.hook_to(files)
     bridge = BridgeProcess(files)
     try:
-        dm_channel = wait_for(lambda: _channel_of(world, files, dm), what="the DM channel")
-        group_channel = wait_for(lambda: _channel_of(world, files, group), what="group channel")
+        dm_channel = wait_for(lambda: _dm_channel_with(world, "annl"), what="the DM channel")
+        group_channel = wait_for(lambda: _dm_channel_with(world, "alexk"), what="group channel")
+        wait_for(lambda: bridge.ready(), what="the bridge ready")
         wait_for(lambda: len(world.channel_messages(dm_channel)) == 20, what="20 DM messages")
         wait_for(lambda: len(world.channel_messages(group_channel)) == 20, what="group messages")
         got = world.channel_messages(dm_channel)
@@ -93,15 +109,16 @@ def test_dm_and_group_chat_both_ways(world: World) -> None:
         for i in range(20):
             sent.append(write("annl", dm_channel, f"f{i}"))
             write("alexk", group_channel, f"g{i}")
-        expected = [f"*Ann Lee* (@annl) on Discourse:\nf{i}" for i in range(20)]
-        expected_group = [f"*Alex Kim* (@alexk) on Discourse:\ng{i}" for i in range(20)]
+        # Chat's `text` is plain; the bold of the attribution line is checked as rendered below.
+        expected = [f"Ann Lee (@annl) on Discourse:\nf{i}" for i in range(20)]
+        expected_group = [f"Alex Kim (@alexk) on Discourse:\ng{i}" for i in range(20)]
 
-        def copies(space: str = dm, author: str = "*Ann") -> list[str]:
+        def copies(space: str = dm, author: str = "Ann Lee (@") -> list[str]:
             return [m["text"] for m in world.chat_messages(space) if m["text"].startswith(author)]
 
         wait_for(lambda: copies() == expected, timeout=90, what="20 attributed copies in Chat")
         wait_for(
-            lambda: copies(group, "*Alex") == expected_group,
+            lambda: copies(group, "Alex Kim (@") == expected_group,
             timeout=90,
             what="20 attributed copies in the group chat",
         )
@@ -109,7 +126,11 @@ def test_dm_and_group_chat_both_ways(world: World) -> None:
         api.headers.update({"Api-Key": "test-api-key", "Api-Username": "annl"})
         url = f"{world.discourse.url}/chat/api/channels/{dm_channel}/messages/{sent[0]}.json"
         api.put(url, json={"message": "f0 edited"}).raise_for_status()
-        wait_for(lambda: copies()[0] == "*Ann Lee* (@annl) on Discourse:\nf0 edited", what="edit")
+        first_copy = next(m for m in world.chat_messages(dm) if m["text"] == expected[0])
+        assert world.chat.control.rendered(first_copy["name"])["html"].startswith(
+            "<b>Ann Lee</b> (@annl) on Discourse:"
+        )
+        wait_for(lambda: copies()[0] == "Ann Lee (@annl) on Discourse:\nf0 edited", what="edit")
         url = f"{world.discourse.url}/chat/api/channels/{dm_channel}/messages/{sent[1]}.json"
         api.delete(url).raise_for_status()
         wait_for(lambda: len(copies()) == 19, what="the trashed copy deleted")
@@ -129,4 +150,5 @@ def test_dm_and_group_chat_both_ways(world: World) -> None:
     finally:
         again.terminate()
     assert _user_links(files) == before
-    assert _channel_of(world, files, group) == group_channel
+    assert _channel_of(files, group) == group_channel
+    assert _channel_of(files, dm) == dm_channel
