@@ -21,7 +21,14 @@ from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
-BENCHMARKS = ("requests_per_item", "idle_cost", "throughput", "latency", "footprint")
+BENCHMARKS = (
+    "requests_per_item",
+    "idle_cost",
+    "throughput",
+    "latency",
+    "two_way_latency",
+    "footprint",
+)
 TIMEOUT_SECONDS = 1200
 
 
@@ -42,6 +49,15 @@ def run_one(name: str, scale: float) -> dict[str, Any]:
     result: dict[str, Any] = json.loads(lines[-1])
     result["wall_seconds"] = seconds
     return result
+
+
+def _two_way(result: dict[str, Any], direction: str, run: str = "default") -> dict[str, Any]:
+    figures: dict[str, Any] = result["runs"][run][direction]
+    return figures
+
+
+def _p50_p99(latency: dict[str, float]) -> str:
+    return f"{latency['p50']} / {latency['p99']}"
 
 
 # (benchmark, label, getter, target text, is the target met)
@@ -84,6 +100,15 @@ ROWS: list[Row] = [
      "", None),
     ("latency", "  excess over quota floor p99 (s)",
      lambda r: r["burst"]["excess_over_quota_floor_seconds"]["p99"], "", None),
+    ("two_way_latency", "Busy 2-way: Chat->Discourse p50/p99 (s)",
+     lambda r: _p50_p99(_two_way(r, "gchat_to_discourse")["latency_seconds"]), "", None),
+    ("two_way_latency", "  late (> poll + 1 s), default config",
+     lambda r: _two_way(r, "gchat_to_discourse")["late_count"], "0", lambda v: v == 0),
+    ("two_way_latency", "  late (> poll + 1 s), edit scan 60 s",
+     lambda r: _two_way(r, "gchat_to_discourse", "edit_scan_60s")["late_count"], "0",
+     lambda v: v == 0),
+    ("two_way_latency", "  Discourse->Chat p50/p99, same run (s)",
+     lambda r: _p50_p99(_two_way(r, "discourse_to_gchat")["latency_seconds"]), "", None),
     ("footprint", "CPU ms per message (backfill)",
      lambda r: r["backfill"]["cpu_ms_per_message"], "< 2", lambda v: v < 2),
     ("footprint", "Peak RSS MB (backfill)",
