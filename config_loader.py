@@ -550,8 +550,8 @@ def _sync(problems: list[str], data: Mapping[str, Any], base: Path) -> Any:
         )
         refused = _MISSING
     attribution = _attribution_format(c)
-    values = (interval, host, port, database, log_file, level, history, domain, max_attempts)
-    values = (*values, public_url)
+    values: tuple[Any, ...] = (interval, host, port, database, log_file, level, history, domain)
+    values = (*values, max_attempts, public_url)
     values = (*values, create_users, trust, edit_window, edit_scan, long_messages, attachment_mb)
     values = (*values, attribution, refused)
     if _MISSING in values:
@@ -697,7 +697,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node)
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark

@@ -495,7 +495,9 @@ class Store:
         """
         with self._lock:
             if self._depth == 0:
-                begin, commit, rollback = "BEGIN IMMEDIATE", ("COMMIT",), ("ROLLBACK",)
+                begin = "BEGIN IMMEDIATE"
+                commit: tuple[str, ...] = ("COMMIT",)
+                rollback: tuple[str, ...] = ("ROLLBACK",)
             else:
                 # Savepoint names are built from our own counter, never from caller input.
                 name = f"sp{self._depth}"

@@ -56,7 +56,7 @@ import html
 import re
 import unicodedata
 from bisect import bisect_left
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -660,7 +660,7 @@ _BBCODE_ANY_TAG_RE = re.compile(
 )
 
 
-def _bbcode_pairs(src: str, env: dict[str, Any]) -> dict[int, tuple[int, int]]:
+def _bbcode_pairs(src: str, env: MutableMapping[str, Any]) -> dict[int, tuple[int, int]]:
     """Open-tag position -> (close-tag start, close-tag end), matched like brackets per tag.
 
     Computed once per source text (cached in the markdown-it env) so that the block rule is

@@ -52,6 +52,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -441,7 +442,7 @@ def _retry_after(resp: Any) -> float | None:
 
 def _to_chat_error(exc: BaseException, method: str, path: str) -> ChatError:
     """The one place where library, transport and HTTP errors become `ChatError`s."""
-    where = {"method": method, "path": path}
+    where: dict[str, Any] = {"method": method, "path": path}
     if isinstance(exc, ChatError):
         return exc
     if isinstance(exc, HttpError):
@@ -861,6 +862,12 @@ class GoogleChatClient:
     def _messages(self) -> Any:
         return self._resources.messages
 
+    def _list_members_page(self, params: dict[str, Any]) -> Any:
+        return self._resources.members.list(**params)
+
+    def _list_messages_page(self, params: dict[str, Any]) -> Any:
+        return self._messages().list(**params)
+
     # ---- spaces and members ---------------------------------------------------------------
 
     def list_spaces_page(
@@ -905,7 +912,7 @@ class GoogleChatClient:
             params: dict[str, Any] = {"parent": space_name, "pageSize": MAX_PAGE_SIZE}
             if token:
                 params["pageToken"] = token
-            body = self._call(lambda p=params: self._resources.members.list(**p)) or {}
+            body = self._call(partial(self._list_members_page, params)) or {}
             for membership in body.get("memberships") or ():
                 member = membership.get("member")
                 if isinstance(member, dict) and member.get("name"):
@@ -952,7 +959,7 @@ class GoogleChatClient:
         token: str | None = None
         while True:
             page_params = dict(params, pageToken=token) if token else params
-            body = self._call(lambda p=page_params: self._messages().list(**p)) or {}
+            body = self._call(partial(self._list_messages_page, page_params)) or {}
             for data in body.get("messages") or ():
                 yield ChatMessage.from_api(data)
             token = body.get("nextPageToken") or None

@@ -40,6 +40,7 @@ from config_loader import Config, SpaceMapping
 from db import MessageLink, Store
 from discourse_client import (
     DiscourseAuthError,
+    DiscourseCategory,
     DiscourseClient,
     DiscourseError,
     DiscourseNotFound,
@@ -600,6 +601,7 @@ class GchatToDiscourse:
         if known is not None:
             return known
         name = (space.display_name or space.name)[:50]
+        category: DiscourseCategory | None
         try:
             category = self._discourse.create_category(name, parent_category_id=parent)
         except DiscourseRejected:

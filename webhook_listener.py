@@ -190,7 +190,7 @@ class WebhookServer:
 
     @property
     def port(self) -> int:
-        return int(self._server.effective_port)  # type: ignore[union-attr]
+        return int(self._server.effective_port)
 
     def start(self) -> None:
         self._thread.start()

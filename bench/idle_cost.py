@@ -13,6 +13,7 @@ recent (inside the edit window), which the sync re-reads on every cycle by desig
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from bench.common import Bench, emit, parse_args, scaled, with_bench
@@ -59,9 +60,9 @@ def measure(
             what="backfill",
         )
         bridge.wait_cycles(bridge.completed_cycles() + 2, timeout=120)
-        start = bridge.completed_cycles()
+        first_cycle = bridge.completed_cycles()
         bench.clear_logs()
-        bridge.wait_cycles(start + CYCLES, timeout=300)
+        bridge.wait_cycles(first_cycle + CYCLES, timeout=300)
         chat = bench.chat_requests()
         discourse = bench.discourse_requests()
     finally:
@@ -87,9 +88,7 @@ def main() -> None:
     runs: dict[str, Any] = {}
     for spaces in (1, 100, 1000):
         count = spaces if spaces == 1 else scaled(spaces, args.scale, minimum=2)
-        runs[f"{spaces}_spaces"] = with_bench(
-            lambda bench, count=count: measure(bench, count, name=f"Idle {count}")
-        )
+        runs[f"{spaces}_spaces"] = with_bench(partial(measure, spaces=count, name=f"Idle {count}"))
     runs["1_empty_space"] = with_bench(lambda bench: measure(bench, 1, history=0, name="Empty"))
     long_history = scaled(2000, args.scale, minimum=10)
     runs["1_space_long_history"] = with_bench(

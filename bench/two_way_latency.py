@@ -42,6 +42,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from bench.common import BRIDGE_USER, Bench, emit, parse_args, scaled, summary, with_bench
@@ -184,13 +185,13 @@ def run(bench: Bench, chat_count: int, post_count: int, edit_scan: float | None)
             if delay > 0:
                 time.sleep(delay)
             if kind == "post":
-                item = posts[index]
+                forum_item = posts[index]
                 post = bench.discourse.control.create_post(
                     writers[index % len(writers)],
-                    f"Forum reply {index} on the plan, with a few words {item.token}",
+                    f"Forum reply {index} on the plan, with a few words {forum_item.token}",
                     topic_id=topic_id,
                 )
-                item.created = _epoch(post["created_at"])
+                forum_item.created = _epoch(post["created_at"])
             else:
                 chat = chats[index]
                 who = people[(index % (len(people) - 1)) + 1]
@@ -266,13 +267,13 @@ def run(bench: Bench, chat_count: int, post_count: int, edit_scan: float | None)
     d2c: list[float] = []
     excess: list[float] = []
     previous_write = 0.0
-    for item in sorted(posts, key=lambda p: written.get(p.token, float("inf"))):
-        at = written.get(item.token)
-        if at is None:
+    for forum_post in sorted(posts, key=lambda p: written.get(p.token, float("inf"))):
+        written_at = written.get(forum_post.token)
+        if written_at is None:
             continue
-        d2c.append(at - item.created)
-        excess.append(max(0.0, at - max(item.created, previous_write + 1.0)))
-        previous_write = at
+        d2c.append(written_at - forum_post.created)
+        excess.append(max(0.0, written_at - max(forum_post.created, previous_write + 1.0)))
+        previous_write = written_at
 
     def in_polls(values: list[float]) -> dict[str, float]:
         return summary([v / POLL_INTERVAL for v in values])
@@ -318,7 +319,9 @@ def main() -> None:
     chat_count = scaled(CHAT_MESSAGES, args.scale, minimum=3)
     post_count = scaled(FORUM_POSTS, args.scale, minimum=3)
     runs = {
-        name: with_bench(lambda bench, scan=scan: run(bench, chat_count, post_count, scan))
+        name: with_bench(
+            partial(run, chat_count=chat_count, post_count=post_count, edit_scan=scan)
+        )
         for name, scan in RUNS.items()
     }
     result: dict[str, Any] = {

@@ -574,7 +574,8 @@ def create_app(emu: Emulator) -> Flask:  # noqa: C901 - one route table, kept to
     @api("/t/<slug>/<int:id>", ["PUT"], "topics/update")
     def topics_update(slug: str, id: int) -> Any:
         params = request_params()
-        nested = params.get("topic") if isinstance(params.get("topic"), dict) else {}
+        topic = params.get("topic")
+        nested: dict[str, Any] = topic if isinstance(topic, dict) else {}
         return jsonify(
             emu.forum.update_topic(
                 require_user(),

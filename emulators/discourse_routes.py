@@ -182,7 +182,8 @@ def register_chat_routes(api: Any, emu: Emulator) -> None:
     @api("/chat/api/channels", ["POST"], "chat/api/channels/create")
     def chat_channel_create() -> Any:
         params = request_params()
-        channel = params.get("channel") if isinstance(params.get("channel"), dict) else params
+        nested = params.get("channel")
+        channel = nested if isinstance(nested, dict) else params
         return jsonify(emu.chat.create_category_channel(require_user(), channel))
 
     @api("/chat/api/channels", ["GET"], "chat/api/channels/index")

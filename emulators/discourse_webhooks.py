@@ -25,6 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -297,7 +298,7 @@ class WebhookDispatcher:
                     if content_type == 2
                     else "application/json"
                 ),
-                "Host": requests.utils.urlparse(url).netloc,
+                "Host": urlsplit(url).netloc,
                 "User-Agent": USER_AGENT,
                 "X-Discourse-Instance": settings["instance_url"],
                 "X-Discourse-Event-Id": str(event_id),
@@ -307,7 +308,7 @@ class WebhookDispatcher:
             if secret:
                 headers["X-Discourse-Event-Signature"] = signature(secret, body)
         started = time.monotonic()
-        common = {
+        common: dict[str, Any] = {
             "web_hook_id": job.web_hook_id,
             "event_id": event_id,
             "event_type": job.event_type,

@@ -135,10 +135,10 @@ def _parse_chat(text: str, resolve: UserResolver, *, nested: bool) -> Iterator[I
             if m := _BARE_URL_RE.match(text, i):
                 node, end = Link(m.group(0), None, bracketed=False), m.end()
         elif ch in _CHAT_MARKERS:
-            close = _find_closer(text, i)
-            if close is not None:
-                inner = tuple(_merge_text(_parse_chat(text[i + 1 : close], resolve, nested=True)))
-                node, end = Styled(_CHAT_MARKERS[ch], inner), close + 1
+            closer = _find_closer(text, i)
+            if closer is not None:
+                inner = tuple(_merge_text(_parse_chat(text[i + 1 : closer], resolve, nested=True)))
+                node, end = Styled(_CHAT_MARKERS[ch], inner), closer + 1
         if node is None:
             buf.append(ch)
             i += 1

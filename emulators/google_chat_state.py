@@ -522,7 +522,10 @@ class ChatState:
         user = self.resolve_user(str(body.get("user", ""))).name
         access = body.get("access_token") or "ya29.emu-" + secrets.token_urlsafe(24)
         refresh = body.get("refresh_token") or "1//emu-" + secrets.token_urlsafe(24)
-        lifetime = float(body.get("expires_in", self.config["access_token_lifetime"]))
+        expires_in = body.get("expires_in")
+        lifetime = float(
+            self.config["access_token_lifetime"] if expires_in is None else expires_in
+        )
         self.tokens[access] = Token(access, user, refresh, self.clock() + lifetime)
         self.refresh_tokens[refresh] = (user, False)
         return {"access_token": access, "refresh_token": refresh}

@@ -651,7 +651,7 @@ def test_token_bucket_is_shared_by_threads(
     lock = threading.Lock()
 
     class RecordingSession(requests.Session):
-        def request(self, *args: Any, **kw: Any) -> requests.Response:  # type: ignore[override]
+        def request(self, *args: Any, **kw: Any) -> requests.Response:
             with lock:
                 sent_at.append(fake_time.clock())
             return super().request(*args, **kw)

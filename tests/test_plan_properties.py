@@ -78,6 +78,7 @@ def test_chat_plan_mirrors_each_new_human_message_once_and_starts_each_thread_on
         # Only live human messages that the bridge did not write cross.
         assert message.delete_time is None and message.sender.type == "HUMAN"
         assert message.client_assigned_message_id is None
+        assert isinstance(action, CreateTopic | CreateReply)  # (for mypy) what plan() returns
         assert 15 <= len(action.title) <= 255
         if isinstance(action, CreateTopic):
             assert action.gchat_thread_name not in thread_names | started

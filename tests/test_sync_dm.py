@@ -116,6 +116,7 @@ def test_chat_event_parses_webhook_body_and_rejects_broken_ones() -> None:
     assert event.message.username == "ann"
     again = ChatEvent.from_body(event_body(event.message))
     assert again.message == event.message
+    broken: dict[str, Any]
     for broken in ({}, {"chat_message": {"message": {}}}, {"chat_message": {"channel": {}}}):
         with pytest.raises(ValueError):
             ChatEvent.from_body(broken)
@@ -273,7 +274,7 @@ def test_discourse_to_chat_create_edit_trash_with_attribution(rig: Rig) -> None:
     channel = rig.store.channel_for_space("spaces/dm1")
     assert channel is not None
     sent = rig.discourse.send_chat_message(channel, "from **forum**", as_user="ann")
-    body = {
+    body: dict[str, Any] = {
         "chat_message": {
             "message": {
                 "id": sent,

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import requests
 import yaml
@@ -31,9 +31,17 @@ def free_port() -> int:
 
 
 def wait_for(
-    condition: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05, what: str = ""
+    condition: Callable[[], Literal[False] | T | None],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    what: str = "",
 ) -> T:
-    """Poll `condition` until it returns something truthy; fail the test after `timeout`."""
+    """Poll `condition` until it returns something truthy; fail the test after `timeout`.
+
+    The value returned is truthy, so never `None` or `False`: its type says so, which lets a
+    caller use the result of `lambda: ... and value` or of an Optional lookup directly.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = condition()

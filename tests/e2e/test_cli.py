@@ -44,7 +44,7 @@ def room(world: World, **config: object) -> tuple[str, str, int, BridgeFiles]:
     category = world.category("Ops Room")
     files = world.config(
         [{"google_space_id": space, "discourse_category_id": category}],
-        **config,  # type: ignore[arg-type]
+        **config,
     )
     full_scopes(files)
     return ada, space, category, files

@@ -6,6 +6,7 @@ Google Chat (emulators/FIDELITY.md); only the emulators' state is inspected.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
@@ -264,7 +265,7 @@ def test_a_suspended_persons_message_is_parked_and_nobody_else_waits(world: Worl
             "Ada writes after Bob in room A",
             "Ada writes in room B as well",
         ):
-            wait_for(lambda t=text: _post_with(world, t), timeout=60, what=text)
+            wait_for(partial(_post_with, world, text), timeout=60, what=text)
         world.say(space_a, ada, "A later message in room A")
         wait_for(lambda: _post_with(world, "A later message in room A"), timeout=60, what="later")
         bridge.wait_cycles(bridge.completed_cycles() + 2)

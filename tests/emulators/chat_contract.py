@@ -253,7 +253,7 @@ class RecordingHttp(httplib2.Http):
         super().__init__(*args, **kwargs)
         # As googleapiclient.http.build_http does: 308 is "resume incomplete", not a redirect.
         if hasattr(self, "redirect_codes"):
-            self.redirect_codes = self.redirect_codes - {308}
+            self.redirect_codes: frozenset[int] = self.redirect_codes - {308}
         self.exchanges: list[Exchange] = []
 
     def request(self, uri: str, method: str = "GET", *args: Any, **kwargs: Any) -> Any:

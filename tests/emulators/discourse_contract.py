@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import requests
 from openapi_core import OpenAPI
@@ -177,7 +178,8 @@ def _unexpected_fields(error: Any) -> list[str]:
 def check_exchange(response: requests.Response) -> list[str]:
     """Validate the request and the response of one exchange; return the problems found."""
     prepared = response.request.copy()
-    parsed = requests.utils.urlparse(prepared.url)
+    assert prepared.url is not None  # a request that was sent has its URL
+    parsed = urlparse(prepared.url)
     operation = _operation_for(prepared.method or "GET", parsed.path)
     if operation is None or response.status_code >= 300 and response.status_code < 400:
         return []

@@ -147,7 +147,7 @@ class Workload:
                 category_id=room.category,
             )
 
-    def run(self, chat: int, forum: int, *, pause: Callable[[], None] = lambda: None) -> None:
+    def run(self, chat: int, forum: int, *, pause: Callable[[], object] = lambda: None) -> None:
         """Write `chat` Chat messages and `forum` posts, interleaved at random."""
         kinds = ["c"] * chat + ["f"] * forum
         self._rng.shuffle(kinds)
