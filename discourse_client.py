@@ -200,6 +200,19 @@ class DiscourseUser:
     admin: bool
     moderator: bool
     trust_level: int
+    # Shown to staff while in force (UserSerializer); None otherwise.
+    suspended_till: datetime | None = None
+    silenced_till: datetime | None = None
+
+    def refusal(self, now: datetime) -> str | None:
+        """Why Discourse refuses to let this user post now (suspended, silenced, inactive)."""
+        if self.suspended_till is not None and self.suspended_till > now:
+            return f"suspended until {self.suspended_till:%Y-%m-%d %H:%M} UTC"
+        if self.silenced_till is not None and self.silenced_till > now:
+            return f"silenced until {self.silenced_till:%Y-%m-%d %H:%M} UTC"
+        if not self.active:
+            return "deactivated"
+        return None
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> DiscourseUser:
@@ -214,6 +227,8 @@ class DiscourseUser:
             admin=bool(data.get("admin", False)),
             moderator=bool(data.get("moderator", False)),
             trust_level=int(data.get("trust_level") or 0),
+            suspended_till=_parse_time(data.get("suspended_till")),
+            silenced_till=_parse_time(data.get("silenced_till")),
         )
 
 

@@ -719,13 +719,24 @@ class GchatToDiscourse:
         author = self._users.author_for(message.sender, space.name)
         try:
             self._mirror(action, space, category_id, author)
-        except DiscourseAuthError as exc:
-            if exc.credentials_invalid or author.attribution is not None:
-                raise
+        except DiscourseRejected as exc:
+            if author.attribution is not None:
+                raise  # already the API user
+            if isinstance(exc, DiscourseAuthError):
+                if exc.credentials_invalid:
+                    raise
+                why = "suspended, deactivated or silenced?"
+            else:
+                # A silenced user's reply is refused with a generic 422: ask who they are
+                # now (one request, only on a refusal) to tell it from a bad post.
+                user = self._discourse.get_user(author.discourse_username)
+                refusal = user.refusal(self._clock()) if user is not None else None
+                if refusal is None:
+                    raise
+                why = refusal
             reason = (
                 f"Discourse refused the account @{author.discourse_username} of "
-                f"{message.sender.display_name or message.sender.name} (suspended, "
-                f"deactivated or silenced?): {exc}"
+                f"{message.sender.display_name or message.sender.name} ({why}): {exc}"
             )
             if self._config.sync.refused_authors != "post_as_bridge":
                 raise _RefusedAuthor(reason) from exc

@@ -280,6 +280,55 @@ def test_a_suspended_persons_message_is_parked_and_nobody_else_waits(world: Worl
     assert "Bob writes" not in shown.stdout  # the status shows ids and reasons, not content
     assert "bob" in shown.stdout and "You are not permitted" in shown.stdout, shown.stdout
 
+    # The operator lifts the suspension and retries: Bob's message arrives, once, as Bob's.
+    world.discourse.control.unsuspend_user("bob")
+    assert run_main(["--config", str(files.config), "retry"]).returncode == 0
+    bridge = BridgeProcess(files)
+    try:
+        post = wait_for(
+            partial(_post_with, world, "Bob writes while his forum account"),
+            timeout=60,
+            what="Bob's message after the retry",
+        )
+        assert post["username"] == "bob"
+        bridge.wait_cycles(bridge.completed_cycles() + 2)
+    finally:
+        assert bridge.terminate() == 0
+    assert sum("Bob writes" in (p.get("raw") or "") for p in world.live_posts()) == 1
+    assert world.markers().most_common(1)[0][1] == 1  # nothing doubled
+
+
+def test_a_silenced_persons_message_is_posted_by_the_bridge_when_so_configured(
+    world: World,
+) -> None:
+    """`refused_authors: post_as_bridge`: the API user posts it, naming its author."""
+    ada, carl = world.add_people("Ada Lovelace", "Carl Marsh")
+    space = world.add_space("Room C", [ada, carl])
+    category = world.category("Room C")
+    world.discourse.control.create_user(
+        "carl", name="Carl Marsh", email=world.people[1]["email"], trust_level=1
+    )
+    world.discourse.control.silence_user("carl", reason="Cooling off")
+    opening = world.say(space, ada, "Ada opens the thread here")
+    world.say(space, carl, "Carl replies while silenced", thread=opening["thread"]["name"])
+    files = world.config(
+        [{"google_space_id": space, "discourse_category_id": category}],
+        extra_sync={"refused_authors": "post_as_bridge"},
+    )
+    bridge = BridgeProcess(files)
+    try:
+        post = wait_for(
+            partial(_post_with, world, "Carl replies while silenced"),
+            timeout=60,
+            what="Carl's message",
+        )
+        assert post["username"] == "system"
+        assert "Carl Marsh" in World.body(post)  # attributed to its author
+        bridge.wait_cycles(bridge.completed_cycles() + 2)
+    finally:
+        assert bridge.terminate() == 0
+    assert sum("Carl replies" in (p.get("raw") or "") for p in world.live_posts()) == 1
+
 
 def test_two_quick_edits_of_a_post_both_reach_chat(world: World) -> None:
     """Within the editing grace period the second edit keeps the post's version."""
