@@ -67,10 +67,15 @@ ROWS: list[Row] = [
     ("requests_per_item", "Discourse requests per Chat message",
      lambda r: r["gchat_to_discourse"]["discourse_requests_per_message"], "<= 1.1",
      lambda v: v <= 1.1),
+    # Issue 13: the scarce Chat budget is the write (1 a second per space); a read of the space
+    # after each bridge write (15 a second allowed) is spent on purpose, so that a person who
+    # wrote in the same second reaches the forum within one poll interval.
     ("requests_per_item", "Chat requests per Discourse post (all)",
-     lambda r: r["discourse_to_gchat"]["chat_requests_per_post"], "<= 1.1", lambda v: v <= 1.1),
+     lambda r: r["discourse_to_gchat"]["chat_requests_per_post"], "", None),
     ("requests_per_item", "  of which writes",
-     lambda r: r["discourse_to_gchat"]["chat_writes_per_post"], "", None),
+     lambda r: r["discourse_to_gchat"]["chat_writes_per_post"], "<= 1.1", lambda v: v <= 1.1),
+    ("requests_per_item", "  of which reads",
+     lambda r: r["discourse_to_gchat"]["chat_reads_per_post"], "<= 1.1", lambda v: v <= 1.1),
     ("idle_cost", "Idle Chat requests/cycle, 1 space",
      lambda r: r["runs"]["1_spaces"]["chat_requests_per_cycle"], "<= 1", lambda v: v <= 1),
     ("idle_cost", "Idle Chat requests/cycle, 100 spaces",
