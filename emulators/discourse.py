@@ -9,7 +9,10 @@ Invariants:
   validations, limits, webhook semantics; rules live in `discourse_forum.py` / `discourse_chat.py`;
 - control routes (`/_emulator/...`) need no auth and are never logged nor rate-limited;
 - every API request is logged with its path template (`"GET /t/{id}.json"`) for the counts;
-- a trailing `.json` is stripped before routing (and remembered): it selects the JSON format.
+- a trailing `.json` is stripped before routing (and remembered): it selects the JSON format;
+- an unexpected exception in a handler or the webhook worker is an emulator bug: recorded
+  (`DiscourseEmulator.errors`, `check_errors()`), logged, and (in a handler) answered 500
+  `{"errors": ["emulator bug: ..."], "error_type": "emulator_bug"}` (`emulators/_errors.py`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
+from emulators._errors import HandlerError, HandlerErrors
 from emulators._server import ServerHandle
 from emulators.discourse_cdn import CdnServer
 from emulators.discourse_chat import Chat
@@ -121,7 +125,9 @@ class Emulator:
     def __init__(self, api_key: str | None, clock: Callable[[], float] = time.time) -> None:
         self.state = ForumState(api_key, clock)
         self.cdn = CdnServer()
-        self.hooks = WebhookDispatcher(self.state)
+        # Emulator bugs; kept across `reset()` (a reset must not hide a bug from the test).
+        self.errors = HandlerErrors("discourse")
+        self.hooks = WebhookDispatcher(self.state, errors=self.errors)
         self.forum = Forum(self.state, self.hooks)
         self.chat = Chat(self.state, self.hooks)
         self.log_lock = threading.Lock()
@@ -348,6 +354,13 @@ def create_app(emu: Emulator) -> Flask:  # noqa: C901 - one route table, kept to
         if err.code == 405:
             return on_api_error(not_found())
         return on_api_error(json_error(err.code or 500, [err.description or "error"]))
+
+    @app.errorhandler(Exception)
+    def on_unexpected(err: Exception) -> Response:
+        # Not an ApiError nor an HTTPException (their handlers above win): a bug in the emulator.
+        path = request.environ.get("emu.original_path", request.path)
+        bug = emu.errors.record(request.method, path, err)
+        return on_api_error(json_error(500, [bug.message()], "emulator_bug"))
 
     @app.after_request
     def after(response: Response) -> Response:
@@ -1061,6 +1074,15 @@ class DiscourseEmulator:
     @property
     def state(self) -> ForumState:
         return self.emu.state
+
+    @property
+    def errors(self) -> list[HandlerError]:
+        """Unexpected exceptions (handlers, webhook worker) not yet raised by `check_errors()`."""
+        return self.emu.errors.errors
+
+    def check_errors(self) -> None:
+        """Raise the first unexpected exception recorded, if any (then forget them all)."""
+        self.emu.errors.check()
 
     def stop(self) -> None:
         self.handle.stop()

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from emulators._errors import HandlerErrors
 from emulators.discourse_model import (
     EVENT_NAMES_BY_ID,
     EVENT_TYPE_GROUPS,
@@ -115,8 +116,9 @@ class Delivery:
 class WebhookDispatcher:
     """Queue and worker thread for webhook jobs. `start()` once, `stop()` at shutdown."""
 
-    def __init__(self, state: ForumState) -> None:
+    def __init__(self, state: ForumState, errors: HandlerErrors | None = None) -> None:
         self._state = state
+        self._errors = errors
         self._cond = threading.Condition()
         self._queue: list[tuple[float, int, _Job]] = []
         self._seq = itertools.count()
@@ -270,8 +272,12 @@ class WebhookDispatcher:
                 return
             try:
                 self._deliver(job)
-            except Exception:  # boundary: one bad job must not kill the worker
-                logger.exception("webhook job for hook %d failed", job.web_hook_id)
+            except Exception as exc:  # boundary: one bad job must not kill the worker
+                # Network failures are handled inside `_deliver`; anything else is a bug here.
+                if self._errors is not None:
+                    self._errors.record("WEBHOOK", f"hook {job.web_hook_id}", exc)
+                else:
+                    logger.exception("webhook job for hook %d failed", job.web_hook_id)
             finally:
                 with self._cond:
                     self._in_flight -= 1

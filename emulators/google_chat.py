@@ -13,6 +13,8 @@ Invariants:
   shape (the OAuth `/token` route answers the OAuth error shape, as Google's token server does).
 - The request log holds API calls only (`/v1/`, `/upload/`, `/token`), never control or discovery.
 - Latency faults sleep outside the state lock so other requests proceed meanwhile.
+- An unexpected exception in a handler is an emulator bug: recorded (`ChatEmulator.errors`,
+  `check_errors()`), logged, answered 500 INTERNAL "emulator bug: ..." (`emulators/_errors.py`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
 from emulators import google_chat_markup as markup
+from emulators._errors import HandlerError, HandlerErrors
 from emulators._server import ServerHandle
 from emulators.google_chat_state import (
     APP_ONLY_FIELDS,
@@ -211,9 +214,20 @@ def _parse_range(header: str, total: int) -> tuple[int, int] | None:
 
 
 # --------------------------------------------------------------------------- the app
-def create_app(state: ChatState, sleep: Callable[[float], None] = time.sleep) -> Flask:
-    """Build the emulator's Flask app around `state` (API, control API, discovery, /token)."""
+def create_app(
+    state: ChatState,
+    sleep: Callable[[float], None] = time.sleep,
+    *,
+    errors: HandlerErrors | None = None,
+) -> Flask:
+    """Build the emulator's Flask app around `state` (API, control API, discovery, /token).
+
+    An unexpected exception in a handler is recorded in `errors` (a fresh one if None, also at
+    `app.extensions["emulator_errors"]`), logged, and answered 500 "emulator bug".
+    """
     app = Flask("google_chat_emulator")
+    bugs = errors if errors is not None else HandlerErrors("google chat")
+    app.extensions["emulator_errors"] = bugs
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
     def caller() -> str:
@@ -305,8 +319,9 @@ def create_app(state: ChatState, sleep: Callable[[float], None] = time.sleep) ->
 
     @app.errorhandler(Exception)
     def _internal(err: Exception) -> Response:
-        logger.error("emulator error on %s %s", request.method, request.path, exc_info=err)
-        return _json_response(ApiError("INTERNAL", "Internal error encountered.").body(), 500)
+        # Not an ApiError nor an HTTPException (their handlers above win): a bug in the emulator.
+        bug = bugs.record(request.method, request.path, err)
+        return _json_response(ApiError("INTERNAL", bug.message()).body(), 500)
 
     # ------------------------------------------------------------- discovery and OAuth
     discovery = load_discovery()
@@ -1226,13 +1241,19 @@ def _space_path(space: str) -> str:
 
 
 class ChatEmulator:
-    """A running emulator: `url`, `control`, `state` (for in-process inspection), `stop()`."""
+    """A running emulator: `url`, `control`, `state` (for in-process inspection), `stop()`.
 
-    def __init__(self, handle: ServerHandle, state: ChatState) -> None:
+    `errors` / `check_errors()`: the unexpected exceptions its handlers raised (emulator bugs).
+    """
+
+    def __init__(
+        self, handle: ServerHandle, state: ChatState, errors: HandlerErrors | None = None
+    ) -> None:
         self._handle = handle
         self.state = state
         self.url = handle.url
         self.control = ChatControl(self.url)
+        self._errors = errors if errors is not None else HandlerErrors("google chat")
 
     @classmethod
     def start(
@@ -1245,9 +1266,19 @@ class ChatEmulator:
     ) -> ChatEmulator:
         """Serve a fresh emulator on `host:port` (0 = any free port) in a daemon thread."""
         state = ChatState(clock=clock, monotonic=monotonic)
-        handle = _serve(create_app(state), host, port)
+        errors = HandlerErrors("google chat")
+        handle = _serve(create_app(state, errors=errors), host, port)
         logger.info("google chat emulator listening on %s", handle.url)
-        return cls(handle, state)
+        return cls(handle, state, errors)
+
+    @property
+    def errors(self) -> list[HandlerError]:
+        """Unexpected exceptions raised by handlers and not yet reported by `check_errors()`."""
+        return self._errors.errors
+
+    def check_errors(self) -> None:
+        """Raise the first unexpected handler exception, if any (then forget them all)."""
+        self._errors.check()
 
     @property
     def port(self) -> int:

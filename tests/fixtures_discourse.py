@@ -1,7 +1,10 @@
 """Pytest fixtures for the Discourse emulator and a local webhook receiver.
 
 - `discourse_emulator`: a fresh `DiscourseEmulator` on an ephemeral loopback port (api key
-  "test-api-key", admin user `system`), stopped after the test.
+  "test-api-key", admin user `system`), stopped after the test. An unexpected exception inside
+  it (a bug in the fake, answered 500 "emulator bug" and recorded, see emulators/_errors.py) fails
+  the test that caused it: re-raised with its traceback right after the test body (the test
+  FAILS) and, for anything raised later, at teardown; `check_errors()` raises it mid-test.
 - `discourse_api`: a `DiscourseApi` (requests session on that emulator, acting as `system` by
   default) whose exchanges must all conform to `shared/specs/openapi.json` (checked at teardown).
 - `webhook_receiver`: a tiny HTTP server in a thread that records every request it receives and
@@ -13,7 +16,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +34,18 @@ def discourse_emulator() -> Iterator[DiscourseEmulator]:
         yield emulator
     finally:
         emulator.stop()
+    emulator.check_errors()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """Fail the test itself (not only its teardown) when its emulator recorded a bug."""
+    try:
+        return (yield)
+    finally:
+        emulator = getattr(item, "funcargs", {}).get("discourse_emulator")
+        if isinstance(emulator, DiscourseEmulator):
+            emulator.check_errors()
 
 
 class DiscourseApi:
