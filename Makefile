@@ -21,10 +21,13 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) main.py demo
 
+# The import contracts of docs/ARCHITECTURE.md are a test that parses imports (import-linter
+# cannot take flat modules as roots): tests/test_architecture.py, run here and by `make test`.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_architecture.py
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

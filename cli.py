@@ -59,8 +59,12 @@ from google_chat_client import (
     parse_rfc3339,
     write_token_file,
 )
+from spaces import PollResult
+
+# The one module whose state keys cli.py builds (to show and to rewind the room poll's cursor):
+# kept here, and only here, until `Store` has typed methods for the poll state (issue 14).
 from sync_gchat_to_discourse import DIRECTION as GCHAT_TO_DISCOURSE
-from sync_gchat_to_discourse import PollResult, active_key, cursor_key
+from sync_gchat_to_discourse import active_key, cursor_key
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,9 @@
 """Pure text conversions between Google Chat and Discourse.
 
 Role: everything that turns one platform's text into the other's lives here, together with the
-small naming helpers the sync modules need (origin markers, Discourse ``external_id`` values,
-Chat client-assigned message ids, titles, attribution lines, content hashes, length splitting).
+text helpers the sync modules need (titles, attribution lines, length splitting). What marks a
+write as the bridge's own (origin markers, ``external_id`` values, client-assigned message ids,
+content hashes) lives in ``origin.py``.
 
 Invariants:
 - No I/O and no logging of content. Lookups (Chat user -> Discourse username and back) are passed
@@ -51,7 +52,6 @@ Discourse -> Chat is the reverse table (``**b**`` -> ``*b*``, ``[l](u)`` -> ``<u
 
 from __future__ import annotations
 
-import hashlib
 import html
 import re
 import unicodedata
@@ -76,7 +76,8 @@ DISCOURSE_MAX_POST_CHARS = 32000
 # markdown escapes are resolved, so a backslash before '@' is not a reliable way to stop a ping).
 ZWSP = "\u200b"
 WORD_JOINER = "\u2060"
-_INVISIBLE = (ZWSP, WORD_JOINER, "\ufeff")
+# Every invisible character the converters insert; `origin.content_hash` ignores them all.
+INVISIBLE = (ZWSP, WORD_JOINER, "\ufeff")
 
 # ---------------------------------------------------------------------------------------------
 # Chat markup: a small parser shared by the Chat -> Discourse converter and the tests.
@@ -150,14 +151,14 @@ def _is_word(c: str) -> bool:
 def _is_blank(c: str) -> bool:
     # Invisible characters count as blanks so that a marker next to one is not markup: that is
     # how the Discourse -> Chat direction neutralises literal markers.
-    return c.isspace() or c in _INVISIBLE
+    return c.isspace() or c in INVISIBLE
 
 
 def _visible_before(s: str, i: int, start: int) -> str:
     """The last visible character in s[start:i] ("" if none): invisible characters never glue
     a URL to the word before it."""
     k = i - 1
-    while k >= start and s[k] in _INVISIBLE:
+    while k >= start and s[k] in INVISIBLE:
         k -= 1
     return s[k] if k >= start else ""
 
@@ -1273,7 +1274,7 @@ def title_from_text(
             word = word[: _TITLE_MAX_WORD - 1] + "…"
         words.append(word)
     title = " ".join(words)
-    title = "".join(c for c in title if c not in _INVISIBLE and c.isprintable())
+    title = "".join(c for c in title if c not in INVISIBLE and c.isprintable())
     letters = [c for c in title if c.isalpha()]
     if letters and not any(c.islower() for c in letters) and any(c.isupper() for c in letters):
         title = title.lower()
@@ -1292,86 +1293,8 @@ def title_from_text(
 
 
 # ---------------------------------------------------------------------------------------------
-# Markers, ids, attribution, hashes
+# Attribution
 # ---------------------------------------------------------------------------------------------
-
-_MESSAGE_NAME_RE = re.compile(r"spaces/[A-Za-z0-9_-]+/messages/[A-Za-z0-9_.-]+")
-_MARKER_RE = re.compile(r"<!--\s*gchat:(" + _MESSAGE_NAME_RE.pattern + r")\s*-->")
-
-
-def origin_marker(gchat_message_name: str) -> str:
-    """The invisible marker appended to a Discourse post's raw (DESIGN §3 rule 1).
-
-    Raises ValueError if the name is not a Chat message name.
-    """
-    if not _MESSAGE_NAME_RE.fullmatch(gchat_message_name):
-        raise ValueError(f"not a Chat message name: {gchat_message_name!r}")
-    return f"<!-- gchat:{gchat_message_name} -->"
-
-
-def find_origin_marker(raw: str) -> str | None:
-    """The Chat message name of the last origin marker in ``raw``, or None."""
-    found = _MARKER_RE.findall(raw)
-    return found[-1] if found else None
-
-
-def strip_origin_marker(raw: str) -> str:
-    """``raw`` without origin markers (and without the whitespace they leave at the end)."""
-    stripped = _MARKER_RE.sub("", raw)
-    return stripped.rstrip() if stripped != raw else raw
-
-
-_THREAD_NAME_RE = re.compile(r"spaces/([A-Za-z0-9_]+)/threads/([A-Za-z0-9_]+)")
-_EXTERNAL_ID_MAX = 50  # Discourse EXTERNAL_ID_MAX_LENGTH, format /\A[\w-]+\z/
-
-
-def external_id_for_thread(gchat_thread_name: str) -> str:
-    """Deterministic Discourse topic ``external_id`` for a Chat thread.
-
-    Discourse compares external ids case-insensitively while Chat ids are case-sensitive, so the
-    readable form carries a short hash of the exact name: "gc-<space>-<thread>-<10 hex>". Names
-    that do not fit in 50 characters (or have unexpected characters) become "gc-<47 hex>".
-    """
-    digest = hashlib.sha256(gchat_thread_name.encode("utf-8")).hexdigest()
-    m = _THREAD_NAME_RE.fullmatch(gchat_thread_name)
-    if m:
-        readable = f"gc-{m.group(1)}-{m.group(2)}-{digest[:10]}"
-        if len(readable) <= _EXTERNAL_ID_MAX:
-            return readable
-    return "gc-" + digest[: _EXTERNAL_ID_MAX - 3]
-
-
-_CLIENT_POST_RE = re.compile(r"(?:^|/messages/)client-dp-(\d+)$")
-_CLIENT_CHAT_RE = re.compile(r"(?:^|/messages/)client-dc-(\d+)$")
-
-
-def _client_id(prefix: str, number: int) -> str:
-    if isinstance(number, bool) or not isinstance(number, int) or number < 0:
-        raise ValueError(f"id must be a non-negative int, got {number!r}")
-    # "client-" + prefix + digits: <= 63 chars of [a-z0-9-] for any id below 10**50.
-    return f"client-{prefix}-{number}"
-
-
-def client_message_id_for_post(discourse_post_id: int) -> str:
-    """Chat ``messageId`` for the copy of a Discourse post ("client-dp-<id>")."""
-    return _client_id("dp", discourse_post_id)
-
-
-def client_message_id_for_chat_message(discourse_chat_message_id: int) -> str:
-    """Chat ``messageId`` for the copy of a Discourse chat message ("client-dc-<id>")."""
-    return _client_id("dc", discourse_chat_message_id)
-
-
-def post_id_from_client_message_id(client_id: str) -> int | None:
-    """Inverse of client_message_id_for_post (a full message name works too); None if not ours."""
-    m = _CLIENT_POST_RE.search(client_id or "")
-    return int(m.group(1)) if m else None
-
-
-def chat_message_id_from_client_message_id(client_id: str) -> int | None:
-    """Inverse of client_message_id_for_chat_message; None if not ours."""
-    m = _CLIENT_CHAT_RE.search(client_id or "")
-    return int(m.group(1)) if m else None
 
 
 def attribution_line(display_name: str | None, username: str, template: str | None = None) -> str:
@@ -1393,17 +1316,3 @@ def attribution_line(display_name: str | None, username: str, template: str | No
     if not name or name.lower() == user.lower():
         return f"*{user}* on Discourse:"
     return f"*{name}* (@{user}) on Discourse:"
-
-
-def normalize_for_hash(text: str) -> str:
-    """The text content_hash hashes: markers and invisible characters removed, whitespace tidy."""
-    text = _MARKER_RE.sub("", text)
-    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
-    for c in _INVISIBLE:
-        text = text.replace(c, "")
-    return "\n".join(line.rstrip() for line in text.strip().split("\n"))
-
-
-def content_hash(text: str) -> str:
-    """sha256 hex of the normalised text, for edit and echo detection."""
-    return hashlib.sha256(normalize_for_hash(text).encode("utf-8")).hexdigest()

@@ -30,9 +30,10 @@ from db import Store
 from discourse_client import DiscourseClient
 from google_chat_client import ChatAuthError, GoogleChatClient
 from metrics import BridgeMetrics
+from spaces import SpaceListing
 from sync_discourse_to_gchat import DiscourseToGchat, InboxWorker
 from sync_dm import DmSync
-from sync_gchat_to_discourse import GchatToDiscourse, SpaceListing
+from sync_gchat_to_discourse import GchatToDiscourse
 from users import UserDirectory
 from webhook_listener import Readiness, WebhookConfigError, WebhookServer, create_app
 

@@ -2,14 +2,15 @@
 
 Invariants (DESIGN §3):
 - Every event is first stored in the inbox (`enqueue`), keyed so that a repeated delivery, or the
-  catch-up pull finding a post a webhook already brought, is processed once. The inbox worker
+  catch-up pull finding a post a webhook already brought, is processed once (`inbox.inbox_keys`,
+  shared with the DM sync). The inbox worker
   hands out only the oldest pending event of each topic, so replies keep their order.
 - Only real content crosses: regular posts (`post_type` 1) in mapped categories, not private
   messages, hidden or deleted posts, not posts by bridge-created users or carrying the origin
   marker of a Chat message (those came from Chat in the first place).
-- Every Chat message the bridge writes has the client-assigned id `client-dp-<post id>`, so a
-  repeat after a crash is answered ALREADY_EXISTS and linked, never duplicated, and the Chat →
-  Discourse poll knows it as ours.
+- Every Chat message the bridge writes has the client-assigned id `client-dp-<post id>` (forms
+  in `origin.py`), so a repeat after a crash is answered ALREADY_EXISTS and linked, never
+  duplicated, and the Chat → Discourse poll knows it as ours.
 - A reply goes into its topic's Chat thread with REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD; if the
   topic's first post was never bridged it is bridged first, so the thread exists.
 - Transient failures are retried with backoff; past `max_attempts`, or for an item Google refuses,
@@ -19,7 +20,6 @@ Invariants (DESIGN §3):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import mimetypes
@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import formatting
+import origin
 from config_loader import Config
 from db import InboxEvent, MessageLink, Store
 from discourse_client import (
@@ -52,7 +53,7 @@ from google_chat_client import (
     ChatUnavailable,
     GoogleChatClient,
 )
-from sync_gchat_to_discourse import text_part_of_raw
+from inbox import inbox_keys
 from webhook_listener import WebhookDelivery
 
 logger = logging.getLogger(__name__)
@@ -68,52 +69,6 @@ AUTH_RETRY = timedelta(seconds=30)
 
 
 # ---------------------------------------------------------------------------- pure
-
-
-def inbox_keys(event_name: str, body: Mapping[str, Any]) -> tuple[str, str]:
-    """(dedupe key, ordering key) for a webhook body.
-
-    A post's creation is keyed by its id alone, so the webhook and the catch-up pull meet on one
-    row; later events by id and content, so a redelivery is dropped but a new edit is not.
-
-    Raises:
-        ValueError: the body lacks the ids the event needs.
-    """
-    for kind in ("post", "topic", "chat_message"):
-        if kind in body and isinstance(body[kind], Mapping):
-            payload = body[kind]
-            break
-    else:
-        raise ValueError("no post, topic or chat_message object in the body")
-    if event_name.startswith("post_"):
-        post_id, topic_id = _int(payload, "id"), _int(payload, "topic_id")
-        if event_name == "post_created":
-            return f"post_created:{post_id}", f"topic:{topic_id}"
-        if event_name == "post_edited":
-            # Keyed by content and edit time, not `version`: a second edit by the same person
-            # within Discourse's editing grace period keeps the version (lib/post_revisor.rb).
-            edit = {"raw": payload.get("raw"), "updated_at": payload.get("updated_at")}
-            return f"post_edited:{post_id}:{_digest(edit)}", f"topic:{topic_id}"
-        # A post may be deleted and recovered more than once at one version.
-        return f"{event_name}:{post_id}:{_digest(payload)}", f"topic:{topic_id}"
-    if event_name.startswith("topic_"):
-        topic_id = _int(payload, "id")
-        # Two title edits may leave every counter as it was: key by the whole payload.
-        return f"{event_name}:{topic_id}:{_digest(payload)}", f"topic:{topic_id}"
-    message = payload.get("message")
-    channel = payload.get("channel")
-    if not isinstance(message, Mapping) or not isinstance(channel, Mapping):
-        raise ValueError("chat_message needs message and channel objects")
-    message_id, channel_id = _int(message, "id"), _int(channel, "id")
-    if event_name == "chat_message_created":
-        return f"chat_message_created:{message_id}", f"chat_channel:{channel_id}"
-    # `edited` is a mere flag: a second edit must not pass for a redelivery of the first.
-    return f"{event_name}:{message_id}:{_digest(message)}", f"chat_channel:{channel_id}"
-
-
-def _digest(payload: Mapping[str, Any]) -> str:
-    canonical = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def _int(payload: Mapping[str, Any], key: str) -> int:
@@ -169,7 +124,7 @@ def plan_post(
         return Skip("private message")
     if post.hidden or post.user_deleted or post.deleted_at is not None:
         return Skip("hidden or deleted")
-    if post.raw and formatting.find_origin_marker(post.raw):
+    if post.raw and origin.find_origin_marker(post.raw):
         return Skip("came from Chat")
     space = space_for_category.get(post.category_id) if post.category_id is not None else None
     if space is None and thread_for_topic is None:
@@ -228,7 +183,7 @@ def render_message(
     if post.post_number == 1 and post.topic_title:
         lines.append(f"*{post.topic_title}*")
     body = formatting.discourse_to_gchat_text(
-        formatting.strip_origin_marker(post.raw or ""),
+        origin.strip_origin_marker(post.raw or ""),
         base_url=base_url,
         mention_lookup=mention_lookup,
     )
@@ -429,7 +384,7 @@ class DiscourseToGchat:
         if post.user_deleted or post.deleted_at is not None:
             return  # the author's deletion arrives as an edit first; post_destroyed follows
         if link.origin == "gchat":
-            if formatting.content_hash(text_part_of_raw(post.raw or "")) != link.content_hash:
+            if origin.content_hash(origin.text_part_of_raw(post.raw or "")) != link.content_hash:
                 # A Chat user's message cannot be rewritten by the bridge's account.
                 logger.info(
                     "edit in Discourse of Chat message %s not carried back",
@@ -455,7 +410,7 @@ class DiscourseToGchat:
             long_messages="split",
             attribution_format=self._config.sync.attribution_format,
         )
-        new_hash = formatting.content_hash(text)
+        new_hash = origin.content_hash(text)
         if new_hash == link.content_hash:
             logger.debug("edit of post %d changes nothing in Chat", post.id)
             return
@@ -495,7 +450,8 @@ class DiscourseToGchat:
         thread = self._store.message_link_by_message(gchat_message_name)
         thread_name = thread.gchat_thread_name if thread else None
         for index in range(2, max(old_count, len(parts)) + 1):
-            name = f"{space}/messages/{client_id}-p{index}"
+            part_id = origin.client_message_id_for_part(client_id, index)
+            name = f"{space}/messages/{part_id}"
             if index <= len(parts):
                 try:
                     self._chat.update_message_text(name, parts[index - 1])
@@ -503,7 +459,7 @@ class DiscourseToGchat:
                     self._create_chat_message(
                         space,
                         parts[index - 1],
-                        message_id=f"{client_id}-p{index}",
+                        message_id=part_id,
                         thread_name=thread_name,
                     )
             else:
@@ -513,14 +469,14 @@ class DiscourseToGchat:
     def _part_info(self, post_id: int) -> tuple[str, int]:
         value = self._store.get_cursor(f"discourse_post_parts:{post_id}")
         if value is None:
-            return formatting.client_message_id_for_post(post_id), 1
+            return origin.client_message_id_for_post(post_id), 1
         info = json.loads(value)
         return str(info["client_id"]), int(info["count"])
 
     def _set_part_info(self, post_id: int, client_id: str, count: int) -> None:
         if (
             count == 1
-            and client_id == formatting.client_message_id_for_post(post_id)
+            and client_id == origin.client_message_id_for_post(post_id)
             and self._store.get_cursor(f"discourse_post_parts:{post_id}") is None
         ):
             return  # the usual case costs no row
@@ -539,7 +495,8 @@ class DiscourseToGchat:
         space = _space_of_thread(link.gchat_message_name)
         self._delete_chat_message(link.gchat_message_name)
         for index in range(2, count + 1):
-            self._delete_chat_message(f"{space}/messages/{client_id}-p{index}")
+            part_id = origin.client_message_id_for_part(client_id, index)
+            self._delete_chat_message(f"{space}/messages/{part_id}")
         if post.post_number == 1 or self._is_thread_root(link):
             self._store.unlink_thread(link.gchat_thread_name)
         else:
@@ -555,7 +512,8 @@ class DiscourseToGchat:
             client_id, count = self._part_info(link.discourse_post_id)
             space = _space_of_thread(link.gchat_message_name)
             for index in range(2, count + 1):
-                self._delete_chat_message(f"{space}/messages/{client_id}-p{index}")
+                part_id = origin.client_message_id_for_part(client_id, index)
+                self._delete_chat_message(f"{space}/messages/{part_id}")
         if links:
             # force: the thread's replies go with its first message.
             self._delete_chat_message(links[0].gchat_message_name)
@@ -584,7 +542,7 @@ class DiscourseToGchat:
         stamp = int((post.updated_at or post.created_at).timestamp())
         self._bridge_post(
             dataclasses.replace(post, deleted_at=None, user_deleted=False),
-            client_id=f"{formatting.client_message_id_for_post(post.id)}-r{stamp}",
+            client_id=origin.client_message_id_for_recovered_post(post.id, stamp),
         )
 
     def _bridge_earlier_posts(self, post: DiscoursePost) -> None:
@@ -671,7 +629,7 @@ class DiscourseToGchat:
                 return
             self._bridge_post(post, client_id)
             return
-        self._write(action, client_id or formatting.client_message_id_for_post(action.post.id))
+        self._write(action, client_id or origin.client_message_id_for_post(action.post.id))
 
     def _write(self, action: PostToChat, client_id: str) -> None:
         post = action.post
@@ -704,7 +662,7 @@ class DiscourseToGchat:
             self._create_chat_message(
                 action.gchat_space_name,
                 part,
-                message_id=f"{client_id}-p{index}",
+                message_id=origin.client_message_id_for_part(client_id, index),
                 thread_name=thread,
             )
         self._set_part_info(post.id, client_id, len(parts))
@@ -717,7 +675,7 @@ class DiscourseToGchat:
                 gchat_thread_name=thread,
                 discourse_topic_id=post.topic_id,
                 origin="discourse",
-                content_hash=formatting.content_hash(text),
+                content_hash=origin.content_hash(text),
             )
         self.bridged += 1
         logger.info("bridged post %d -> %s", post.id, message.name)
@@ -794,7 +752,6 @@ __all__ = [
     "DiscourseError",
     "DiscourseToGchat",
     "InboxWorker",
-    "inbox_keys",
     "plan_post",
     "render_message",
     "ChatError",

@@ -21,14 +21,15 @@ Invariants:
   ambiguity left is the author typing the identical text in Discourse at the same moment.
 - Discourse → Chat: `chat_message_created/edited/trashed` events of linked channels go through
   the inbox; each Chat copy has the client-assigned id `client-dc-<chat message id>`, so a repeat
-  is ALREADY_EXISTS and linked, and the Chat poll never mirrors it back. Messages of
-  bridge-created users, and messages linked as coming from Chat, are never mirrored. While a Chat
-  → Discourse write of the space is unconfirmed, events of its channel wait (a transient error),
-  so a message the bridge just sent cannot be taken for a human's.
+  is ALREADY_EXISTS and linked, and neither Chat poll mirrors it back (`origin.is_bridge_origin`,
+  the one rule for rooms and DMs). Messages of bridge-created users, and messages linked as
+  coming from Chat, are never mirrored. While a Chat → Discourse write of the space is
+  unconfirmed, events of its channel wait (a transient error), so a message the bridge just sent
+  cannot be taken for a human's.
 - One lock per process is held around "check link → write → link" in both directions.
 - Catch-up: each linked channel has a high-water chat message id (set to the channel's newest
   message when it is linked, so old history is not replayed); newer messages are enqueued into
-  the inbox with the same dedupe keys as webhooks.
+  the inbox with the same dedupe keys as webhooks (`inbox.inbox_keys`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import formatting
+import origin
 from config_loader import Config, SpaceMapping
 from db import Store
 from discourse_client import (
@@ -64,8 +66,8 @@ from google_chat_client import (
     format_rfc3339,
     parse_rfc3339,
 )
-from sync_discourse_to_gchat import inbox_keys
-from sync_gchat_to_discourse import PollResult, fetch_spaces
+from inbox import inbox_keys
+from spaces import PollResult, fetch_spaces
 from users import Author, UserDirectory
 
 logger = logging.getLogger(__name__)
@@ -104,12 +106,6 @@ def mapping_problem(mapping: SpaceMapping, space: ChatSpace) -> str | None:
     return None
 
 
-def is_bridge_origin(message: ChatMessage) -> bool:
-    """True for messages the bridge created in Chat (`client-dc-…` or `client-dp-…`)."""
-    client_id = message.client_assigned_message_id or ""
-    return client_id.startswith(("client-dc-", "client-dp-"))
-
-
 @dataclass(frozen=True, slots=True)
 class SendToChannel:
     message: ChatMessage
@@ -131,7 +127,7 @@ def plan_dm(messages: Sequence[ChatMessage], *, linked: Iterable[str]) -> list[D
     for message in sorted(messages, key=lambda m: m.create_time):
         if message.name in done:
             continue
-        if is_bridge_origin(message):
+        if origin.is_bridge_origin(message):
             actions.append(SkipMessage(message, "written by the bridge"))
         elif message.delete_time is not None:
             actions.append(SkipMessage(message, "deleted in Chat"))
@@ -391,7 +387,7 @@ class DmSync:
         result.spaces_read += 1
         messages = list(self._chat.list_messages(space.name, created_after=after))
         for message in messages:
-            if is_bridge_origin(message):
+            if origin.is_bridge_origin(message):
                 self._learn_bridge_account(message)
         linked = [
             m.name for m in messages if self._store.chat_message_for_message(m.name) is not None
@@ -575,7 +571,7 @@ class DmSync:
                 gchat_space_name=message.space_name,
                 discourse_channel_id=channel_id,
                 origin="gchat",
-                content_hash=formatting.content_hash(text),
+                content_hash=origin.content_hash(text),
             )
             self._store.finish_write(message.name)
 
@@ -622,7 +618,7 @@ class DmSync:
             raise _Waiting(f"waiting for an unconfirmed write of {space}")
         text = self._text_for(event)
         created = self._chat.create_message(
-            space, text, message_id=formatting.client_message_id_for_chat_message(message.id)
+            space, text, message_id=origin.client_message_id_for_chat_message(message.id)
         )
         self._learn_bridge_account(created)
         self._store.link_chat_message(
@@ -631,7 +627,7 @@ class DmSync:
             gchat_space_name=space,
             discourse_channel_id=event.channel_id,
             origin="discourse",
-            content_hash=formatting.content_hash(text),
+            content_hash=origin.content_hash(text),
         )
         logger.info("bridged chat message %d -> %s", message.id, created.name)
 
@@ -640,7 +636,7 @@ class DmSync:
         if link is None or link.origin != "discourse" or event.message.deleted_at is not None:
             return  # unknown, or a Chat message's copy (Chat stays the record for those)
         text = self._text_for(event)
-        digest = formatting.content_hash(text)
+        digest = origin.content_hash(text)
         if digest == link.content_hash:
             return
         self._chat.update_message_text(link.gchat_message_name, text)
@@ -765,7 +761,6 @@ class DmSync:
 __all__ = [
     "ChatEvent",
     "DmSync",
-    "is_bridge_origin",
     "is_dm_mapping",
     "mapping_problem",
     "plan_dm",

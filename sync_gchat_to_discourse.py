@@ -9,7 +9,8 @@ Invariants (DESIGN §3):
   write found on the next attempt means a crash may have left the post behind, so the topic is
   looked up by `external_id`, or the topic's last posts are scanned for the origin marker, before
   anything is created again. Without a pending write no lookup is spent.
-- Messages the bridge wrote into Chat (client-assigned ids of ours) are never mirrored back.
+- Messages the bridge wrote into Chat (client-assigned ids of ours, `origin.is_bridge_origin`)
+  are never mirrored back.
 - Edits and deletions: each poll of a space active within `edit_window` re-reads that window
   (with tombstones). A linked message whose rendered text hashes differently from what the
   link says was written becomes an edit (`update_post` with an edit reason); a linked tombstone
@@ -18,8 +19,8 @@ Invariants (DESIGN §3):
   messages never become new posts through this window.
 - Attachments: uploaded Chat files are downloaded and uploaded to Discourse (as the author, else
   as the API user) and embedded after the text; Drive files become links; a file that cannot be
-  copied leaves a visible note. The embeds sit after `ATTACHMENTS_MARK`, so an edit of the text
-  keeps them and the link's content hash covers the text part only.
+  copied leaves a visible note. The embeds sit after `origin.ATTACHMENTS_MARK`, so an edit of the
+  text keeps them and the link's content hash covers the text part only.
 - A message Discourse refuses is parked with its reason (visible in `status`), never dropped
   silently and never retried forever; a transient failure stops the space for this cycle so that
   order is kept, and parks the message once it has failed `max_attempts` times.
@@ -31,11 +32,12 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import formatting
+import origin
 from config_loader import Config, SpaceMapping
 from db import MessageLink, Store
 from discourse_client import (
@@ -59,6 +61,7 @@ from google_chat_client import (
     format_rfc3339,
     parse_rfc3339,
 )
+from spaces import PollResult, fetch_spaces
 from users import Author, UserDirectory
 
 logger = logging.getLogger(__name__)
@@ -71,8 +74,6 @@ CURSOR_OVERLAP = timedelta(seconds=10)
 RECONCILE_WINDOW = 20
 # A retry of a transiently failed message waits at least this long (doubling per attempt).
 RETRY_BASE_DELAY = timedelta(seconds=30)
-# Separates a post's text from the embeds of its attachments (invisible once cooked).
-ATTACHMENTS_MARK = "<!-- gchat-attachments -->"
 # What a thread's first post says while later messages of its thread still live.
 DELETED_FIRST_POST = "_(this message was deleted in Google Chat)_"
 DELETED_HASH = "deleted"
@@ -125,17 +126,6 @@ class DeletePost:
 Action = CreateTopic | CreateReply | EditPost | DeletePost | Skip
 
 
-def is_bridge_origin(message: ChatMessage) -> bool:
-    """True for messages the bridge itself created in Chat (DESIGN §3 rule 1)."""
-    client_id = message.client_assigned_message_id
-    # Besides `client-dp-<post>` the bridge writes `client-dp-<post>-r<n>` (a recovered post)
-    # and `...-p<n>` (later parts of a long post).
-    return client_id is not None and (
-        formatting.post_id_from_client_message_id(client_id) is not None
-        or client_id.startswith(("client-dc-", "client-dp-"))
-    )
-
-
 def thread_of(message: ChatMessage) -> str:
     # A message in an unthreaded space has no thread: it stands alone as its own topic.
     return message.thread_name or message.name
@@ -180,7 +170,7 @@ def plan(
             fallback=fallback_title(message),
             display_name_lookup=message.mention_display_name,
         )
-        if is_bridge_origin(message):
+        if origin.is_bridge_origin(message):
             actions.append(Skip(message, "written by the bridge"))
         elif message.delete_time is not None:
             actions.append(Skip(message, "deleted in Chat"))
@@ -201,7 +191,7 @@ def _change_of(
         if link.content_hash == DELETED_HASH:
             return None  # already replaced by the deletion note; deleted with its thread
         return DeletePost(message, link)
-    if link.origin != "gchat" or is_bridge_origin(message) or text_hash is None:
+    if link.origin != "gchat" or origin.is_bridge_origin(message) or text_hash is None:
         return None  # the bridge's own messages change only through Discourse
     if message.last_update_time is None or link.content_hash == DELETED_HASH:
         return None  # never edited: nothing to compare (and no rendering spent)
@@ -215,7 +205,7 @@ def render_text(
 ) -> str:
     """The text part of the post for `message` (attribution and body, no embeds, no marker).
 
-    Also what the link's content hash covers (`formatting.content_hash`), so the stored hash and
+    Also what the link's content hash covers (`origin.content_hash`), so the stored hash and
     the one edit detection computes come from this one rendering.
     """
     # formattedText carries the mentions and link targets that the plain `text` has lost.
@@ -235,23 +225,11 @@ def compose_raw(text: str, attachments_md: str, gchat_message_name: str) -> str:
     """The whole raw: text, then the attachment embeds, then the origin marker."""
     parts = [text] if text else []
     if attachments_md:
-        parts.append(f"{ATTACHMENTS_MARK}\n{attachments_md}")
+        parts.append(f"{origin.ATTACHMENTS_MARK}\n{attachments_md}")
     # The marker makes the post recognisable as ours (echo prevention, crash reconciliation) and
     # makes two identical texts distinct for Discourse's 120 s memoization of API posts.
-    parts.append(formatting.origin_marker(gchat_message_name))
+    parts.append(origin.origin_marker(gchat_message_name))
     return "\n\n".join(parts)
-
-
-def text_part_of_raw(raw: str) -> str:
-    """The text part of a post's raw (what the link's content hash covers)."""
-    return formatting.strip_origin_marker(raw.split(ATTACHMENTS_MARK, 1)[0]).strip()
-
-
-def attachments_part_of_raw(raw: str) -> str:
-    """The attachment embeds of a post's raw, without the mark and the origin marker."""
-    if ATTACHMENTS_MARK not in raw:
-        return ""
-    return formatting.strip_origin_marker(raw.split(ATTACHMENTS_MARK, 1)[1]).strip()
 
 
 def render_post(
@@ -325,66 +303,6 @@ def created_after(cursor: str | None, initial_history: object, now: datetime) ->
 # ---------------------------------------------------------------------------- apply (I/O)
 
 
-class SpaceListing:
-    """One `spaces.list` walk shared by the room and DM polls of a cycle, read page by page.
-
-    Each poll stops reading once it has found its spaces; a second poll reuses the pages the
-    first one read instead of listing again. A listing failure is raised to every reader.
-    """
-
-    def __init__(self, chat: GoogleChatClient) -> None:
-        self._pages = chat.list_spaces()
-        self._seen: list[ChatSpace] = []
-        self._error: ChatError | None = None
-        self._done = False
-
-    def __iter__(self) -> Iterator[ChatSpace]:
-        index = 0
-        while True:
-            if index < len(self._seen):
-                yield self._seen[index]
-                index += 1
-                continue
-            if self._error is not None:
-                raise self._error
-            if self._done:
-                return
-            try:
-                self._seen.append(next(self._pages))
-            except StopIteration:
-                self._done = True
-            except ChatError as exc:
-                self._error = exc
-
-
-def fetch_spaces(
-    chat: GoogleChatClient, wanted: set[str], listing: Iterable[ChatSpace] | None = None
-) -> tuple[dict[str, ChatSpace], list[str]]:
-    """The wanted spaces, with their lastActiveTime, and a problem line per unreadable one.
-
-    Spaces missing from the listing (DMs before their first message, or spaces the account
-    left) are asked for one by one, to say why.
-
-    Raises:
-        ChatError: the listing itself failed (ChatAuthError too, from any call).
-    """
-    found: dict[str, ChatSpace] = {}
-    for space in listing if listing is not None else chat.list_spaces():
-        if space.name in wanted:
-            found[space.name] = space
-            if len(found) == len(wanted):
-                break
-    problems: list[str] = []
-    for name in sorted(wanted - found.keys()):
-        try:
-            found[name] = chat.get_space(name)
-        except ChatAuthError:
-            raise
-        except ChatError as exc:
-            problems.append(f"{name}: cannot read the space: {exc}")
-    return found, problems
-
-
 class _RefusedAuthor(Exception):
     """The forum account of a message's author is refused; the message is parked."""
 
@@ -395,22 +313,6 @@ class _RefusedAuthor(Exception):
 
 class CycleAborted(Exception):
     """The whole cycle must stop (credentials refused): said in `status` and `/readyz`."""
-
-
-@dataclass
-class PollResult:
-    """What one poll cycle did, for logs, `status` and metrics."""
-
-    spaces_checked: int = 0
-    spaces_read: int = 0
-    mirrored: int = 0
-    skipped: int = 0
-    parked: int = 0
-    errors: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
 
 
 class GchatToDiscourse:
@@ -591,7 +493,7 @@ class GchatToDiscourse:
 
     def _text_hash(self, message: ChatMessage, gchat_space_name: str) -> str:
         author = self._users.author_for(message.sender, gchat_space_name)
-        return formatting.content_hash(render_text(message, author, self._mention_lookup))
+        return origin.content_hash(render_text(message, author, self._mention_lookup))
 
     def _category_for(self, mapping: SpaceMapping, space: ChatSpace) -> int:
         if mapping.discourse_category_id is not None:
@@ -774,7 +676,7 @@ class GchatToDiscourse:
         space: ChatSpace,
     ) -> None:
         message = action.message
-        external_id = formatting.external_id_for_thread(action.gchat_thread_name)
+        external_id = origin.external_id_for_thread(action.gchat_thread_name)
         if self._store.has_pending_write(message.name):
             topic = self._discourse.find_topic_by_external_id(external_id)
             if topic is not None and topic.post_ids:
@@ -821,7 +723,7 @@ class GchatToDiscourse:
         if not recent:
             return None
         for post in self._discourse.get_topic_posts(topic_id, recent):
-            if post.raw and formatting.find_origin_marker(post.raw) == gchat_message_name:
+            if post.raw and origin.find_origin_marker(post.raw) == gchat_message_name:
                 return post.id
         return None
 
@@ -837,7 +739,7 @@ class GchatToDiscourse:
                 gchat_thread_name=gchat_thread_name,
                 discourse_topic_id=topic_id,
                 origin="gchat",
-                content_hash=formatting.content_hash(text_part_of_raw(raw)),
+                content_hash=origin.content_hash(origin.text_part_of_raw(raw)),
             )
             self._store.finish_write(message.name)
 
@@ -851,7 +753,7 @@ class GchatToDiscourse:
         if message.attachments:
             # The embeds were made once, at creation: keep them as the post has them.
             current = self._discourse.get_post(link.discourse_post_id)
-            embeds = attachments_part_of_raw(current.raw or "")
+            embeds = origin.attachments_part_of_raw(current.raw or "")
         raw = compose_raw(text, embeds, message.name)
         try:
             self._discourse.update_post(link.discourse_post_id, raw, edit_reason=EDIT_REASON)
@@ -861,7 +763,7 @@ class GchatToDiscourse:
                 "edit of %s not mirrored: post %d is gone", message.name, link.discourse_post_id
             )
             return
-        self._store.update_content_hash(message.name, formatting.content_hash(text))
+        self._store.update_content_hash(message.name, origin.content_hash(text))
         logger.info("mirrored edit of %s -> post %d", message.name, link.discourse_post_id)
 
     def _delete(self, action: DeletePost) -> None:
@@ -870,7 +772,7 @@ class GchatToDiscourse:
         is_first = bool(in_topic) and in_topic[0].discourse_post_id == link.discourse_post_id
         if is_first and len(in_topic) > 1:
             # Deleting post #1 would delete the topic, and the thread's other messages live on.
-            note = f"{DELETED_FIRST_POST}\n\n{formatting.origin_marker(link.gchat_message_name)}"
+            note = f"{DELETED_FIRST_POST}\n\n{origin.origin_marker(link.gchat_message_name)}"
             try:
                 self._discourse.update_post(
                     link.discourse_post_id, note, edit_reason="deleted in Google Chat"

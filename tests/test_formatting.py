@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 import formatting as f
+import origin
 from google_chat_client import ChatMessage
 
 WJ = f.WORD_JOINER
@@ -450,7 +451,7 @@ def test_message_hash_is_stable_when_google_omits_the_display_name() -> None:
         "ask @Dee Dee now", "ask <users/444> now", [mention("users/444", 4, 8, None)]
     )
     assert message_to_discourse(with_name) == message_to_discourse(without)
-    assert f.content_hash(message_to_discourse(with_name)) == f.content_hash(
+    assert origin.content_hash(message_to_discourse(with_name)) == origin.content_hash(
         message_to_discourse(without)
     )
 
@@ -540,44 +541,7 @@ def test_title_low_entropy_padded() -> None:
     assert f.title_from_text("a" * 16, fallback=FALLBACK) == "a" * 16 + f" — {FALLBACK}"
 
 
-# --- markers, ids, attribution, hashes ---------------------------------------------------------
-
-
-def test_origin_marker_shape_and_lookup() -> None:
-    name = "spaces/AAAA/messages/BBBB.CCCC"
-    marker = f.origin_marker(name)
-    assert marker == "<!-- gchat:spaces/AAAA/messages/BBBB.CCCC -->"
-    raw = "Hello\n\n" + marker
-    assert f.find_origin_marker(raw) == name
-    assert f.strip_origin_marker(raw) == "Hello"
-    assert f.find_origin_marker("Hello <!-- other -->") is None
-    assert f.strip_origin_marker("keep  \n") == "keep  \n"
-    with pytest.raises(ValueError):
-        f.origin_marker("spaces/A/threads/B")
-
-
-def test_external_id_readable_and_within_discourse_rules() -> None:
-    ext = f.external_id_for_thread("spaces/AAAA/threads/BBBB")
-    assert ext.startswith("gc-AAAA-BBBB-") and len(ext) == len("gc-AAAA-BBBB-") + 10
-    assert ext == f.external_id_for_thread("spaces/AAAA/threads/BBBB")
-    # Discourse compares external ids case-insensitively; Chat ids are case-sensitive.
-    other = f.external_id_for_thread("spaces/AAAA/threads/bbbb")
-    assert ext.lower() != other.lower()
-    long_name = "spaces/" + "S" * 30 + "/threads/" + "T" * 30
-    long_ext = f.external_id_for_thread(long_name)
-    assert len(long_ext) == 50 and long_ext.startswith("gc-")
-
-
-def test_client_ids() -> None:
-    assert f.client_message_id_for_post(42) == "client-dp-42"
-    assert f.client_message_id_for_chat_message(7) == "client-dc-7"
-    assert f.post_id_from_client_message_id("client-dp-42") == 42
-    assert f.post_id_from_client_message_id("spaces/S/messages/client-dp-42") == 42
-    assert f.post_id_from_client_message_id("client-dc-42") is None
-    assert f.post_id_from_client_message_id("client-bridge-4f2a") is None
-    assert f.post_id_from_client_message_id("") is None
-    with pytest.raises(ValueError):
-        f.client_message_id_for_post(-1)
+# --- attribution ------------------------------------------------------------------------------
 
 
 def test_attribution_line() -> None:
@@ -587,15 +551,6 @@ def test_attribution_line() -> None:
     assert (
         f.attribution_line("*Evil* <users/all>", "eve") == "*Evil users/all* (@eve) on Discourse:"
     )
-
-
-def test_content_hash_normalises() -> None:
-    base = f.content_hash("Hello *world*")
-    assert base == f.content_hash("Hello *world*  \r\n")
-    assert base == f.content_hash("Hello *world*\n\n<!-- gchat:spaces/S/messages/M -->")
-    assert base == f.content_hash(f"Hello *world*{ZW}")
-    assert base != f.content_hash("Hello *World*")
-    assert len(base) == 64
 
 
 def test_attribution_line_follows_the_operators_template() -> None:

@@ -5,7 +5,8 @@
   supported subset: words, *bold*, _italic_, ~strike~, `code`, code blocks, links, bare URLs,
   mapped mentions, bullet and quote lines, and literal text with characters that are special
   to one of the two platforms.
-- Origin markers and client ids round-trip; split_for_limit respects the limit and loses nothing.
+- split_for_limit respects the limit and loses nothing. (Origin markers, client ids and external
+  ids: tests/test_origin.py.)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import formatting as f
+import origin
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -38,7 +40,7 @@ def _norm_inlines(nodes: tuple[f.ChatInline, ...]) -> tuple[object, ...]:
     for node in nodes:
         if isinstance(node, f.ChatText):
             text = node.text
-            for c in f._INVISIBLE:
+            for c in f.INVISIBLE:
                 text = text.replace(c, "")
             if out and isinstance(out[-1], str):
                 out[-1] += text
@@ -178,7 +180,7 @@ def test_discourse_to_chat_never_raises(raw: str) -> None:
     assert isinstance(out, str)
     # HTML comments (our origin markers) never reach Chat unless the author put them in code.
     if not re.search(r"`|~~~|\t| {4}|<!--|gchat", raw):
-        marked = to_chat(raw + "\n\n" + f.origin_marker("spaces/S/messages/M"))
+        marked = to_chat(raw + "\n\n" + origin.origin_marker("spaces/S/messages/M"))
         assert "gchat" not in marked
 
 
@@ -196,43 +198,6 @@ def test_discourse_literal_users_all_never_becomes_a_chat_mention(raw: str) -> N
             assert not (
                 isinstance(node, f.ChatMention) and node.user in ("users/all", "users/999")
             )
-
-
-NAME_PART = st.text(alphabet="ABCXYZabcxyz0189_-", min_size=1, max_size=20)
-
-
-@SETTINGS
-@given(NAME_PART, st.text(alphabet="ABCXYZabcxyz0189_-.", min_size=1, max_size=30), st.text())
-def test_origin_marker_round_trips(space: str, message: str, body: str) -> None:
-    name = f"spaces/{space}/messages/{message}"
-    raw = body + "\n\n" + f.origin_marker(name)
-    assert f.find_origin_marker(raw) == name
-    assert f.find_origin_marker(f.strip_origin_marker(raw)) is None
-    assert f.strip_origin_marker(raw) == (body + "\n\n").rstrip() or f.find_origin_marker(body)
-    # The marker is invisible in Chat.
-    assert "gchat:" not in to_chat(raw).replace(body, "")
-
-
-@SETTINGS
-@given(st.integers(min_value=0, max_value=10**40))
-def test_client_ids_round_trip(number: int) -> None:
-    post_id = f.client_message_id_for_post(number)
-    chat_id = f.client_message_id_for_chat_message(number)
-    for cid in (post_id, chat_id):
-        assert re.fullmatch(r"client-[a-z0-9-]{1,56}", cid)
-    assert f.post_id_from_client_message_id(post_id) == number
-    assert f.post_id_from_client_message_id(chat_id) is None
-    assert f.chat_message_id_from_client_message_id(chat_id) == number
-    assert f.post_id_from_client_message_id("spaces/S/messages/" + post_id) == number
-
-
-@SETTINGS
-@given(st.text(min_size=1, max_size=60), st.text(min_size=1, max_size=60))
-def test_external_ids_valid_and_distinct(a: str, b: str) -> None:
-    ida, idb = f.external_id_for_thread(a), f.external_id_for_thread(b)
-    for value in (ida, idb):
-        assert re.fullmatch(r"[A-Za-z0-9_-]{1,50}", value)
-    assert (ida.lower() == idb.lower()) == (a == b)
 
 
 @SETTINGS

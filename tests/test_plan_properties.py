@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import formatting
+import origin
 from discourse_client import DiscoursePost
 from google_chat_client import ChatMessage, ChatUser
 from sync_discourse_to_gchat import BridgeTopicFirst, PostToChat, Skip, plan_post
@@ -103,7 +103,7 @@ def test_chat_plan_mirrors_each_new_human_message_once_and_starts_each_thread_on
 def discourse_posts(draw: st.DrawFn) -> DiscoursePost:
     raw = draw(st.text(max_size=40))
     if draw(st.booleans()) and draw(st.booleans()):
-        raw += formatting.origin_marker("spaces/S/messages/m1")
+        raw += origin.origin_marker("spaces/S/messages/m1")
     return DiscoursePost(
         id=draw(st.integers(1, 1000)),
         topic_id=draw(st.integers(1, 5)),
@@ -147,7 +147,7 @@ def test_discourse_plan_lets_only_real_public_content_of_mapped_categories_cross
     assert post.post_type == 1 and post.topic_archetype != "private_message"
     assert not (post.hidden or post.user_deleted or post.deleted_at)
     # By origin only: a post of an account the bridge created crosses unless it carries a marker.
-    assert formatting.find_origin_marker(post.raw or "") is None
+    assert origin.find_origin_marker(post.raw or "") is None
     assert post.category_id == 10 or thread is not None
     if isinstance(action, PostToChat) and post.post_number > 1:
         assert action.gchat_thread_name == thread  # a reply never starts a new thread

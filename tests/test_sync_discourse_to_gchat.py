@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 
 import formatting
 from discourse_client import DiscoursePost
-from sync_discourse_to_gchat import inbox_keys, render_message, uploads_in_raw
+from inbox import inbox_keys
+from sync_discourse_to_gchat import render_message, uploads_in_raw
 
 
 def post(raw: str, post_number: int = 2) -> DiscoursePost:

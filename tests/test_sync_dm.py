@@ -15,7 +15,7 @@ from typing import Any
 import google.oauth2.credentials
 import pytest
 
-import formatting
+import origin
 from config_loader import Config, SpaceMapping, load_config
 from db import Store
 from discourse_client import DiscourseClient
@@ -292,7 +292,7 @@ def test_discourse_to_chat_create_edit_trash_with_attribution(rig: Rig) -> None:
     name = rig.store.message_for_chat_message(sent)
     copy = rig.chat_emu.control.state()["messages"]["spaces/dm1"][-1]
     assert copy["name"] == name
-    assert copy["clientAssignedMessageId"] == formatting.client_message_id_for_chat_message(sent)
+    assert copy["clientAssignedMessageId"] == origin.client_message_id_for_chat_message(sent)
     # The poll does not mirror the bridge's own Chat message back, and learns its account.
     assert rig.sync.poll_once().mirrored == 0
     assert rig.sync.bridge_account() == BRIDGE

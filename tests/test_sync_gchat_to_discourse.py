@@ -4,23 +4,26 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import formatting
 from db import MessageLink
 from discourse_client import DiscourseUpload
 from google_chat_client import ChatAttachment, ChatMessage, ChatUser, parse_rfc3339
-from sync_gchat_to_discourse import (
+from origin import (
     ATTACHMENTS_MARK,
+    attachments_part_of_raw,
+    content_hash,
+    find_origin_marker,
+    is_bridge_origin,
+    text_part_of_raw,
+)
+from sync_gchat_to_discourse import (
     DELETED_HASH,
     CreateReply,
     CreateTopic,
     DeletePost,
     EditPost,
     Skip,
-    attachments_part_of_raw,
     compose_raw,
-    is_bridge_origin,
     plan,
-    text_part_of_raw,
     upload_markdown,
 )
 
@@ -54,7 +57,7 @@ def link(n: int, text: str = "hello", origin: str = "gchat") -> MessageLink:
         "spaces/S/threads/t1",
         7,
         origin,  # type: ignore[arg-type]
-        formatting.content_hash(text),
+        content_hash(text),
     )
 
 
@@ -65,7 +68,7 @@ def run(messages: list[ChatMessage], links: dict[str, MessageLink], **kw: object
         linked_threads={"spaces/S/threads/t1"} if links else set(),
         fallback_title=lambda m: "fallback",
         links=links,
-        text_hash=lambda m: formatting.content_hash(m.text),
+        text_hash=lambda m: content_hash(m.text),
         **kw,  # type: ignore[arg-type]
     )
 
@@ -117,7 +120,7 @@ def test_raw_layout_keeps_text_embeds_and_marker_apart() -> None:
     assert raw.index(ATTACHMENTS_MARK) < raw.index("<!-- gchat:spaces/S/messages/m1 -->")
     assert text_part_of_raw(raw) == "Hello **there**"
     assert attachments_part_of_raw(raw) == "![a.png|1x1](upload://x.png)"
-    assert formatting.find_origin_marker(raw) == "spaces/S/messages/m1"
+    assert find_origin_marker(raw) == "spaces/S/messages/m1"
 
 
 def test_upload_markdown_follows_the_composer_forms() -> None:

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from inbox import inbox_keys
 from metrics import BridgeMetrics
-from sync_discourse_to_gchat import inbox_keys
 from webhook_listener import (
     WEBHOOK_PATH,
     Readiness,

@@ -1,0 +1,96 @@
+"""The Chat space listing of one poll cycle, shared by the room and DM polls, and their result.
+
+Role: a shared module for the two Chat → Discourse polls (`sync_gchat_to_discourse` for rooms,
+`sync_dm` for direct messages and group chats): `main.py` opens one `SpaceListing` per cycle and
+hands it to both, each finds its spaces with `fetch_spaces`, and each reports a `PollResult`.
+
+Invariants:
+- One `spaces.list` walk per cycle at most: a second reader reuses the pages the first one read,
+  and stops as soon as it has found its spaces.
+- A listing failure is raised to every reader (each poll decides what that means for its cycle);
+  a single unreadable space is a problem line, never an exception, so one space cannot stop the
+  others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from google_chat_client import ChatAuthError, ChatError, ChatSpace, GoogleChatClient
+
+
+class SpaceListing:
+    """One `spaces.list` walk shared by the room and DM polls of a cycle, read page by page.
+
+    Each poll stops reading once it has found its spaces; a second poll reuses the pages the
+    first one read instead of listing again. A listing failure is raised to every reader.
+    """
+
+    def __init__(self, chat: GoogleChatClient) -> None:
+        self._pages = chat.list_spaces()
+        self._seen: list[ChatSpace] = []
+        self._error: ChatError | None = None
+        self._done = False
+
+    def __iter__(self) -> Iterator[ChatSpace]:
+        index = 0
+        while True:
+            if index < len(self._seen):
+                yield self._seen[index]
+                index += 1
+                continue
+            if self._error is not None:
+                raise self._error
+            if self._done:
+                return
+            try:
+                self._seen.append(next(self._pages))
+            except StopIteration:
+                self._done = True
+            except ChatError as exc:
+                self._error = exc
+
+
+def fetch_spaces(
+    chat: GoogleChatClient, wanted: set[str], listing: Iterable[ChatSpace] | None = None
+) -> tuple[dict[str, ChatSpace], list[str]]:
+    """The wanted spaces, with their lastActiveTime, and a problem line per unreadable one.
+
+    Spaces missing from the listing (DMs before their first message, or spaces the account
+    left) are asked for one by one, to say why.
+
+    Raises:
+        ChatError: the listing itself failed (ChatAuthError too, from any call).
+    """
+    found: dict[str, ChatSpace] = {}
+    for space in listing if listing is not None else chat.list_spaces():
+        if space.name in wanted:
+            found[space.name] = space
+            if len(found) == len(wanted):
+                break
+    problems: list[str] = []
+    for name in sorted(wanted - found.keys()):
+        try:
+            found[name] = chat.get_space(name)
+        except ChatAuthError:
+            raise
+        except ChatError as exc:
+            problems.append(f"{name}: cannot read the space: {exc}")
+    return found, problems
+
+
+@dataclass
+class PollResult:
+    """What one poll cycle did, for logs, `status` and metrics."""
+
+    spaces_checked: int = 0
+    spaces_read: int = 0
+    mirrored: int = 0
+    skipped: int = 0
+    parked: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors

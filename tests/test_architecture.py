@@ -1,0 +1,121 @@
+"""The import contracts of docs/ARCHITECTURE.md, checked by parsing every import with `ast`.
+
+Run by `make lint` (and by `make test`). import-linter would be the usual tool, but it builds its
+graph from packages only and refuses a flat module as a root package ("'main' is a module, not a
+package", import-linter 2.16), and the product is flat modules by design (DESIGN §2). So this
+test reads the sources itself: every `import` and `from … import` anywhere in a file (inside
+functions and `if TYPE_CHECKING:` blocks too, since a lazy import is still a dependency), plus
+`importlib.import_module("…")` and `__import__("…")` with a literal name.
+
+Contracts:
+1. The sync modules are independent: none imports another (directions meet in the store and in
+   the shared modules).
+2. Only the entry points (`main.py`, `cli.py`) import a sync module: the shared modules never do.
+3. The product (the top-level modules) never imports `tests` or `bench`, and never `emulators`,
+   except `cli.py`, whose `demo` command runs both emulators (issue 14 moves it to `demo.py`).
+4. `emulators` never imports a product module: a fake must not lean on the code it checks.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PRODUCT = {path.stem: path for path in sorted(REPO.glob("*.py"))}
+SYNC_MODULES = sorted(name for name in PRODUCT if name.startswith("sync_"))
+ENTRY_POINTS = {"main", "cli"}
+# Contract 3's one exception, with its reason in the module docstring.
+MAY_IMPORT_EMULATORS = {"cli"}
+TEST_SIDE = ("emulators", "tests", "bench")
+
+
+@dataclass(frozen=True, slots=True)
+class Import:
+    path: Path
+    line: int
+    target: str  # the top-level name imported: "sync_dm", "emulators", "requests"
+
+    def __str__(self) -> str:
+        return f"{self.path.relative_to(REPO)}:{self.line}: imports {self.target}"
+
+
+def imports_of(path: Path, package: str | None = None) -> Iterator[Import]:
+    """Every import in `path`, by top-level name (relative imports resolve to `package`)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield Import(path, node.lineno, alias.name.split(".")[0])
+        elif isinstance(node, ast.ImportFrom):
+            if node.level > 0:
+                if package is not None:
+                    yield Import(path, node.lineno, package)
+            elif node.module is not None:
+                yield Import(path, node.lineno, node.module.split(".")[0])
+        elif (
+            isinstance(node, ast.Call)
+            and _called_name(node.func) in ("import_module", "__import__")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            yield Import(path, node.lineno, node.args[0].value.split(".")[0])
+
+
+def _called_name(func: ast.expr) -> str | None:
+    if isinstance(func, ast.Name):
+        return func.id
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    return None
+
+
+def product_imports(module: str) -> list[Import]:
+    return list(imports_of(PRODUCT[module]))
+
+
+def test_the_contracts_name_real_modules() -> None:
+    # A renamed module must not turn a contract into one about nothing.
+    assert SYNC_MODULES == ["sync_discourse_to_gchat", "sync_dm", "sync_gchat_to_discourse"]
+    assert PRODUCT.keys() >= ENTRY_POINTS | MAY_IMPORT_EMULATORS
+    assert (REPO / "emulators" / "__init__.py").is_file()
+
+
+@pytest.mark.parametrize("module", SYNC_MODULES)
+def test_sync_modules_are_independent(module: str) -> None:
+    others = set(SYNC_MODULES) - {module}
+    broken = [str(i) for i in product_imports(module) if i.target in others]
+    assert not broken, (
+        "a sync module imports another (put the shared part in a shared module):\n"
+        + "\n".join(broken)
+    )
+
+
+@pytest.mark.parametrize("module", sorted(set(PRODUCT) - ENTRY_POINTS - set(SYNC_MODULES)))
+def test_shared_modules_import_no_sync_module(module: str) -> None:
+    broken = [str(i) for i in product_imports(module) if i.target in SYNC_MODULES]
+    assert not broken, "only main.py and cli.py may import a sync module:\n" + "\n".join(broken)
+
+
+@pytest.mark.parametrize("module", sorted(PRODUCT))
+def test_the_product_never_imports_the_test_side(module: str) -> None:
+    forbidden = set(TEST_SIDE)
+    if module in MAY_IMPORT_EMULATORS:
+        forbidden.discard("emulators")
+    broken = [str(i) for i in product_imports(module) if i.target in forbidden]
+    assert not broken, "the product imports emulators, tests or bench:\n" + "\n".join(broken)
+
+
+def test_emulators_never_import_the_product() -> None:
+    broken = [
+        str(i)
+        for path in sorted((REPO / "emulators").rglob("*.py"))
+        for i in imports_of(path, package="emulators")
+        if i.target in PRODUCT
+    ]
+    assert not broken, "an emulator imports a product module:\n" + "\n".join(broken)
