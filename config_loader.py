@@ -120,9 +120,9 @@ class SyncConfig:
     new_user_trust_level: int = 1
     # Chat edits and deletions are seen by re-reading this far back in spaces active within it.
     edit_window: timedelta = timedelta(hours=1)
-    # ...but a space whose lastActiveTime has not moved is re-read for edits at most this often
-    # (0: every cycle, so that an edit reaches the forum within two poll intervals).
-    edit_scan_interval_seconds: float = 0
+    # ...at most this often (one spaces.spaceEvents.list request per scan; 0: every cycle). The
+    # default is below any sensible poll interval, so an edit reaches the forum within two.
+    edit_scan_interval_seconds: float = 5
     long_messages: str = "split"  # "split" into linked parts, or "truncate" with a link
     # The line naming a Discourse author in Chat, with {name} and {username}; None: built in.
     attribution_format: str | None = None
@@ -536,7 +536,7 @@ def _sync(problems: list[str], data: Mapping[str, Any], base: Path) -> Any:
     # Discourse trust levels are 0 (new) to 4 (leader).
     trust = c.integer("new_user_trust_level", 1, low=0, high=4)
     edit_window = _edit_window(c)
-    edit_scan = c.number("edit_scan_interval_seconds", 0.0, unit="seconds", allow_zero=True)
+    edit_scan = c.number("edit_scan_interval_seconds", 5.0, unit="seconds", allow_zero=True)
     long_messages = c.get("long_messages", "split")
     if long_messages not in ("split", "truncate"):
         c.add("long_messages", f'{long_messages!r} is not understood; use "split" or "truncate"')

@@ -73,6 +73,11 @@ GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 MAX_PAGE_SIZE = 1000
 # The one syntax the bridge reads `formattedText` in and writes `text` in (module docstring).
 MARKUP_SYNTAX = "MARKUP_SYNTAX_CHAT"
+# Space event types of message edits and deletions (spaces.spaceEvents; batch forms arrive too).
+MESSAGE_UPDATED = "google.workspace.chat.message.v1.updated"
+MESSAGE_DELETED = "google.workspace.chat.message.v1.deleted"
+MESSAGE_BATCH_UPDATED = "google.workspace.chat.message.v1.batchUpdated"
+MESSAGE_BATCH_DELETED = "google.workspace.chat.message.v1.batchDeleted"
 # messageId rules from the discovery doc: "client-" prefix, <= 63 chars of [a-z0-9-].
 _CLIENT_MESSAGE_ID = re.compile(r"^client-[a-z0-9-]{1,56}$")
 _RFC3339 = re.compile(
@@ -342,6 +347,50 @@ class ChatMessage:
                 if isinstance(a, dict)
             ),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessageChange:
+    """One message edited or deleted, from a space event: which message, what, and when."""
+
+    message_name: str
+    deleted: bool
+    event_time: datetime
+    create_time_raw: str  # the message's createTime ("" if the event left it out)
+
+    def tombstone(self) -> ChatMessage:
+        """A deleted message as a listing with `showDeleted` would give it (no content)."""
+        created = self.create_time_raw or format_rfc3339(self.event_time)
+        return ChatMessage.from_api(
+            {"name": self.message_name, "createTime": created,
+             "deleteTime": format_rfc3339(self.event_time)}
+        )  # fmt: skip
+
+    @classmethod
+    def from_event(cls, data: dict[str, Any]) -> tuple[ChatMessageChange, ...]:
+        """The changes one SpaceEvent reports: one, several (a batch event) or none."""
+        event_type = str(data.get("eventType") or "")
+        deleted = event_type in (MESSAGE_DELETED, MESSAGE_BATCH_DELETED)
+        single, batch = (
+            ("messageDeletedEventData", "messageBatchDeletedEventData")
+            if deleted
+            else ("messageUpdatedEventData", "messageBatchUpdatedEventData")
+        )
+        if event_type in (MESSAGE_UPDATED, MESSAGE_DELETED):
+            payloads = [data.get(single)]
+        elif event_type in (MESSAGE_BATCH_UPDATED, MESSAGE_BATCH_DELETED):
+            group = data.get(batch) or {}
+            payloads = list(group.get("messages") or ()) if isinstance(group, dict) else []
+        else:
+            return ()
+        when = parse_rfc3339(str(data.get("eventTime") or ""))
+        changes = []
+        for payload in payloads:
+            message = payload.get("message") if isinstance(payload, dict) else None
+            if isinstance(message, dict) and message.get("name"):
+                created = str(message.get("createTime") or "")
+                changes.append(cls(str(message["name"]), deleted, when, created))
+        return tuple(changes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -647,6 +696,7 @@ class _Resources:
     messages: Any
     members: Any
     media: Any
+    space_events: Any
 
 
 class _WritePacer:
@@ -766,6 +816,7 @@ class GoogleChatClient:
             messages=spaces.messages(),
             members=spaces.members(),
             media=self._service.media(),
+            space_events=spaces.spaceEvents(),
         )
 
     @classmethod
@@ -965,6 +1016,35 @@ class GoogleChatClient:
             token = body.get("nextPageToken") or None
             if token is None:
                 return
+
+    def list_message_changes(
+        self, space_name: str, *, since: datetime
+    ) -> Iterator[ChatMessageChange]:
+        """Edits and deletions of a space's messages after `since`, oldest first, all pages.
+
+        `spaces.spaceEvents.list` (at most 28 days back): one request finds what changed, however
+        much the space holds, where re-listing its recent messages would read all of them. The
+        events carry the message in the app's default markup syntax (the list has no
+        `markupSyntax` parameter), so callers fetch an updated message with `get_message`.
+        """
+        types = " OR ".join(f'event_types:"{t}"' for t in (MESSAGE_UPDATED, MESSAGE_DELETED))
+        params: dict[str, Any] = {
+            "parent": space_name,
+            "pageSize": MAX_PAGE_SIZE,
+            "filter": f'start_time="{format_rfc3339(since)}" AND ({types})',
+        }
+        token: str | None = None
+        while True:
+            page_params = dict(params, pageToken=token) if token else params
+            body = self._call(partial(self._list_space_events_page, page_params)) or {}
+            for data in body.get("spaceEvents") or ():
+                yield from ChatMessageChange.from_event(data)
+            token = body.get("nextPageToken") or None
+            if not token:
+                return
+
+    def _list_space_events_page(self, params: dict[str, Any]) -> Any:
+        return self._resources.space_events.list(**params)
 
     def get_message(self, message_name: str) -> ChatMessage:
         """A message by name (`spaces/S/messages/M`, M may be a client-assigned id)."""

@@ -11,12 +11,13 @@ Invariants (DESIGN §3):
   anything is created again. Without a pending write no lookup is spent.
 - Messages the bridge wrote into Chat (client-assigned ids of ours, `origin.is_bridge_origin`)
   are never mirrored back.
-- Edits and deletions: each poll of a space active within `edit_window` re-reads that window
-  (with tombstones). A linked message whose rendered text hashes differently from what the
-  link says was written becomes an edit (`update_post` with an edit reason); a linked tombstone
-  deletes the post as staff. A thread's first post is deleted (and with it the topic) only when
-  nothing else of the thread is left; until then it is replaced by a note. Unlinked or older
-  messages never become new posts through this window.
+- Edits and deletions: a space active within `edit_window` is asked for the message edits and
+  deletions since its last scan (`spaces.spaceEvents.list`, at most every
+  `edit_scan_interval_seconds`); the mirrored ones are fetched as they are now. A linked
+  message whose rendered text hashes differently from what the link says was written becomes
+  an edit (`update_post` with an edit reason); a linked tombstone deletes the post as staff. A
+  thread's first post is deleted (and with it the topic) only when nothing else of the thread
+  is left; until then it is replaced by a note. An edit never makes a new post.
 - Attachments: uploaded Chat files are downloaded and uploaded to Discourse (as the author, else
   as the API user) and embedded after the text; Drive files become links; a file that cannot be
   copied leaves a visible note. The embeds sit after `origin.ATTACHMENTS_MARK`, so an edit of the
@@ -55,6 +56,8 @@ from google_chat_client import (
     ChatAuthError,
     ChatError,
     ChatMessage,
+    ChatMessageChange,
+    ChatNotFound,
     ChatRejected,
     ChatSpace,
     GoogleChatClient,
@@ -77,6 +80,11 @@ RETRY_BASE_DELAY = timedelta(seconds=30)
 # What a thread's first post says while later messages of its thread still live.
 DELETED_FIRST_POST = "_(this message was deleted in Google Chat)_"
 DELETED_HASH = "deleted"
+# Space events are listed from the previous scan less this much (an event may be stamped a little
+# before it becomes visible); a change seen twice is harmless (content hashes, stored links).
+EDIT_SCAN_OVERLAP = timedelta(seconds=30)
+# spaces.spaceEvents.list reaches at most 28 days back.
+MAX_EVENT_AGE = timedelta(days=27)
 EDIT_REASON = "edited in Google Chat"
 
 
@@ -420,7 +428,8 @@ class GchatToDiscourse:
         now = self._clock()
         window_start = now - self._config.sync.edit_window
         # Edits and deletions do not move lastActiveTime: a space whose last message is within
-        # the edit window is re-read every cycle; one quiet for longer costs no request.
+        # the edit window is asked for them (at most every edit_scan_interval_seconds); one quiet
+        # for longer costs no request.
         recent = (
             self._config.sync.edit_window > timedelta(0)
             and space.last_active_time is not None
@@ -431,32 +440,36 @@ class GchatToDiscourse:
         # later scan. Chat allows 15 reads a second per space against 1 write, so the read that
         # follows each bridge write is cheap; a late message is not.
         seen_active = self._store.get_cursor(active_key(space.name))
-        if last_active is None and seen_active == NEVER_ACTIVE:
-            return  # a space that has never had a message, read once already
-        if last_active is not None and seen_active == last_active:
-            if not recent:
-                return  # nothing new: no message request at all
-            last_scan = self._edit_scans.get(space.name)
-            scan_every = timedelta(seconds=self._config.sync.edit_scan_interval_seconds)
-            if last_scan is not None and now - last_scan < scan_every:
-                return  # nothing new, and its recent history was scanned for edits lately
-        self._edit_scans[space.name] = now
+        unchanged = (last_active is None and seen_active == NEVER_ACTIVE) or (
+            last_active is not None and seen_active == last_active
+        )
+        last_scan = self._edit_scans.get(space.name)
+        scan_every = timedelta(seconds=self._config.sync.edit_scan_interval_seconds)
+        scan_due = recent and (last_scan is None or now - last_scan >= scan_every)
+        if unchanged and not scan_due:
+            return  # nothing new, and no edit scan due: no request at all
         category_id = self._category_for(mapping, space)
         after = created_after(
             self._store.get_cursor(cursor_key(space.name)),
             self._config.sync.initial_history,
             now,
         )
-        read_from = after
-        if after is not None and recent and parse_rfc3339(after) > window_start:
-            read_from = format_rfc3339(window_start)
-        result.spaces_read += 1
+        by_name: dict[str, ChatMessage] = {}
         try:
-            messages = list(
-                self._chat.list_messages(space.name, created_after=read_from, show_deleted=True)
-            )
+            if not unchanged:
+                result.spaces_read += 1
+                for message in self._chat.list_messages(
+                    space.name, created_after=after, show_deleted=True
+                ):
+                    by_name[message.name] = message
+            if scan_due:
+                since = window_start if last_scan is None else max(window_start, last_scan)
+                for message in self._changed_messages(space, since - EDIT_SCAN_OVERLAP):
+                    by_name.setdefault(message.name, message)
+                self._edit_scans[space.name] = now
         except ChatAuthError as exc:
             raise CycleAborted(f"Google refused the credentials: {exc}") from exc
+        messages = sorted(by_name.values(), key=lambda m: m.create_time)
         fallback = _fallback_title(space)
         links: dict[str, MessageLink] = {}
         for m in messages:
@@ -490,6 +503,30 @@ class GchatToDiscourse:
             # Google gives a space without messages no lastActiveTime; remember that it was
             # empty so that idle cycles do not read it again (a first message sets the time).
             self._store.set_cursor(active_key(space.name), NEVER_ACTIVE)
+
+    def _changed_messages(self, space: ChatSpace, since: datetime) -> list[ChatMessage]:
+        """Mirrored messages of `space` edited or deleted after `since`, as they are now.
+
+        One `spaceEvents.list` request finds them, however many messages the space holds (a
+        re-read of the edit window read every one of them); each edited message that the bridge
+        mirrored is then fetched in Chat markup. Unmirrored ones are left to the poll.
+        """
+        oldest = self._clock() - MAX_EVENT_AGE
+        latest: dict[str, ChatMessageChange] = {}
+        for change in self._chat.list_message_changes(space.name, since=max(since, oldest)):
+            latest[change.message_name] = change
+        found: list[ChatMessage] = []
+        for name, change in latest.items():
+            if self._store.message_link_by_message(name) is None:
+                continue
+            if change.deleted:
+                found.append(change.tombstone())
+                continue
+            try:
+                found.append(self._chat.get_message(name))
+            except ChatNotFound:
+                found.append(change.tombstone())  # deleted since the event
+        return found
 
     def _text_hash(self, message: ChatMessage, gchat_space_name: str) -> str:
         author = self._users.author_for(message.sender, gchat_space_name)

@@ -404,7 +404,7 @@ def test_attribution_format_is_checked(tmp_path: Path) -> None:
 def test_refused_authors_and_edit_scan_defaults_and_checks(tmp_path: Path) -> None:
     cfg = load(tmp_path, base_config())
     assert cfg.sync.refused_authors == "park"
-    assert cfg.sync.edit_scan_interval_seconds == 0  # every cycle: edits within two intervals
+    assert cfg.sync.edit_scan_interval_seconds == 5  # below any sensible poll interval
     data = base_config()
     data["sync_settings"].update(refused_authors="post_as_bridge", edit_scan_interval_seconds=0)
     assert load(tmp_path, data).sync.refused_authors == "post_as_bridge"

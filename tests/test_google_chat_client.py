@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
@@ -245,6 +246,33 @@ def test_create_get_list_patch_delete(world: World) -> None:
     tombstones = list(client.list_messages(world.space, show_deleted=True))
     assert [m.name for m in tombstones] == [created.name]
     assert tombstones[0].delete_time is not None and tombstones[0].text == ""
+
+
+def test_message_changes_come_from_space_events(world: World) -> None:
+    client = world.client()
+    before = datetime.now(UTC) - timedelta(seconds=5)
+    kept = client.create_message(world.space, "kept as it is", message_id="client-t-2")
+    edited = client.create_message(world.space, "to be edited", message_id="client-t-3")
+    gone = client.create_message(world.space, "to be deleted", message_id="client-t-4")
+    assert list(client.list_message_changes(world.space, since=before)) == []
+    client.update_message_text(edited.name, "edited once")
+    client.update_message_text(edited.name, "edited twice")
+    client.delete_message(gone.name)
+    changes = list(client.list_message_changes(world.space, since=before))
+    assert [(c.message_name, c.deleted) for c in changes] == [
+        (edited.name, False),
+        (edited.name, False),
+        (gone.name, True),
+    ]
+    assert kept.name not in {c.message_name for c in changes}
+    tombstone = changes[-1].tombstone()
+    assert tombstone.name == gone.name and tombstone.delete_time is not None
+    assert tombstone.create_time_raw == gone.create_time_raw
+    # One request, with the documented filter (start time AND the two message event types).
+    log = world.control.requests()
+    calls = api_calls(log, "GET", "/v1/" + world.space + "/spaceEvents")
+    assert calls and "message.v1.updated" in query_text(calls[-1])
+    assert list(client.list_message_changes(world.space, since=datetime.now(UTC))) == []
 
 
 # ------------------------------------------------------------------------------------------
