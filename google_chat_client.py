@@ -55,7 +55,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import google.auth.credentials
 import google.auth.exceptions
@@ -65,6 +65,7 @@ import httplib2
 from googleapiclient import discovery, discovery_cache
 from googleapiclient.errors import HttpError, MediaUploadSizeError
 from googleapiclient.http import HttpRequest, MediaInMemoryUpload
+from googleapiclient.model import JsonModel
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 MAX_PAGE_SIZE = 1000
 # The one syntax the bridge reads `formattedText` in and writes `text` in (module docstring).
 MARKUP_SYNTAX = "MARKUP_SYNTAX_CHAT"
+# The API's root (the discovery document's `rootUrl`); `api_endpoint` replaces it.
+CHAT_ROOT_URL = "https://chat.googleapis.com/"
 # Space event types of message edits and deletions (spaces.spaceEvents; batch forms arrive too).
 MESSAGE_UPDATED = "google.workspace.chat.message.v1.updated"
 MESSAGE_DELETED = "google.workspace.chat.message.v1.deleted"
@@ -696,7 +699,6 @@ class _Resources:
     messages: Any
     members: Any
     media: Any
-    space_events: Any
 
 
 class _WritePacer:
@@ -816,8 +818,11 @@ class GoogleChatClient:
             messages=spaces.messages(),
             members=spaces.members(),
             media=self._service.media(),
-            space_events=spaces.spaceEvents(),
         )
+        # spaceEvents is called without its googleapiclient resource: building that one expands
+        # the SpaceEvent schema (every event payload, batches included) into method docstrings
+        # and kept about 60 MB alive in the bridge process.
+        self._base_url = (api_endpoint.rstrip("/") + "/") if api_endpoint else CHAT_ROOT_URL
 
     @classmethod
     def from_token_file(
@@ -1043,8 +1048,18 @@ class GoogleChatClient:
             if not token:
                 return
 
-    def _list_space_events_page(self, params: dict[str, Any]) -> Any:
-        return self._resources.space_events.list(**params)
+    def _list_space_events_page(self, params: dict[str, Any]) -> HttpRequest:
+        """`spaces.spaceEvents.list` as the resource would send it (GET, JSON, query string)."""
+        query = urlencode({key: value for key, value in params.items() if key != "parent"})
+        uri = f"{self._base_url}v1/{quote(str(params['parent']), safe='/')}/spaceEvents?{query}"
+        return HttpRequest(
+            self._http(),
+            JsonModel(data_wrapper=False).response,
+            uri,
+            method="GET",
+            headers={"accept": "application/json", "user-agent": "gchat-discourse-bridge"},
+            methodId="chat.spaces.spaceEvents.list",
+        )
 
     def get_message(self, message_name: str) -> ChatMessage:
         """A message by name (`spaces/S/messages/M`, M may be a client-assigned id)."""
