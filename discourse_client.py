@@ -1003,15 +1003,7 @@ class DiscourseClient:
         except DiscourseNotFound:
             return None
         if response.status_code in _REDIRECT_STATUSES:
-            location = response.headers.get("Location")
-            if not location:
-                raise DiscourseUnavailable(
-                    f"GET {path} -> {response.status_code} without Location",
-                    status=response.status_code,
-                    method="GET",
-                    path=path,
-                )
-            target = self._same_host_path(urljoin(response.url, location))
+            target = self._same_host_path(_redirect_target(response, path))
             try:
                 data = self._get(target)
             except DiscourseNotFound:
@@ -1199,15 +1191,7 @@ class DiscourseClient:
         for _hop in range(_MAX_UPLOAD_REDIRECTS):
             if response.status_code not in _REDIRECT_STATUSES:
                 return _bounded_content(response, max_bytes, path)
-            location = response.headers.get("Location")
-            if not location:
-                raise DiscourseUnavailable(
-                    f"GET {path} -> {response.status_code} without Location",
-                    status=response.status_code,
-                    method="GET",
-                    path=path,
-                )
-            target = urljoin(response.url, location)
+            target = _redirect_target(response, path)
             if self._is_own_host(target):
                 response = self._request("GET", self._same_host_path(target), redirect_ok=True)
             else:
@@ -1404,6 +1388,23 @@ class DiscourseClient:
             "content_type": content_type,
         }
         return {"web_hook": {key: value for key, value in fields.items() if value is not None}}
+
+
+def _redirect_target(response: requests.Response, path: str) -> str:
+    """The absolute URL a 3xx answer to `GET path` points at.
+
+    Raises:
+        DiscourseUnavailable: the redirect names no Location.
+    """
+    location = response.headers.get("Location")
+    if not location:
+        raise DiscourseUnavailable(
+            f"GET {path} -> {response.status_code} without Location",
+            status=response.status_code,
+            method="GET",
+            path=path,
+        )
+    return urljoin(response.url, location)
 
 
 def _bounded_content(response: requests.Response, max_bytes: int | None, path: str) -> bytes:

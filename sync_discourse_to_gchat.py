@@ -313,18 +313,16 @@ class DiscourseToGchat:
             # Not the event's fault: keep it until the credentials are fixed (`/readyz` says so).
             self._store.mark_retry(event.id, str(exc), self._clock() + AUTH_RETRY)
             logger.error("event %s waits for Google credentials: %s", event.dedupe_key, exc)
-        except DiscourseAuthError as exc:
-            if not exc.credentials_invalid:
-                self._store.mark_dead(event.id, f"refused: {exc}")
-                self.failed += 1
-                logger.error("dead-lettered %s: %s", event.dedupe_key, exc)
-                return
-            # A bad key is nobody's event's fault: keep it until the key is fixed.
-            self._store.mark_retry(event.id, str(exc), self._clock() + AUTH_RETRY)
-            logger.error("event %s waits for a working Discourse key: %s", event.dedupe_key, exc)
         except (ChatUnavailable, DiscourseUnavailable) as exc:
             self._retry_or_bury(event, str(exc))
         except (ChatRejected, DiscourseRejected, ValueError, KeyError) as exc:
+            if isinstance(exc, DiscourseAuthError) and exc.credentials_invalid:
+                # A bad key is nobody's event's fault: keep it until the key is fixed.
+                self._store.mark_retry(event.id, str(exc), self._clock() + AUTH_RETRY)
+                logger.error(
+                    "event %s waits for a working Discourse key: %s", event.dedupe_key, exc
+                )
+                return
             self._store.mark_dead(event.id, f"refused: {exc}")
             self.failed += 1
             logger.error("dead-lettered %s: %s", event.dedupe_key, exc)

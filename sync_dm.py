@@ -461,32 +461,17 @@ class DmSync:
             return False
         try:
             self._send_or_attribute(message, space, channel_id)
-        except DiscourseAuthError as exc:
-            if exc.credentials_invalid:
-                raise
-            # The author's forum account is refused (suspended, deactivated, silenced): park
-            # this message only; the others of the channel go on.
-            self._store.record_failure(
-                DIRECTION,
-                message.name,
-                f"Discourse refused the author's account: {exc}",
-                max_attempts=1,
-                next_attempt_at=self._clock(),
-            )
-            logger.error(
-                "parked %s: Discourse refused the author's account: %s", message.name, exc
-            )
-            result.parked += 1
-            return True
         except DiscourseRejected as exc:
+            if isinstance(exc, DiscourseAuthError) and exc.credentials_invalid:
+                raise
+            # A refused author's account (suspended, deactivated, silenced) or a refused message:
+            # park this message only; the others of the channel go on.
+            refused = "the author's account" if isinstance(exc, DiscourseAuthError) else "it"
+            reason = f"Discourse refused {refused}: {exc}"
             self._store.record_failure(
-                DIRECTION,
-                message.name,
-                f"Discourse refused it: {exc}",
-                max_attempts=1,
-                next_attempt_at=self._clock(),
+                DIRECTION, message.name, reason, max_attempts=1, next_attempt_at=self._clock()
             )
-            logger.error("parked %s: Discourse refused it: %s", message.name, exc)
+            logger.error("parked %s: %s", message.name, reason)
             result.parked += 1
             return True
         except (DiscourseUnavailable, ChatError) as exc:
