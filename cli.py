@@ -1,7 +1,9 @@
-"""Operator subcommands of `python main.py`: auth, spaces, check, status, retry, backfill, demo.
+"""Operator subcommands of `python main.py`: auth, spaces, check, status, retry, backfill.
 
 Role: what an operator runs by hand to set the bridge up, diagnose it and repair it. `main.py`
-parses the arguments and calls one `run_*` function here; each returns the process exit code.
+parses the arguments and calls one `run_*` function here; each returns the process exit code
+(the `EXIT_*` codes here are the only ones: `main.py` and `demo.py` return them too). The
+`demo` command lives in `demo.py`, the one product module that may start the emulators.
 These commands talk to a person at a terminal, so their results are printed to `out` (stdout);
 the daemon's log stays in `logging`.
 
@@ -24,23 +26,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol, TextIO
 
 from config_loader import Config, ConfigError, SpaceMapping
-from db import Store
+from db import StatusKey, Store
 from discourse_client import (
     DiscourseAuthError,
     DiscourseClient,
@@ -60,14 +57,12 @@ from google_chat_client import (
     write_token_file,
 )
 from spaces import PollResult
-
-# The one module whose state keys cli.py builds (to show and to rewind the room poll's cursor):
-# kept here, and only here, until `Store` has typed methods for the poll state (issue 14).
 from sync_gchat_to_discourse import DIRECTION as GCHAT_TO_DISCOURSE
-from sync_gchat_to_discourse import active_key, cursor_key
+from webhook_listener import CHAT_EVENTS, POST_EVENTS, WEBHOOK_PATH
 
 logger = logging.getLogger(__name__)
 
+# The process exit codes of every command, `run` included (main.py returns these too).
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -94,14 +89,6 @@ _SCOPE_ALTERNATIVES = {
         _AUTH + "chat.memberships",
     ),
 }
-WEBHOOK_PATH = "/discourse-webhook"
-POST_EVENTS = ("post_created", "post_edited", "post_destroyed", "post_recovered")
-CHAT_EVENTS = (
-    "chat_message_created",
-    "chat_message_edited",
-    "chat_message_trashed",
-    "chat_message_restored",
-)
 DEFAULT_AUTH_PORT = 8765
 # "Everything": a createTime bound before any Chat message (the poller subtracts its overlap).
 _BEGINNING = "1970-01-01T00:00:00Z"
@@ -621,20 +608,21 @@ def run_status(config: Config, *, out: TextIO = sys.stdout) -> int:
     with Store(config.sync.database) as store:
         _say(out, f"State: {config.sync.database}")
         _say(out, f"Mappings ({len(config.mappings)}):")
-        cursors = store.all_cursors()
         for mapping in config.mappings:
             space = mapping.google_space_id
             _say(out, f"  {space} -> {_mapping_label(mapping, store)}")
-            cursor = cursors.get(cursor_key(space))
+            # A room's cursor, else a DM's (the mapping's kind is the space's, unknown offline).
+            cursor = (
+                store.chat_poll_state(space, "room").last_message_time
+                or store.chat_poll_state(space, "dm").last_message_time
+            )
             _say(out, f"      last message read: {cursor or 'none yet'}")
-        high_water = cursors.get("discourse_high_water_post_id")
-        if high_water is None:
-            high_water = next((v for k, v in cursors.items() if "high_water" in k), None)
+        high_water = store.discourse_high_water()
         _say(out, f"Discourse posts seen up to id: {high_water or 'none yet'}")
-        _say(out, "Last poll: " + _last_poll_text(store.get_status("last_poll")))
+        _say(out, "Last poll: " + _last_poll_text(store.get_status(StatusKey.LAST_POLL)))
         # Set by the service when a whole cycle failed outside the Chat poll (e.g. the
         # Discourse catch-up pull refused with 403 after a key was revoked).
-        cycle_error = store.get_status("last_cycle_error")
+        cycle_error = store.get_status(StatusKey.CYCLE_ERROR)
         if cycle_error:
             _say(out, f"{FAIL} last cycle failed: {cycle_error}")
         depth = store.inbox_depth()
@@ -730,17 +718,9 @@ def _rewind_for(config: Config, store: Store, message_names: list[str], out: Tex
         if known is None or parse_rfc3339(message.create_time_raw) < parse_rfc3339(known):
             earliest[space] = message.create_time_raw
     for space, moment in earliest.items():
-        _rewind(store, space, moment)
+        store.rewind_chat_poll(space, "room", moment)
         _say(out, f"  {space}: will be read again from {moment}")
     return EXIT_OK
-
-
-def _rewind(store: Store, gchat_space_name: str, moment: str) -> None:
-    current = store.get_cursor(cursor_key(gchat_space_name))
-    if current is None or parse_rfc3339(moment) < parse_rfc3339(current):
-        store.set_cursor(cursor_key(gchat_space_name), moment)
-    # Forget the space's last-active time, or the idle skip would not read it at all.
-    store.set_cursor(active_key(gchat_space_name), "")
 
 
 # -------------------------------------------------------------------------------------- backfill
@@ -792,7 +772,7 @@ def run_backfill(
             return EXIT_CREDENTIALS
         try:
             start = _BEGINNING if since is None else since.astimezone(UTC).isoformat()
-            _rewind(runtime.store, space, start.replace("+00:00", "Z"))
+            runtime.store.rewind_chat_poll(space, "room", start.replace("+00:00", "Z"))
             _say(out, f"Backfilling {space} from {'the beginning' if since is None else start}")
             result: PollResult = runtime.gchat_to_discourse.poll_once()
         finally:
@@ -810,247 +790,3 @@ def run_backfill(
         _say(out, "Interrupted; run the same command again to continue where it stopped.")
         return EXIT_FAILED
     return EXIT_OK if result.ok else EXIT_FAILED
-
-
-# ------------------------------------------------------------------------------------------ demo
-
-DEMO_API_KEY = "demo-api-key"
-DEMO_SECRET = "demo-webhook-secret-0123"
-DEMO_BRIDGE_USER = "users/100000000000000000001"
-DEMO_STEP_TIMEOUT = 20.0
-
-
-def _wait(condition: Callable[[], Any], timeout: float = DEMO_STEP_TIMEOUT) -> Any:
-    """Poll `condition` until it returns something truthy; None after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class _DemoFailed(Exception):
-    pass
-
-
-def run_demo(*, out: TextIO = sys.stdout, keep: Path | None = None) -> int:
-    """Both emulators, a throwaway config, the bridge, and a scripted two-way conversation.
-
-    Needs no credentials and no network beyond 127.0.0.1. `keep` keeps the files there.
-    """
-    # The emulators are test fixtures: only the demo (and tests, bench/) may import them.
-    from emulators.discourse import DiscourseEmulator
-    from emulators.google_chat import ChatEmulator
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory(prefix="gchat-discourse-demo-") as tmp:
-        directory = keep or Path(tmp)
-        directory.mkdir(parents=True, exist_ok=True)
-        chat = ChatEmulator.start(host="127.0.0.1", port=0)
-        forum = DiscourseEmulator.start(host="127.0.0.1", port=0, api_key=DEMO_API_KEY)
-        bridge: subprocess.Popen[bytes] | None = None
-        try:
-            _say(out, f"Google Chat emulator: {chat.url}")
-            _say(out, f"Discourse emulator:   {forum.url}")
-            world = _demo_world(chat, forum, directory)
-            config_path = directory / "config.yaml"
-            from config_loader import load_config  # noqa: PLC0415 - local to keep cli light
-
-            config = load_config(config_path)
-            _say(out, f"Config: {config_path}\n")
-            _say(out, "$ python main.py check --fix")
-            if run_check(config, fix=True, out=out) != EXIT_OK:
-                raise _DemoFailed("check failed against the emulators")
-            _say(out, "\n$ python main.py run   (in the background)")
-            log = open(directory / "bridge.out", "ab")  # noqa: SIM115 - closed below
-            bridge = subprocess.Popen(
-                [
-                    sys.executable,
-                    str(Path(__file__).with_name("main.py")),
-                    "--config",
-                    str(config_path),
-                    "run",
-                ],
-                stdout=log,
-                stderr=log,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-            log.close()
-            _demo_script(chat, forum, world, out)
-        except _DemoFailed as exc:
-            _say(out, f"\n{FAIL} demo failed: {exc}")
-            log_file = directory / "bridge.log"
-            if log_file.exists():
-                _say(out, "last lines of the bridge's log:")
-                for line in log_file.read_text(errors="replace").splitlines()[-15:]:
-                    _say(out, "  " + line)
-            return EXIT_FAILED
-        finally:
-            if bridge is not None:
-                code = _stop_bridge(bridge)
-                _say(out, f"\nbridge stopped on SIGTERM (exit code {code})")
-            chat.stop()
-            forum.stop()
-    _say(out, f"{OK} demo finished: both directions bridged, nothing duplicated, no credentials")
-    return EXIT_OK
-
-
-def _stop_bridge(bridge: subprocess.Popen[bytes]) -> int:
-    if bridge.poll() is None:
-        bridge.send_signal(signal.SIGTERM)
-        try:
-            bridge.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            bridge.kill()
-            bridge.wait(timeout=5)
-    return int(bridge.returncode)
-
-
-@dataclass(frozen=True, slots=True)
-class _DemoWorld:
-    space: str
-    category_id: int
-    alice: str
-
-
-def _demo_world(chat: Any, forum: Any, directory: Path) -> _DemoWorld:
-    forum.control.settings(max_admin_api_reqs_per_minute=100000)
-    chat.control.create_user(
-        name=DEMO_BRIDGE_USER, displayName="Bridge Bot", email="bridge@example.com"
-    )
-    alice = chat.control.create_user(
-        name="users/200000000000000000001", displayName="Alice Chen", email="alice@example.com"
-    )["name"]
-    space = chat.control.create_space(
-        displayName="Team Room", spaceType="SPACE", members=[DEMO_BRIDGE_USER, alice]
-    )["name"]
-    category_id = int(forum.control.create_category(name="Team Room")["id"])
-    forum.control.create_user(
-        "carol", name="Carol Diaz", email="carol@forum.example.com", trust_level=1
-    )
-    tokens = chat.control.add_token(user=DEMO_BRIDGE_USER, refresh_token="demo-refresh-token")
-    token_file = directory / "token.json"
-    write_token_file(
-        token_file,
-        {
-            "token": tokens["access_token"],
-            "refresh_token": tokens["refresh_token"],
-            "token_uri": f"{chat.url}/token",
-            "client_id": "demo-client",
-            "client_secret": "demo-secret",
-            "scopes": list(CHAT_SCOPES),
-        },
-    )
-    config = {
-        "discourse": {
-            "url": forum.url,
-            "api_key": DEMO_API_KEY,
-            "api_username": "system",
-            "requests_per_minute": 6000,
-            "webhook_secret": DEMO_SECRET,
-        },
-        "google": {
-            "credentials_file": "credentials.json",
-            "token_file": str(token_file),
-            "api_endpoint": chat.url,
-        },
-        "sync_settings": {
-            "poll_interval_seconds": 0.5,
-            "webhook_host": "127.0.0.1",
-            "webhook_port": _free_port(),
-            "database": "bridge.sqlite",
-            "log_file": "bridge.log",
-        },
-        "mappings": [{"google_space_id": space, "discourse_category_id": category_id}],
-    }
-    import yaml  # noqa: PLC0415 - config_loader owns YAML reading; this only writes a file
-
-    (directory / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    return _DemoWorld(space=space, category_id=category_id, alice=alice)
-
-
-def _demo_script(chat: Any, forum: Any, world: _DemoWorld, out: TextIO) -> None:
-    def posts() -> list[dict[str, Any]]:
-        return [
-            p
-            for p in forum.control.state()["posts"]
-            if p.get("deleted_at") is None and p.get("post_type", 1) == 1
-        ]
-
-    def post_with(marker: str) -> dict[str, Any] | None:
-        return next((p for p in posts() if marker in (p.get("raw") or "")), None)
-
-    def chat_messages() -> list[dict[str, Any]]:
-        return list(chat.control.state()["messages"].get(world.space, []))
-
-    def chat_with(text: str) -> dict[str, Any] | None:
-        return next((m for m in chat_messages() if text in (m.get("text") or "")), None)
-
-    def expect(value: Any, what: str) -> Any:
-        if not value:
-            raise _DemoFailed(f"timed out waiting for {what}")
-        return value
-
-    _say(out, "\n--- the conversation ---")
-    first = chat.control.post_message(
-        world.space, sender=world.alice, text="Hello from Google Chat! Is the forum listening?"
-    )
-    _say(out, f"[Chat]      Alice Chen: {first['text']}")
-    post = expect(_wait(lambda: post_with(first["name"])), "the Chat message in Discourse")
-    topic_id = int(post["topic_id"])
-    topic = next(t for t in forum.control.state()["topics"] if t["id"] == topic_id)
-    _say(
-        out,
-        f'  Chat -> Discourse: new topic #{topic_id} "{topic["title"]}" by @{post["username"]}',
-    )
-
-    reply = chat.control.post_message(
-        world.space,
-        sender=world.alice,
-        text="Replies in the thread become replies in the topic.",
-        threadName=first["thread"]["name"],
-    )
-    _say(out, f"[Chat]      Alice Chen (in the thread): {reply['text']}")
-    post = expect(_wait(lambda: post_with(reply["name"])), "the thread reply in Discourse")
-    _say(out, f"  Chat -> Discourse: post #{post['post_number']} in topic #{topic_id}")
-
-    answer = "Loud and clear, Alice. Forum replies come back to your thread."
-    forum.control.create_post("carol", answer, topic_id=topic_id)
-    _say(out, f"[Discourse] carol (in topic #{topic_id}): {answer}")
-    message = expect(_wait(lambda: chat_with(answer)), "the forum reply in Chat")
-    same_thread = message.get("thread", {}).get("name") == first["thread"]["name"]
-    _say(
-        out,
-        f"  Discourse -> Chat: {message['name']}"
-        + (" in Alice's thread" if same_thread else " (new thread)"),
-    )
-
-    body = "A topic started on the forum becomes a new Chat thread."
-    created = forum.control.create_post(
-        "carol", body, title="Agenda for the Friday demo", category_id=world.category_id
-    )
-    _say(out, f'[Discourse] carol, new topic "Agenda for the Friday demo": {body}')
-    message = expect(_wait(lambda: chat_with(body)), "the forum topic in Chat")
-    _say(out, f"  Discourse -> Chat: new thread {message['thread']['name']}")
-
-    edited = body + " (edited: Friday at 10:00)"
-    forum.control.edit_post(int(created.get("id") or created["post"]["id"]), raw=edited)
-    _say(out, f"[Discourse] carol edits her post: {edited}")
-    # Edits are carried only by versions that implement them; the demo says which it saw.
-    if _wait(lambda: chat_with("Friday at 10:00"), timeout=5.0):
-        _say(out, "  Discourse -> Chat: the Chat message was edited")
-    else:
-        _say(out, "  (this version does not carry edits yet: the Chat message is unchanged)")
-
-    markers = [p.get("raw", "") for p in posts()]
-    duplicates = len(markers) - len(set(markers))
-    if duplicates:
-        raise _DemoFailed(f"{duplicates} duplicated posts in Discourse")

@@ -5,9 +5,12 @@ dataclass records, never a cursor or a SQL string.
 
 What it holds (DESIGN §4): space ↔ category (subcategories the bridge created), DM space ↔ chat
 channel, thread ↔ topic, message ↔ post, DM message ↔ chat message, Google user ↔ Discourse user,
-cursors (per-space Chat cursors, Discourse high-water ids), the webhook inbox, failures of single
-items (retried, then parked), write intents (creates sent but not yet linked, for crash
-reconciliation), and status key/values for ``status`` and ``/readyz``.
+sync state in typed tables (each Chat poll's place in a space, each DM channel's reader and
+high-water id, the Discourse high-water post id, posts split into several Chat messages, the last
+post version mirrored, the highest post number handled per topic), the webhook inbox, failures of
+single items (retried, then parked), write intents (creates sent but not yet linked, for crash
+reconciliation), and status values for ``status`` and ``/readyz`` under the ``StatusKey`` names.
+No other module builds a state key: each piece of state has its own typed method.
 
 Invariants:
 - Every link table has UNIQUE on both sides' ids, so each link is one-to-one. Linking the same
@@ -15,6 +18,10 @@ Invariants:
 - A message link's (thread, topic) pair must be a linked thread ↔ topic pair, and a chat message
   link's (space, channel) pair must be a linked DM space ↔ channel pair (foreign keys);
   unlinking the thread or channel removes its message links.
+- State that is done goes with its link: a post's parts and version rows with its message link,
+  a topic's seen mark with its thread link (triggers, so a thread's cascade prunes them too), a
+  DM channel's reader and high-water id with its channel link (foreign key). State that is still
+  needed (write intents, the Chat polls' cursors, a topic seen but never bridged) stays.
 - The schema version lives in ``PRAGMA user_version``; ``MIGRATIONS`` are applied in order, all
   pending ones in one transaction, when the store opens.
 - One ``threading.RLock`` is held around every statement, so one connection is shared safely
@@ -29,26 +36,36 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "MIGRATIONS",
     "ChatMessageLink",
+    "ChatPollState",
+    "DmChannelState",
     "Failure",
     "InboxEvent",
     "LinkConflict",
     "MessageLink",
     "Origin",
+    "PollKind",
+    "PostParts",
+    "StatusKey",
     "Store",
     "StoreError",
     "ThreadLink",
@@ -57,6 +74,20 @@ __all__ = [
 
 Origin = Literal["gchat", "discourse"]
 _ORIGINS = ("gchat", "discourse")
+# Which Chat poll a space's poll state belongs to: the room poll (spaces mapped to categories)
+# or the DM poll (DMs and group chats mapped to chat channels) keep their places apart.
+PollKind = Literal["room", "dm"]
+
+
+class StatusKey(StrEnum):
+    """The names of the status values (the one place they are spelled)."""
+
+    LAST_POLL = "last_poll"  # JSON summary of the last room poll cycle
+    LAST_DM_POLL = "last_dm_poll"  # JSON summary of the last DM poll cycle
+    CYCLE_ERROR = "last_cycle_error"  # why the last scheduler cycle failed, or ""
+    BRIDGE_ACCOUNT = "gchat_bridge_account"  # the Google user the bridge runs as
+    READYZ_PROBE = "readyz_probe"  # when /readyz last proved the database writable
+
 
 # Milliseconds SQLite waits for another connection's lock (e.g. `python main.py status` reading
 # while the daemon writes) before giving up with "database is locked".
@@ -190,9 +221,175 @@ CREATE TABLE status (
 );
 """
 
-# Ordered (version, description, sql). Append only: never edit a released step, add a new one.
-MIGRATIONS: tuple[tuple[int, str, str], ...] = (
+_SCHEMA_V2 = """
+-- Where each Chat poll stands in a space (the room poll and the DM poll keep rows apart).
+CREATE TABLE chat_poll (
+    gchat_space_name  TEXT    NOT NULL,
+    kind              TEXT    NOT NULL CHECK (kind IN ('room', 'dm')),
+    -- createTime of the newest message handled, exactly as Chat sent it: it may carry
+    -- nanoseconds, which a parsed time would lose.
+    last_message_time TEXT,
+    -- The space's lastActiveTime at its last read; NULL: unknown, read the space next cycle.
+    last_active_time  TEXT,
+    -- 1: the last read found no message, and Chat reported no lastActiveTime.
+    never_active      INTEGER NOT NULL DEFAULT 0 CHECK (never_active IN (0, 1)),
+    updated_at        TEXT    NOT NULL,
+    PRIMARY KEY (gchat_space_name, kind),
+    CHECK (never_active = 0 OR last_active_time IS NULL)
+);
+-- What the Discourse chat catch-up needs of a linked DM channel; goes with the channel's link.
+CREATE TABLE dm_channel_state (
+    discourse_channel_id INTEGER PRIMARY KEY
+                         REFERENCES dm_channel (discourse_channel_id) ON DELETE CASCADE,
+    reader               TEXT,
+    high_water           INTEGER,
+    updated_at           TEXT    NOT NULL
+);
+-- The Discourse catch-up pull: one row, absent until the first start.
+CREATE TABLE discourse_poll (
+    id                    INTEGER PRIMARY KEY CHECK (id = 1),
+    high_water_post_id    INTEGER NOT NULL,
+    -- The high-water id of the first start: posts up to it are history, never replayed.
+    history_start_post_id INTEGER NOT NULL DEFAULT 0,
+    updated_at            TEXT    NOT NULL
+);
+-- Posts split into several Chat messages (or written under another client id); a post of one
+-- message under its usual id has no row.
+CREATE TABLE post_parts (
+    discourse_post_id INTEGER PRIMARY KEY,
+    client_id         TEXT    NOT NULL,
+    part_count        INTEGER NOT NULL CHECK (part_count >= 1),
+    updated_at        TEXT    NOT NULL
+);
+CREATE TABLE post_version (
+    discourse_post_id INTEGER PRIMARY KEY,
+    version           INTEGER NOT NULL,
+    updated_at        TEXT    NOT NULL
+);
+CREATE TABLE topic_seen (
+    discourse_topic_id INTEGER PRIMARY KEY,
+    post_number        INTEGER NOT NULL,
+    updated_at         TEXT    NOT NULL
+);
+-- Triggers rather than foreign keys: a post's parts are recorded before its link is (the link
+-- comes last, DESIGN §3), and a topic is seen whether or not it is bridged.
+CREATE TRIGGER message_post_prune AFTER DELETE ON message_post BEGIN
+    DELETE FROM post_parts WHERE discourse_post_id = OLD.discourse_post_id;
+    DELETE FROM post_version WHERE discourse_post_id = OLD.discourse_post_id;
+END;
+CREATE TRIGGER thread_topic_prune AFTER DELETE ON thread_topic BEGIN
+    DELETE FROM topic_seen WHERE discourse_topic_id = OLD.discourse_topic_id;
+END;
+"""
+
+
+def _upsert_sql(table: str, keys: Sequence[str], values: Sequence[str]) -> str:
+    """INSERT of ``keys`` + ``values`` that updates ``values`` when the keys exist already.
+
+    Table and column names come from this module's constants, never from caller input.
+    """
+    columns = [*keys, *values]
+    updates = ", ".join(f"{column} = excluded.{column}" for column in values)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)}) "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
+    )
+
+
+def _parse_active(value: str) -> dict[str, object]:
+    """A v1 ``*_active`` value as chat_poll columns."""
+    if value == "never-active":
+        return {"last_active_time": None, "never_active": 1}
+    # "": forgotten (``retry`` rewound the space), so the space is read next cycle.
+    moment = _ts(datetime.fromisoformat(value)) if value else None
+    return {"last_active_time": moment, "never_active": 0}
+
+
+# A row of a typed table: (table, its key columns and values, other columns and values).
+_Target = tuple[str, tuple[tuple[str, object], ...], dict[str, object]]
+
+
+def _cursor_target(key: str, value: str) -> _Target | None:
+    """Where one row of the v1 ``cursor`` table goes; None for a key of no known shape.
+
+    Raises:
+        ValueError, KeyError, TypeError, StoreError: the value does not fit its key's shape.
+    """
+    prefix, _, rest = key.partition(":")
+    kind = "dm" if prefix.startswith("gchat_dm_") else "room"
+    if prefix in ("gchat_cursor", "gchat_dm_cursor") and rest and value:
+        space = (("gchat_space_name", rest), ("kind", kind))
+        return "chat_poll", space, {"last_message_time": value}
+    if prefix in ("gchat_active", "gchat_dm_active") and rest:
+        space = (("gchat_space_name", rest), ("kind", kind))
+        return "chat_poll", space, _parse_active(value)
+    if prefix == "discourse_chat_reader" and rest:
+        return "dm_channel_state", (("discourse_channel_id", int(rest)),), {"reader": value}
+    if prefix == "discourse_chat_high_water" and rest:
+        channel = (("discourse_channel_id", int(rest)),)
+        return "dm_channel_state", channel, {"high_water": int(value)}
+    if prefix == "discourse_high_water_post_id" and not rest:
+        return "discourse_poll", (("id", 1),), {"high_water_post_id": int(value)}
+    if prefix == "discourse_first_high_water_post_id" and not rest:
+        return "discourse_poll", (("id", 1),), {"history_start_post_id": int(value)}
+    if prefix == "discourse_post_parts" and rest:
+        parts = json.loads(value)
+        columns = {"client_id": str(parts["client_id"]), "part_count": int(parts["count"])}
+        return "post_parts", (("discourse_post_id", int(rest)),), columns
+    if prefix == "discourse_post_version" and rest:
+        return "post_version", (("discourse_post_id", int(rest)),), {"version": int(value)}
+    if prefix == "discourse_topic_seen" and rest:
+        return "topic_seen", (("discourse_topic_id", int(rest)),), {"post_number": int(value)}
+    return None
+
+
+def _move_cursor_rows(conn: sqlite3.Connection) -> None:
+    """Schema 2: the rows of v1's untyped ``cursor`` table into typed tables, then drop it.
+
+    A row of an unknown key, of a value its key's shape cannot hold, or of a DM channel that is
+    not linked is dropped with a warning: nothing would read it, and every known kind of state
+    is rebuilt when missing (a poll reads its space again, a high-water id is set anew).
+    """
+    for statement in _statements(_SCHEMA_V2):
+        conn.execute(statement)
+    rows = conn.execute("SELECT key, value, updated_at FROM cursor ORDER BY key").fetchall()
+    # Two keys may fill one row (a space's cursor and its active time): gather, then write.
+    targets: dict[tuple[str, tuple[tuple[str, object], ...]], dict[str, object]] = {}
+    sources: dict[tuple[str, tuple[tuple[str, object], ...]], list[str]] = {}
+    for key, value, updated_at in rows:
+        try:
+            target = _cursor_target(str(key), str(value))
+        except (ValueError, KeyError, TypeError, StoreError) as exc:
+            logger.warning("migration drops state %r = %r: %s", key, value, exc)
+            continue
+        if target is None:
+            logger.warning("migration drops state %r = %r: not a known key", key, value)
+            continue
+        table, keys, columns = target
+        row = targets.setdefault((table, keys), {})
+        row.update(columns)
+        row["updated_at"] = max(str(row.get("updated_at", "")), str(updated_at))
+        sources.setdefault((table, keys), []).append(str(key))
+    moved = 0
+    for (table, keys), columns in targets.items():
+        sql = _upsert_sql(table, [name for name, _ in keys], list(columns))
+        try:
+            conn.execute(sql, (*(v for _, v in keys), *columns.values()))
+        except sqlite3.IntegrityError as exc:
+            # A DM channel that is not linked, or a first high-water id without the current one.
+            logger.warning("migration drops state %s: %s", ", ".join(sources[table, keys]), exc)
+            continue
+        moved += len(sources[table, keys])
+    logger.info("migration moved %d of %d state rows out of the cursor table", moved, len(rows))
+    conn.execute("DROP TABLE cursor")
+
+
+# Ordered (version, description, step): a step is SQL, or a function run on the connection in
+# the migration's transaction (for data SQL cannot parse). Append only: never edit a released
+# step, add a new one.
+MIGRATIONS: tuple[tuple[int, str, str | Callable[[sqlite3.Connection], None]], ...] = (
     (1, "links, users, cursors, inbox, failures and status", _SCHEMA_V1),
+    (2, "typed sync state instead of the cursor table, pruned with its links", _move_cursor_rows),
 )
 
 
@@ -234,6 +431,9 @@ def _opt_dt(text: str | None) -> datetime | None:
 # --------------------------------------------------------------------------------------------
 # Records
 # --------------------------------------------------------------------------------------------
+
+
+_R = TypeVar("_R", bound="DataclassInstance")  # a record built by `_record`
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,63 +502,73 @@ class Failure:
     parked: bool  # past max_attempts: waits for `python main.py retry`
 
 
+@dataclass(frozen=True, slots=True)
+class ChatPollState:
+    """Where a Chat poll stands in one space; all empty before its first read."""
+
+    last_message_time: str | None  # createTime of the newest message handled, as Chat sent it
+    last_active_time: datetime | None  # the space's lastActiveTime at its last read
+    never_active: bool  # the last read found no message, and Chat reported no lastActiveTime
+
+    def unchanged(self, last_active_time: datetime | None) -> bool:
+        """True if the space has not moved since its last read (so reading it again would find
+        nothing new): Chat reports the same lastActiveTime, or still none for an empty space."""
+        if last_active_time is None:
+            return self.never_active
+        return self.last_active_time == last_active_time
+
+
+@dataclass(frozen=True, slots=True)
+class DmChannelState:
+    """What the Discourse chat catch-up needs of a linked DM channel; None until recorded."""
+
+    reader: str | None  # a member to read it as (DM channels are visible to members only)
+    high_water: int | None  # the newest chat message id brought across, or present when linked
+
+
+@dataclass(frozen=True, slots=True)
+class PostParts:
+    """How a Discourse post was written into Chat, when not as one message under its usual id."""
+
+    client_id: str  # client-assigned id of the post's first Chat message
+    count: int  # how many Chat messages the post was split into
+
+
+def _record(cls: type[_R], row: sqlite3.Row, **converted: object) -> _R:
+    """The record whose fields are the row's columns of the same names; ``converted`` gives the
+    fields that are more than a copy of their column (times, booleans)."""
+    values = {
+        f.name: converted[f.name] if f.name in converted else row[f.name] for f in fields(cls)
+    }
+    return cls(**values)
+
+
 def _message_link(row: sqlite3.Row) -> MessageLink:
-    return MessageLink(
-        gchat_message_name=row["gchat_message_name"],
-        discourse_post_id=row["discourse_post_id"],
-        gchat_thread_name=row["gchat_thread_name"],
-        discourse_topic_id=row["discourse_topic_id"],
-        origin=row["origin"],
-        content_hash=row["content_hash"],
-    )
+    return _record(MessageLink, row)
 
 
 def _chat_message_link(row: sqlite3.Row) -> ChatMessageLink:
-    return ChatMessageLink(
-        gchat_message_name=row["gchat_message_name"],
-        discourse_chat_message_id=row["discourse_chat_message_id"],
-        gchat_space_name=row["gchat_space_name"],
-        discourse_channel_id=row["discourse_channel_id"],
-        origin=row["origin"],
-        content_hash=row["content_hash"],
-    )
+    return _record(ChatMessageLink, row)
 
 
 def _user_link(row: sqlite3.Row) -> UserLink:
-    return UserLink(
-        gchat_user_name=row["gchat_user_name"],
-        discourse_username=row["discourse_username"],
-        discourse_user_id=row["discourse_user_id"],
-        display_name=row["display_name"],
-        email=row["email"],
-        created_by_bridge=bool(row["created_by_bridge"]),
-    )
+    return _record(UserLink, row, created_by_bridge=bool(row["created_by_bridge"]))
 
 
 def _inbox_event(row: sqlite3.Row) -> InboxEvent:
-    return InboxEvent(
-        id=row["id"],
-        event_id=row["event_id"],
-        event_type=row["event_type"],
-        event_name=row["event_name"],
-        payload=row["payload"],
-        dedupe_key=row["dedupe_key"],
-        ordering_key=row["ordering_key"],
+    return _record(
+        InboxEvent,
+        row,
         received_at=_dt(row["received_at"]),
-        state=row["state"],
-        attempts=row["attempts"],
         next_attempt_at=_dt(row["next_attempt_at"]),
-        last_error=row["last_error"],
         finished_at=_opt_dt(row["finished_at"]),
     )
 
 
 def _failure(row: sqlite3.Row) -> Failure:
-    return Failure(
-        direction=row["direction"],
-        item_key=row["item_key"],
-        attempts=row["attempts"],
-        last_error=row["last_error"],
+    return _record(
+        Failure,
+        row,
         first_failed_at=_dt(row["first_failed_at"]),
         last_failed_at=_dt(row["last_failed_at"]),
         next_attempt_at=_dt(row["next_attempt_at"]),
@@ -369,6 +579,77 @@ def _failure(row: sqlite3.Row) -> Failure:
 def _check_origin(origin: str) -> None:
     if origin not in _ORIGINS:
         raise StoreError(f"origin must be one of {_ORIGINS}, got {origin!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class _LinkTable:
+    """A one-to-one link table: its two key columns, each UNIQUE (see the module invariants).
+
+    Every name here is one of this module's constants, never caller input, so the link methods
+    may build their SQL from them.
+    """
+
+    name: str
+    kind: str  # how LinkConflict names the pair, e.g. "thread/topic"
+    chat: str  # the Google side's key column
+    discourse: str  # the Discourse side's key column, as compared
+    made_by: str  # the Store method that links a pair, for error messages
+    shown: str = ""  # the column that names the Discourse side in a conflict, if not `discourse`
+    stamps: tuple[str, ...] = ("created_at",)  # columns set to the time of linking
+    # A message link lies inside a linked pair of this table, whose key columns it repeats
+    # (a foreign key): a message's thread and topic, a DM message's space and channel.
+    parent: _LinkTable | None = None
+
+
+_SPACE_CATEGORY = _LinkTable(
+    "space_category",
+    "space/category",
+    "gchat_space_name",
+    "discourse_category_id",
+    made_by="set_category_for_space",
+)
+_DM_CHANNEL = _LinkTable(
+    "dm_channel",
+    "DM space/channel",
+    "gchat_space_name",
+    "discourse_channel_id",
+    made_by="link_dm_channel",
+)
+_THREAD_TOPIC = _LinkTable(
+    "thread_topic",
+    "thread/topic",
+    "gchat_thread_name",
+    "discourse_topic_id",
+    made_by="link_thread",
+)
+_MESSAGE_POST = _LinkTable(
+    "message_post",
+    "message/post",
+    "gchat_message_name",
+    "discourse_post_id",
+    made_by="link_message",
+    stamps=("created_at", "updated_at"),
+    parent=_THREAD_TOPIC,
+)
+_CHAT_MESSAGE = _LinkTable(
+    "chat_message_link",
+    "DM message/chat message",
+    "gchat_message_name",
+    "discourse_chat_message_id",
+    made_by="link_chat_message",
+    stamps=("created_at", "updated_at"),
+    parent=_DM_CHANNEL,
+)
+# Usernames are compared case-insensitively (by their lowercased column) and shown as written.
+_USER = _LinkTable(
+    "user_link",
+    "user",
+    "gchat_user_name",
+    "discourse_username_lower",
+    made_by="link_user",
+    shown="discourse_username",
+    stamps=("created_at", "updated_at"),
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -472,12 +753,15 @@ class Store:
                         f"{self._path} has schema version {current}, newer than this bridge "
                         f"knows ({target}); upgrade the bridge"
                     )
-                for version, description, sql in MIGRATIONS:
+                for version, description, step in MIGRATIONS:
                     if version <= current:
                         continue
                     logger.info("migrating %s to schema %d: %s", self._path, version, description)
-                    for statement in _statements(sql):
-                        self._conn.execute(statement)
+                    if callable(step):
+                        step(self._conn)
+                    else:
+                        for statement in _statements(step):
+                            self._conn.execute(statement)
                     # PRAGMA takes no parameters; the version is an int from MIGRATIONS.
                     self._conn.execute(f"PRAGMA user_version = {int(version)}")
                 self._conn.execute("COMMIT")
@@ -534,6 +818,117 @@ class Store:
     def _now(self) -> str:
         return _ts(self._clock())
 
+    # -- link mechanics, shared by every link table ---------------------------------------------
+
+    def _link_row(self, table: _LinkTable, column: str, value: object) -> sqlite3.Row | None:
+        return self._one(f"SELECT * FROM {table.name} WHERE {column} = ?", (value,))
+
+    def _check_link(
+        self,
+        table: _LinkTable,
+        chat_key: object,
+        discourse_key: object,
+        shown: tuple[object, object] | None = None,
+    ) -> sqlite3.Row | None:
+        """The row that links this very pair already, or None when neither side is linked.
+
+        Raises:
+            LinkConflict: either side is linked to a different partner (``shown`` names the
+                wanted pair in the error, when the compared key is not how it is written).
+        """
+        wanted = (chat_key, discourse_key)
+        by_chat = self._link_row(table, table.chat, chat_key)
+        by_discourse = self._link_row(table, table.discourse, discourse_key)
+        for row in (by_chat, by_discourse):
+            if row is not None and (row[table.chat], row[table.discourse]) != wanted:
+                existing = (row[table.chat], row[table.shown or table.discourse])
+                raise LinkConflict(table.kind, shown or wanted, existing)
+        return by_chat
+
+    def _link(
+        self, table: _LinkTable, chat_key: object, discourse_key: object, **columns: object
+    ) -> None:
+        """Link the pair with its other ``columns``; linking the same pair again is a no-op.
+
+        Raises:
+            LinkConflict: either side is linked to a different partner.
+            sqlite3.IntegrityError: a foreign key (the parent link) is missing.
+        """
+        with self.transaction():
+            if self._check_link(table, chat_key, discourse_key) is None:
+                self._insert_link(table, chat_key, discourse_key, **columns)
+
+    def _insert_link(
+        self, table: _LinkTable, chat_key: object, discourse_key: object, **columns: object
+    ) -> None:
+        """INSERT a link row (after ``_check_link``, in the same transaction)."""
+        row = {
+            table.chat: chat_key,
+            table.discourse: discourse_key,
+            **columns,
+            **dict.fromkeys(table.stamps, self._now()),
+        }
+        self._conn.execute(
+            f"INSERT INTO {table.name} ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",
+            tuple(row.values()),
+        )
+
+    def _link_message(
+        self,
+        table: _LinkTable,
+        chat_key: str,
+        discourse_key: int,
+        parent_pair: tuple[str, int],
+        origin: Origin,
+        content_hash: str,
+    ) -> None:
+        """Link a message pair of ``table`` inside its parent pair (see ``_LinkTable.parent``).
+
+        Raises:
+            LinkConflict: either side is linked to a different partner.
+            StoreError: ``parent_pair`` is not linked, or ``origin`` is not a side.
+        """
+        _check_origin(origin)
+        parent = table.parent
+        assert parent is not None, table.name
+        try:
+            self._link(
+                table,
+                chat_key,
+                discourse_key,
+                **{parent.chat: parent_pair[0], parent.discourse: parent_pair[1]},
+                origin=origin,
+                content_hash=content_hash,
+            )
+        except sqlite3.IntegrityError as exc:
+            chat_side, discourse_side = parent.kind.split("/")
+            raise StoreError(
+                f"cannot link {table.kind} {chat_key} <-> {discourse_key}: {chat_side} "
+                f"{parent_pair[0]} is not linked to {discourse_side} {parent_pair[1]} "
+                f"({parent.made_by} first) [{exc}]"
+            ) from exc
+
+    def _discourse_id_for(self, table: _LinkTable, chat_key: str) -> int | None:
+        row = self._link_row(table, table.chat, chat_key)
+        return None if row is None else int(row[table.discourse])
+
+    def _chat_name_for(self, table: _LinkTable, discourse_id: int) -> str | None:
+        row = self._link_row(table, table.discourse, discourse_id)
+        return None if row is None else str(row[table.chat])
+
+    def _unlink(self, table: _LinkTable, chat_key: str) -> bool:
+        """Delete the link of ``chat_key`` (and what cascades or is pruned with it)."""
+        sql = f"DELETE FROM {table.name} WHERE {table.chat} = ?"
+        return self._write(sql, (chat_key,)) > 0
+
+    def _set_content_hash(self, table: _LinkTable, chat_key: str, content_hash: str) -> None:
+        count = self._write(
+            f"UPDATE {table.name} SET content_hash = ?, updated_at = ? WHERE {table.chat} = ?",
+            (content_hash, self._now(), chat_key),
+        )
+        if count == 0:
+            raise KeyError(chat_key)
+
     # -- space <-> category (subcategories the bridge created) --------------------------------
 
     def set_category_for_space(self, gchat_space_name: str, discourse_category_id: int) -> None:
@@ -542,53 +937,13 @@ class Store:
         Raises:
             LinkConflict: the space or the category is already linked to another partner.
         """
-        with self.transaction():
-            by_space = self._one(
-                "SELECT gchat_space_name, discourse_category_id FROM space_category "
-                "WHERE gchat_space_name = ?",
-                (gchat_space_name,),
-            )
-            by_category = self._one(
-                "SELECT gchat_space_name, discourse_category_id FROM space_category "
-                "WHERE discourse_category_id = ?",
-                (discourse_category_id,),
-            )
-            if self._same_or_conflict(
-                "space/category", (gchat_space_name, discourse_category_id), by_space, by_category
-            ):
-                return
-            self._conn.execute(
-                "INSERT INTO space_category (gchat_space_name, discourse_category_id, created_at)"
-                " VALUES (?, ?, ?)",
-                (gchat_space_name, discourse_category_id, self._now()),
-            )
+        self._link(_SPACE_CATEGORY, gchat_space_name, discourse_category_id)
 
     def category_for_space(self, gchat_space_name: str) -> int | None:
-        row = self._one(
-            "SELECT discourse_category_id FROM space_category WHERE gchat_space_name = ?",
-            (gchat_space_name,),
-        )
-        return None if row is None else int(row[0])
+        return self._discourse_id_for(_SPACE_CATEGORY, gchat_space_name)
 
     def space_for_category(self, discourse_category_id: int) -> str | None:
-        row = self._one(
-            "SELECT gchat_space_name FROM space_category WHERE discourse_category_id = ?",
-            (discourse_category_id,),
-        )
-        return None if row is None else str(row[0])
-
-    @staticmethod
-    def _same_or_conflict(
-        kind: str,
-        wanted: tuple[object, object],
-        by_left: sqlite3.Row | None,
-        by_right: sqlite3.Row | None,
-    ) -> bool:
-        """True when ``wanted`` is already linked; raise when either side has another partner."""
-        for row in (by_left, by_right):
-            if row is not None and (row[0], row[1]) != wanted:
-                raise LinkConflict(kind, wanted, (row[0], row[1]))
-        return by_left is not None
+        return self._chat_name_for(_SPACE_CATEGORY, discourse_category_id)
 
     # -- DM space <-> chat channel -------------------------------------------------------------
 
@@ -598,40 +953,13 @@ class Store:
         Raises:
             LinkConflict: the space or the channel is already linked to another partner.
         """
-        with self.transaction():
-            by_space = self._one(
-                "SELECT gchat_space_name, discourse_channel_id FROM dm_channel "
-                "WHERE gchat_space_name = ?",
-                (gchat_space_name,),
-            )
-            by_channel = self._one(
-                "SELECT gchat_space_name, discourse_channel_id FROM dm_channel "
-                "WHERE discourse_channel_id = ?",
-                (discourse_channel_id,),
-            )
-            if self._same_or_conflict(
-                "DM space/channel", (gchat_space_name, discourse_channel_id), by_space, by_channel
-            ):
-                return
-            self._conn.execute(
-                "INSERT INTO dm_channel (gchat_space_name, discourse_channel_id, created_at) "
-                "VALUES (?, ?, ?)",
-                (gchat_space_name, discourse_channel_id, self._now()),
-            )
+        self._link(_DM_CHANNEL, gchat_space_name, discourse_channel_id)
 
     def channel_for_space(self, gchat_space_name: str) -> int | None:
-        row = self._one(
-            "SELECT discourse_channel_id FROM dm_channel WHERE gchat_space_name = ?",
-            (gchat_space_name,),
-        )
-        return None if row is None else int(row[0])
+        return self._discourse_id_for(_DM_CHANNEL, gchat_space_name)
 
     def space_for_channel(self, discourse_channel_id: int) -> str | None:
-        row = self._one(
-            "SELECT gchat_space_name FROM dm_channel WHERE discourse_channel_id = ?",
-            (discourse_channel_id,),
-        )
-        return None if row is None else str(row[0])
+        return self._chat_name_for(_DM_CHANNEL, discourse_channel_id)
 
     # -- thread <-> topic ----------------------------------------------------------------------
 
@@ -643,57 +971,24 @@ class Store:
         Raises:
             LinkConflict: the thread or the topic is already linked to another partner.
         """
-        with self.transaction():
-            by_thread = self._one(
-                "SELECT gchat_thread_name, discourse_topic_id FROM thread_topic "
-                "WHERE gchat_thread_name = ?",
-                (gchat_thread_name,),
-            )
-            by_topic = self._one(
-                "SELECT gchat_thread_name, discourse_topic_id FROM thread_topic "
-                "WHERE discourse_topic_id = ?",
-                (discourse_topic_id,),
-            )
-            if self._same_or_conflict(
-                "thread/topic", (gchat_thread_name, discourse_topic_id), by_thread, by_topic
-            ):
-                return
-            self._conn.execute(
-                "INSERT INTO thread_topic (gchat_thread_name, discourse_topic_id, "
-                "gchat_space_name, created_at) VALUES (?, ?, ?, ?)",
-                (gchat_thread_name, discourse_topic_id, gchat_space_name, self._now()),
-            )
+        self._link(
+            _THREAD_TOPIC, gchat_thread_name, discourse_topic_id, gchat_space_name=gchat_space_name
+        )
 
     def topic_for_thread(self, gchat_thread_name: str) -> int | None:
-        row = self._one(
-            "SELECT discourse_topic_id FROM thread_topic WHERE gchat_thread_name = ?",
-            (gchat_thread_name,),
-        )
-        return None if row is None else int(row[0])
+        return self._discourse_id_for(_THREAD_TOPIC, gchat_thread_name)
 
     def thread_for_topic(self, discourse_topic_id: int) -> str | None:
-        row = self._one(
-            "SELECT gchat_thread_name FROM thread_topic WHERE discourse_topic_id = ?",
-            (discourse_topic_id,),
-        )
-        return None if row is None else str(row[0])
+        return self._chat_name_for(_THREAD_TOPIC, discourse_topic_id)
 
     def thread_link_by_topic(self, discourse_topic_id: int) -> ThreadLink | None:
-        row = self._one(
-            "SELECT gchat_thread_name, discourse_topic_id, gchat_space_name FROM thread_topic "
-            "WHERE discourse_topic_id = ?",
-            (discourse_topic_id,),
-        )
-        return None if row is None else ThreadLink(row[0], row[1], row[2])
+        row = self._link_row(_THREAD_TOPIC, _THREAD_TOPIC.discourse, discourse_topic_id)
+        return None if row is None else _record(ThreadLink, row)
 
     def unlink_thread(self, gchat_thread_name: str) -> bool:
-        """Forget a thread ↔ topic link and its message links; False if it was not linked."""
-        return (
-            self._write(
-                "DELETE FROM thread_topic WHERE gchat_thread_name = ?", (gchat_thread_name,)
-            )
-            > 0
-        )
+        """Forget a thread ↔ topic link, its message links and the topic's and its posts' sync
+        state; False if it was not linked."""
+        return self._unlink(_THREAD_TOPIC, gchat_thread_name)
 
     # -- message <-> post ----------------------------------------------------------------------
 
@@ -715,70 +1010,23 @@ class Store:
             LinkConflict: the message or the post is already linked to another partner.
             StoreError: (gchat_thread_name, discourse_topic_id) is not a linked thread/topic.
         """
-        _check_origin(origin)
-        with self.transaction():
-            by_message = self._one(
-                "SELECT gchat_message_name, discourse_post_id FROM message_post "
-                "WHERE gchat_message_name = ?",
-                (gchat_message_name,),
-            )
-            by_post = self._one(
-                "SELECT gchat_message_name, discourse_post_id FROM message_post "
-                "WHERE discourse_post_id = ?",
-                (discourse_post_id,),
-            )
-            if self._same_or_conflict(
-                "message/post", (gchat_message_name, discourse_post_id), by_message, by_post
-            ):
-                return
-            now = self._now()
-            try:
-                self._conn.execute(
-                    "INSERT INTO message_post (gchat_message_name, discourse_post_id, "
-                    "gchat_thread_name, discourse_topic_id, origin, content_hash, created_at, "
-                    "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        gchat_message_name,
-                        discourse_post_id,
-                        gchat_thread_name,
-                        discourse_topic_id,
-                        origin,
-                        content_hash,
-                        now,
-                        now,
-                    ),
-                )
-            except sqlite3.IntegrityError as exc:
-                raise StoreError(
-                    f"cannot link message {gchat_message_name} to post {discourse_post_id}: "
-                    f"thread {gchat_thread_name} is not linked to topic {discourse_topic_id} "
-                    f"(link_thread first) [{exc}]"
-                ) from exc
+        pair = (gchat_thread_name, discourse_topic_id)
+        self._link_message(
+            _MESSAGE_POST, gchat_message_name, discourse_post_id, pair, origin, content_hash
+        )
 
     def post_for_message(self, gchat_message_name: str) -> int | None:
-        row = self._one(
-            "SELECT discourse_post_id FROM message_post WHERE gchat_message_name = ?",
-            (gchat_message_name,),
-        )
-        return None if row is None else int(row[0])
+        return self._discourse_id_for(_MESSAGE_POST, gchat_message_name)
 
     def message_for_post(self, discourse_post_id: int) -> str | None:
-        row = self._one(
-            "SELECT gchat_message_name FROM message_post WHERE discourse_post_id = ?",
-            (discourse_post_id,),
-        )
-        return None if row is None else str(row[0])
+        return self._chat_name_for(_MESSAGE_POST, discourse_post_id)
 
     def message_link_by_message(self, gchat_message_name: str) -> MessageLink | None:
-        row = self._one(
-            "SELECT * FROM message_post WHERE gchat_message_name = ?", (gchat_message_name,)
-        )
+        row = self._link_row(_MESSAGE_POST, _MESSAGE_POST.chat, gchat_message_name)
         return None if row is None else _message_link(row)
 
     def message_link_by_post(self, discourse_post_id: int) -> MessageLink | None:
-        row = self._one(
-            "SELECT * FROM message_post WHERE discourse_post_id = ?", (discourse_post_id,)
-        )
+        row = self._link_row(_MESSAGE_POST, _MESSAGE_POST.discourse, discourse_post_id)
         return None if row is None else _message_link(row)
 
     def message_links_in_topic(self, discourse_topic_id: int) -> list[MessageLink]:
@@ -795,22 +1043,12 @@ class Store:
         Raises:
             KeyError: the message is not linked.
         """
-        count = self._write(
-            "UPDATE message_post SET content_hash = ?, updated_at = ? "
-            "WHERE gchat_message_name = ?",
-            (content_hash, self._now(), gchat_message_name),
-        )
-        if count == 0:
-            raise KeyError(gchat_message_name)
+        self._set_content_hash(_MESSAGE_POST, gchat_message_name, content_hash)
 
     def unlink_message(self, gchat_message_name: str) -> bool:
-        """Forget a message ↔ post link (after a deletion); False if it was not linked."""
-        return (
-            self._write(
-                "DELETE FROM message_post WHERE gchat_message_name = ?", (gchat_message_name,)
-            )
-            > 0
-        )
+        """Forget a message ↔ post link (after a deletion) and the post's parts and version;
+        False if it was not linked."""
+        return self._unlink(_MESSAGE_POST, gchat_message_name)
 
     # -- DM message <-> chat message -----------------------------------------------------------
 
@@ -830,76 +1068,30 @@ class Store:
             LinkConflict: either side is already linked to another partner.
             StoreError: (gchat_space_name, discourse_channel_id) is not a linked DM channel.
         """
-        _check_origin(origin)
-        with self.transaction():
-            by_message = self._one(
-                "SELECT gchat_message_name, discourse_chat_message_id FROM chat_message_link "
-                "WHERE gchat_message_name = ?",
-                (gchat_message_name,),
-            )
-            by_chat = self._one(
-                "SELECT gchat_message_name, discourse_chat_message_id FROM chat_message_link "
-                "WHERE discourse_chat_message_id = ?",
-                (discourse_chat_message_id,),
-            )
-            if self._same_or_conflict(
-                "DM message/chat message",
-                (gchat_message_name, discourse_chat_message_id),
-                by_message,
-                by_chat,
-            ):
-                return
-            now = self._now()
-            try:
-                self._conn.execute(
-                    "INSERT INTO chat_message_link (gchat_message_name, "
-                    "discourse_chat_message_id, gchat_space_name, discourse_channel_id, origin, "
-                    "content_hash, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        gchat_message_name,
-                        discourse_chat_message_id,
-                        gchat_space_name,
-                        discourse_channel_id,
-                        origin,
-                        content_hash,
-                        now,
-                        now,
-                    ),
-                )
-            except sqlite3.IntegrityError as exc:
-                raise StoreError(
-                    f"cannot link message {gchat_message_name} to chat message "
-                    f"{discourse_chat_message_id}: space {gchat_space_name} is not linked to "
-                    f"channel {discourse_channel_id} (link_dm_channel first) [{exc}]"
-                ) from exc
+        pair = (gchat_space_name, discourse_channel_id)
+        self._link_message(
+            _CHAT_MESSAGE,
+            gchat_message_name,
+            discourse_chat_message_id,
+            pair,
+            origin,
+            content_hash,
+        )
 
     def chat_message_for_message(self, gchat_message_name: str) -> int | None:
-        row = self._one(
-            "SELECT discourse_chat_message_id FROM chat_message_link WHERE gchat_message_name = ?",
-            (gchat_message_name,),
-        )
-        return None if row is None else int(row[0])
+        return self._discourse_id_for(_CHAT_MESSAGE, gchat_message_name)
 
     def message_for_chat_message(self, discourse_chat_message_id: int) -> str | None:
-        row = self._one(
-            "SELECT gchat_message_name FROM chat_message_link WHERE discourse_chat_message_id = ?",
-            (discourse_chat_message_id,),
-        )
-        return None if row is None else str(row[0])
+        return self._chat_name_for(_CHAT_MESSAGE, discourse_chat_message_id)
 
     def chat_message_link_by_message(self, gchat_message_name: str) -> ChatMessageLink | None:
-        row = self._one(
-            "SELECT * FROM chat_message_link WHERE gchat_message_name = ?", (gchat_message_name,)
-        )
+        row = self._link_row(_CHAT_MESSAGE, _CHAT_MESSAGE.chat, gchat_message_name)
         return None if row is None else _chat_message_link(row)
 
     def chat_message_link_by_chat_message(
         self, discourse_chat_message_id: int
     ) -> ChatMessageLink | None:
-        row = self._one(
-            "SELECT * FROM chat_message_link WHERE discourse_chat_message_id = ?",
-            (discourse_chat_message_id,),
-        )
+        row = self._link_row(_CHAT_MESSAGE, _CHAT_MESSAGE.discourse, discourse_chat_message_id)
         return None if row is None else _chat_message_link(row)
 
     def update_chat_content_hash(self, gchat_message_name: str, content_hash: str) -> None:
@@ -908,23 +1100,11 @@ class Store:
         Raises:
             KeyError: the message is not linked.
         """
-        count = self._write(
-            "UPDATE chat_message_link SET content_hash = ?, updated_at = ? "
-            "WHERE gchat_message_name = ?",
-            (content_hash, self._now(), gchat_message_name),
-        )
-        if count == 0:
-            raise KeyError(gchat_message_name)
+        self._set_content_hash(_CHAT_MESSAGE, gchat_message_name, content_hash)
 
     def unlink_chat_message(self, gchat_message_name: str) -> bool:
         """Forget a DM message link; False if it was not linked."""
-        return (
-            self._write(
-                "DELETE FROM chat_message_link WHERE gchat_message_name = ?",
-                (gchat_message_name,),
-            )
-            > 0
-        )
+        return self._unlink(_CHAT_MESSAGE, gchat_message_name)
 
     # -- users ----------------------------------------------------------------------------------
 
@@ -947,68 +1127,43 @@ class Store:
             LinkConflict: the Google user, the username or the user id has another partner.
         """
         lower = discourse_username.lower()
+        shown = (gchat_user_name, discourse_username)
         with self.transaction():
-            by_gchat = self._one(
-                "SELECT * FROM user_link WHERE gchat_user_name = ?", (gchat_user_name,)
-            )
-            by_username = self._one(
-                "SELECT * FROM user_link WHERE discourse_username_lower = ?", (lower,)
-            )
-            wanted = (gchat_user_name, discourse_username)
-            for row in (by_gchat, by_username):
-                if row is not None and (
-                    row["gchat_user_name"] != gchat_user_name
-                    or row["discourse_username_lower"] != lower
-                ):
-                    existing = (row["gchat_user_name"], row["discourse_username"])
-                    raise LinkConflict("user", wanted, existing)
+            linked = self._check_link(_USER, gchat_user_name, lower, shown)
             if discourse_user_id is not None:
-                by_id = self._one(
-                    "SELECT * FROM user_link WHERE discourse_user_id = ?", (discourse_user_id,)
-                )
+                by_id = self._link_row(_USER, "discourse_user_id", discourse_user_id)
                 if by_id is not None and by_id["gchat_user_name"] != gchat_user_name:
                     existing = (by_id["gchat_user_name"], by_id["discourse_username"])
-                    raise LinkConflict("user", wanted, existing)
-            now = self._now()
-            if by_gchat is None:
-                self._conn.execute(
-                    "INSERT INTO user_link (gchat_user_name, discourse_username, "
-                    "discourse_username_lower, discourse_user_id, display_name, email, "
-                    "created_by_bridge, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        gchat_user_name,
-                        discourse_username,
-                        lower,
-                        discourse_user_id,
-                        display_name,
-                        email,
-                        int(created_by_bridge),
-                        now,
-                        now,
-                    ),
+                    raise LinkConflict(_USER.kind, shown, existing)
+            if linked is None:
+                self._insert_link(
+                    _USER,
+                    gchat_user_name,
+                    lower,
+                    discourse_username=discourse_username,
+                    discourse_user_id=discourse_user_id,
+                    display_name=display_name,
+                    email=email,
+                    created_by_bridge=int(created_by_bridge),
                 )
             else:
                 self._conn.execute(
                     "UPDATE user_link SET discourse_user_id = COALESCE(?, discourse_user_id), "
                     "display_name = COALESCE(?, display_name), email = COALESCE(?, email), "
                     "updated_at = ? WHERE gchat_user_name = ?",
-                    (discourse_user_id, display_name, email, now, gchat_user_name),
+                    (discourse_user_id, display_name, email, self._now(), gchat_user_name),
                 )
             link = self.user_for_gchat(gchat_user_name)
             assert link is not None
             return link
 
     def user_for_gchat(self, gchat_user_name: str) -> UserLink | None:
-        row = self._one("SELECT * FROM user_link WHERE gchat_user_name = ?", (gchat_user_name,))
+        row = self._link_row(_USER, _USER.chat, gchat_user_name)
         return None if row is None else _user_link(row)
 
     def user_for_discourse(self, discourse_username: str) -> UserLink | None:
         """The link of a Discourse username, compared case-insensitively."""
-        row = self._one(
-            "SELECT * FROM user_link WHERE discourse_username_lower = ?",
-            (discourse_username.lower(),),
-        )
+        row = self._link_row(_USER, _USER.discourse, discourse_username.lower())
         return None if row is None else _user_link(row)
 
     def is_bridge_user(self, discourse_username: str) -> bool:
@@ -1024,23 +1179,174 @@ class Store:
         rows = self._all("SELECT * FROM user_link ORDER BY gchat_user_name")
         return [_user_link(row) for row in rows]
 
-    # -- cursors ---------------------------------------------------------------------------------
+    # -- sync state: one typed row per thing (DESIGN §4) ----------------------------------------
 
-    def get_cursor(self, key: str) -> str | None:
-        row = self._one("SELECT value FROM cursor WHERE key = ?", (key,))
-        return None if row is None else str(row[0])
+    def _upsert(
+        self, table: str, keys: Mapping[str, object], values: Mapping[str, object]
+    ) -> None:
+        """Insert a row of ``keys`` or update its ``values`` (and updated_at)."""
+        row = {**values, "updated_at": self._now()}
+        self._write(_upsert_sql(table, list(keys), list(row)), (*keys.values(), *row.values()))
 
-    def set_cursor(self, key: str, value: str) -> None:
-        self._write(
-            "INSERT INTO cursor (key, value, updated_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
-            "updated_at = excluded.updated_at",
-            (key, value, self._now()),
+    # Chat polls (room and DM): where each stands in a space.
+
+    def chat_poll_state(self, gchat_space_name: str, kind: PollKind) -> ChatPollState:
+        """Where the ``kind`` poll stands in a space (all empty before its first read)."""
+        row = self._one(
+            "SELECT * FROM chat_poll WHERE gchat_space_name = ? AND kind = ?",
+            (gchat_space_name, kind),
+        )
+        if row is None:
+            return ChatPollState(None, None, never_active=False)
+        return ChatPollState(
+            last_message_time=row["last_message_time"],
+            last_active_time=_opt_dt(row["last_active_time"]),
+            never_active=bool(row["never_active"]),
         )
 
-    def all_cursors(self) -> dict[str, str]:
-        """Every cursor, for `python main.py status`."""
-        return {row[0]: row[1] for row in self._all("SELECT key, value FROM cursor ORDER BY key")}
+    def set_chat_poll_cursor(
+        self, gchat_space_name: str, kind: PollKind, create_time: str
+    ) -> None:
+        """A message created at ``create_time`` (Chat's string, kept exact) has been handled."""
+        self._upsert(
+            "chat_poll",
+            {"gchat_space_name": gchat_space_name, "kind": kind},
+            {"last_message_time": create_time},
+        )
+
+    def mark_chat_poll_read(
+        self, gchat_space_name: str, kind: PollKind, last_active_time: datetime | None
+    ) -> None:
+        """The space was read while Chat reported ``last_active_time`` (None: none, for a space
+        without messages), so that idle cycles need not read it again."""
+        self._upsert(
+            "chat_poll",
+            {"gchat_space_name": gchat_space_name, "kind": kind},
+            {
+                "last_active_time": None if last_active_time is None else _ts(last_active_time),
+                "never_active": int(last_active_time is None),
+            },
+        )
+
+    def rewind_chat_poll(self, gchat_space_name: str, kind: PollKind, create_time: str) -> None:
+        """Read the space again from ``create_time`` (never moves the cursor forward).
+
+        The last read is forgotten too, or the idle skip would not read the space at all.
+
+        Raises:
+            StoreError: ``create_time`` is not an RFC 3339 time.
+        """
+        try:
+            moment = datetime.fromisoformat(create_time)
+        except ValueError as exc:
+            raise StoreError(f"not a Chat createTime: {create_time!r}") from exc
+        with self.transaction():
+            current = self.chat_poll_state(gchat_space_name, kind).last_message_time
+            if current is None or moment < datetime.fromisoformat(current):
+                self.set_chat_poll_cursor(gchat_space_name, kind, create_time)
+            self._upsert(
+                "chat_poll",
+                {"gchat_space_name": gchat_space_name, "kind": kind},
+                {"last_active_time": None, "never_active": 0},
+            )
+
+    # Discourse chat DM channels: the catch-up's reader and high-water id.
+
+    def dm_channel_state(self, discourse_channel_id: int) -> DmChannelState:
+        row = self._one(
+            "SELECT reader, high_water FROM dm_channel_state WHERE discourse_channel_id = ?",
+            (discourse_channel_id,),
+        )
+        if row is None:
+            return DmChannelState(reader=None, high_water=None)
+        return DmChannelState(reader=row["reader"], high_water=row["high_water"])
+
+    def set_dm_channel_reader(self, discourse_channel_id: int, username: str) -> None:
+        """Read (and write attributed messages into) the channel as ``username``.
+
+        Raises:
+            StoreError: the channel is not linked (link_dm_channel first).
+        """
+        self._set_dm_channel(discourse_channel_id, reader=username)
+
+    def set_dm_channel_high_water(self, discourse_channel_id: int, message_id: int) -> None:
+        """Chat messages of the channel up to ``message_id`` need no catch-up.
+
+        Raises:
+            StoreError: the channel is not linked (link_dm_channel first).
+        """
+        self._set_dm_channel(discourse_channel_id, high_water=message_id)
+
+    def _set_dm_channel(self, discourse_channel_id: int, **values: object) -> None:
+        try:
+            self._upsert(
+                "dm_channel_state", {"discourse_channel_id": discourse_channel_id}, values
+            )
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(
+                f"channel {discourse_channel_id} is not linked ({_DM_CHANNEL.made_by} first) "
+                f"[{exc}]"
+            ) from exc
+
+    # Discourse -> Chat: the catch-up pull's high-water id, and per post and per topic.
+
+    def discourse_high_water(self) -> int | None:
+        """The newest post id the catch-up pull has handled; None before the first start."""
+        row = self._one("SELECT high_water_post_id FROM discourse_poll WHERE id = 1")
+        return None if row is None else int(row[0])
+
+    def discourse_history_start(self) -> int:
+        """The high-water id of the first start (posts up to it are never replayed); 0 if unset."""
+        row = self._one("SELECT history_start_post_id FROM discourse_poll WHERE id = 1")
+        return 0 if row is None else int(row[0])
+
+    def set_discourse_high_water(self, post_id: int, *, first_start: bool = False) -> None:
+        """Move the high-water id; on the ``first_start`` it is also where history ends."""
+        values = {"high_water_post_id": post_id}
+        if first_start:
+            values["history_start_post_id"] = post_id
+        self._upsert("discourse_poll", {"id": 1}, values)
+
+    def post_parts(self, post_id: int) -> PostParts | None:
+        """How the post was split into Chat messages; None: one message under its usual id."""
+        row = self._one(
+            "SELECT client_id, part_count FROM post_parts WHERE discourse_post_id = ?",
+            (post_id,),
+        )
+        return None if row is None else PostParts(client_id=row[0], count=row[1])
+
+    def set_post_parts(self, post_id: int, parts: PostParts) -> None:
+        """Recorded before the post's link (the link comes last); goes with the link."""
+        if parts.count < 1:
+            raise StoreError(f"post {post_id}: a post has at least one part, not {parts.count}")
+        self._upsert(
+            "post_parts",
+            {"discourse_post_id": post_id},
+            {"client_id": parts.client_id, "part_count": parts.count},
+        )
+
+    def post_version(self, post_id: int) -> int | None:
+        """The last version of the post mirrored into Chat; None if no edit was."""
+        row = self._one("SELECT version FROM post_version WHERE discourse_post_id = ?", (post_id,))
+        return None if row is None else int(row[0])
+
+    def set_post_version(self, post_id: int, version: int) -> None:
+        self._upsert("post_version", {"discourse_post_id": post_id}, {"version": version})
+
+    def topic_seen(self, topic_id: int) -> int:
+        """The highest post number of the topic handled; 0 if none."""
+        row = self._one(
+            "SELECT post_number FROM topic_seen WHERE discourse_topic_id = ?", (topic_id,)
+        )
+        return 0 if row is None else int(row[0])
+
+    def note_topic_seen(self, topic_id: int, post_number: int) -> None:
+        """Post ``post_number`` of the topic was handled (the mark never moves back)."""
+        with self.transaction():
+            if self.topic_seen(topic_id) < post_number:
+                self._upsert(
+                    "topic_seen", {"discourse_topic_id": topic_id}, {"post_number": post_number}
+                )
 
     # -- webhook inbox -------------------------------------------------------------------------
 
@@ -1273,19 +1579,25 @@ class Store:
         rows = self._all("SELECT item_key FROM write_intent ORDER BY started_at, item_key")
         return [str(row[0]) for row in rows]
 
-    # -- status key/values ---------------------------------------------------------------------
+    # -- status values (StatusKey) -------------------------------------------------------------
 
-    def set_status(self, key: str, value: str) -> None:
-        self._write(
-            "INSERT INTO status (key, value, updated_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
-            "updated_at = excluded.updated_at",
-            (key, value, self._now()),
-        )
+    def set_status(self, key: StatusKey, value: str) -> None:
+        self._upsert("status", {"key": _status_key(key)}, {"value": value})
 
-    def get_status(self, key: str) -> str | None:
-        row = self._one("SELECT value FROM status WHERE key = ?", (key,))
+    def get_status(self, key: StatusKey) -> str | None:
+        row = self._one("SELECT value FROM status WHERE key = ?", (_status_key(key),))
         return None if row is None else str(row[0])
 
-    def all_status(self) -> dict[str, str]:
-        return {row[0]: row[1] for row in self._all("SELECT key, value FROM status ORDER BY key")}
+    def all_status(self) -> dict[StatusKey, str]:
+        """Every status value set (rows of names this version no longer knows are left out)."""
+        known = {key.value for key in StatusKey}
+        rows = self._all("SELECT key, value FROM status ORDER BY key")
+        return {StatusKey(row[0]): row[1] for row in rows if row[0] in known}
+
+
+def _status_key(key: StatusKey) -> str:
+    # A typo'd plain string would be stored and never read: refuse it.
+    try:
+        return StatusKey(key).value
+    except ValueError as exc:
+        raise StoreError(f"unknown status key {key!r}: add it to StatusKey") from exc

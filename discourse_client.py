@@ -293,33 +293,6 @@ class DiscoursePost:
             display_name=_opt_str(data.get("name")),
         )
 
-    def to_api(self) -> dict[str, Any]:
-        """The post in the API's own JSON shape (the inverse of `from_api`), for storing."""
-
-        def time(value: datetime | None) -> str | None:
-            return value.isoformat().replace("+00:00", "Z") if value else None
-
-        return {
-            "id": self.id,
-            "topic_id": self.topic_id,
-            "post_number": self.post_number,
-            "username": self.username,
-            "name": self.display_name,
-            "raw": self.raw,
-            "cooked": self.cooked,
-            "post_type": self.post_type,
-            "created_at": time(self.created_at),
-            "updated_at": time(self.updated_at),
-            "deleted_at": time(self.deleted_at),
-            "user_deleted": self.user_deleted,
-            "hidden": self.hidden,
-            "category_id": self.category_id,
-            "topic_title": self.topic_title,
-            "topic_archetype": self.topic_archetype,
-            "reply_to_post_number": self.reply_to_post_number,
-            "version": self.version,
-        }
-
 
 @dataclass(frozen=True, slots=True)
 class DiscourseTopic:
@@ -585,12 +558,12 @@ class DiscourseClient:
             # bridge's CPU per message). Every call goes to one host, so resolve the proxies
             # (NO_PROXY included) and the CA bundle once, here, instead.
             self._session.proxies.update(requests.utils.get_environ_proxies(self.base_url))
-            self._session.verify = (
-                requests.utils.extract_zipped_paths(
-                    os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or ""
-                )
-                or True
+            bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+            # types-requests leaves extract_zipped_paths unannotated; it returns a path.
+            path: str = requests.utils.extract_zipped_paths(  # type: ignore[no-untyped-call]
+                bundle or ""
             )
+            self._session.verify = path or True
             self._session.trust_env = False
         self._session.headers.update(
             {

@@ -70,6 +70,8 @@ from markdown_it.tree import SyntaxTreeNode
 # google-chat-api.md §4). Discourse's `max_post_length` default is 32000 characters (§3.1).
 CHAT_MAX_BYTES = 32000
 DISCOURSE_MAX_POST_CHARS = 32000
+# What a Chat message with no text (and nothing attached) says in Discourse, in a post or a DM.
+NO_TEXT = "_(a message with no text)_"
 
 # Invisible characters used to neutralise markup. ZWSP breaks Chat markers; WORD JOINER after '@'
 # breaks Discourse's mention matcher `@(\w[\w.-]{0,58}\w)` (it runs on cooked text tokens after
@@ -630,6 +632,16 @@ _SKIN_TONES = {"2": "\U0001f3fb", "3": "\U0001f3fc", "4": "\U0001f3fd", "5": "\U
 _SKIN_TONES["6"] = "\U0001f3ff"
 # Discourse's mention matcher (discourse-markdown-it `mentions`): `@(\w[\w.-]{0,58}\w)|@(\w)`.
 _DISCOURSE_MENTION_RE = re.compile(r"(?<![\w@])@(\w[\w.-]{0,58}\w|\w)")
+
+
+def discourse_mentions(text: str) -> frozenset[str]:
+    """The usernames `discourse_to_gchat_text` may look up in `text` (its mention grammar).
+
+    Lets a caller resolve mentions before a pure planner renders the text.
+    """
+    return frozenset(m.group(1) for m in _DISCOURSE_MENTION_RE.finditer(text))
+
+
 _CHAT_OPENING_LT_RE = re.compile(r"<(users/|[A-Za-z][A-Za-z0-9+.-]*:)")
 # A comment left open hides the rest of its HTML block in Discourse too.
 _HTML_COMMENT_RE = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)

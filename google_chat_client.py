@@ -49,7 +49,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from functools import partial
@@ -59,6 +59,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import google.auth.credentials
 import google.auth.exceptions
+import google.auth.transport
 import google.oauth2.credentials
 import google_auth_httplib2
 import httplib2
@@ -130,13 +131,13 @@ def format_rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _optional_time(value: Any) -> datetime | None:
+def _optional_time(value: object) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
     return parse_rfc3339(value)
 
 
-def _optional_str(value: Any) -> str | None:
+def _optional_str(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
@@ -160,11 +161,11 @@ class ChatUser:
     type: str  # "HUMAN" | "BOT"; "" when Google sent no sender (tombstones)
 
     @classmethod
-    def from_api(cls, data: dict[str, Any]) -> ChatUser:
+    def from_api(cls, data: Mapping[str, Any]) -> ChatUser:
         return cls(
             name=str(data.get("name") or ""),
-            display_name=data.get("displayName") or None,
-            email=data.get("email") or None,
+            display_name=_optional_str(data.get("displayName")) or None,
+            email=_optional_str(data.get("email")) or None,
             type=str(data.get("type") or ""),
         )
 
@@ -180,16 +181,16 @@ class ChatSpace:
     last_active_time: datetime | None
 
     @classmethod
-    def from_api(cls, data: dict[str, Any]) -> ChatSpace:
+    def from_api(cls, data: Mapping[str, Any]) -> ChatSpace:
         space_type = data.get("spaceType")
         if not space_type:
             # Only the deprecated `type` present: ROOM is a named space, DM a direct message.
             space_type = {"ROOM": "SPACE", "DM": "DIRECT_MESSAGE"}.get(str(data.get("type")), "")
         return cls(
             name=str(data["name"]),
-            display_name=data.get("displayName") or None,
+            display_name=_optional_str(data.get("displayName")) or None,
             space_type=str(space_type),
-            threading_state=data.get("spaceThreadingState") or None,
+            threading_state=_optional_str(data.get("spaceThreadingState")) or None,
             last_active_time=_optional_time(data.get("lastActiveTime")),
         )
 
@@ -206,17 +207,49 @@ class ChatAttachment:
     source: str | None  # "UPLOADED_CONTENT" | "DRIVE_FILE"
 
     @classmethod
-    def from_api(cls, data: dict[str, Any]) -> ChatAttachment:
+    def from_api(cls, data: Mapping[str, Any]) -> ChatAttachment:
         data_ref = data.get("attachmentDataRef") or {}
         drive_ref = data.get("driveDataRef") or {}
         return cls(
             name=str(data.get("name") or ""),
-            content_name=data.get("contentName") or None,
-            content_type=data.get("contentType") or None,
-            resource_name=data_ref.get("resourceName") or None,
-            drive_file_id=drive_ref.get("driveFileId") or None,
-            source=data.get("source") or None,
+            content_name=_optional_str(data.get("contentName")) or None,
+            content_type=_optional_str(data.get("contentType")) or None,
+            resource_name=_optional_str(data_ref.get("resourceName")) or None,
+            drive_file_id=_optional_str(drive_ref.get("driveFileId")) or None,
+            source=_optional_str(data.get("source")) or None,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentRef:
+    """A file uploaded into a space (`upload_attachment`), to attach to a new message.
+
+    Chat's `AttachmentDataRef`: `attachment_upload_token` is the opaque token a create uses,
+    `resource_name` names the data for media.download. Either may be absent, not both.
+    """
+
+    resource_name: str | None
+    attachment_upload_token: str | None
+
+    def __post_init__(self) -> None:
+        if not (self.resource_name or self.attachment_upload_token):
+            raise ValueError("an AttachmentRef needs a resource name or an upload token")
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> AttachmentRef:
+        return cls(
+            resource_name=_optional_str(data.get("resourceName")) or None,
+            attachment_upload_token=_optional_str(data.get("attachmentUploadToken")) or None,
+        )
+
+    def to_api(self) -> dict[str, str]:
+        """The `AttachmentDataRef` JSON, only the fields present."""
+        data: dict[str, str] = {}
+        if self.resource_name:
+            data["resourceName"] = self.resource_name
+        if self.attachment_upload_token:
+            data["attachmentUploadToken"] = self.attachment_upload_token
+        return data
 
 
 def _int(value: Any) -> int:
@@ -253,7 +286,7 @@ class ChatAnnotation:
     user_type: str | None  # "HUMAN" | "BOT"
 
     @classmethod
-    def from_api(cls, data: dict[str, Any]) -> ChatAnnotation:
+    def from_api(cls, data: Mapping[str, Any]) -> ChatAnnotation:
         mention = data.get("userMention")
         user = mention.get("user") if isinstance(mention, dict) else None
         user = user if isinstance(user, dict) else {}
@@ -261,9 +294,9 @@ class ChatAnnotation:
             type=str(data.get("type") or ""),
             start_index=_int(data.get("startIndex")),
             length=_int(data.get("length")),
-            user_name=user.get("name") or None,
-            user_display_name=user.get("displayName") or None,
-            user_type=user.get("type") or None,
+            user_name=_optional_str(user.get("name")) or None,
+            user_display_name=_optional_str(user.get("displayName")) or None,
+            user_type=_optional_str(user.get("type")) or None,
         )
 
     def run_in(self, text: str) -> str:
@@ -325,7 +358,7 @@ class ChatMessage:
         return None
 
     @classmethod
-    def from_api(cls, data: dict[str, Any]) -> ChatMessage:
+    def from_api(cls, data: Mapping[str, Any]) -> ChatMessage:
         name = str(data["name"])
         create_time_raw = str(data["createTime"])
         space = data.get("space") or {}
@@ -333,14 +366,14 @@ class ChatMessage:
         return cls(
             name=name,
             space_name=str(space.get("name") or _space_of(name)),
-            thread_name=thread.get("name") or None,
+            thread_name=_optional_str(thread.get("name")) or None,
             sender=ChatUser.from_api(data.get("sender") or {}),
             text=str(data.get("text") or ""),
             create_time=parse_rfc3339(create_time_raw),
             create_time_raw=create_time_raw,
             last_update_time=_optional_time(data.get("lastUpdateTime")),
             delete_time=_optional_time(data.get("deleteTime")),
-            client_assigned_message_id=data.get("clientAssignedMessageId") or None,
+            client_assigned_message_id=_optional_str(data.get("clientAssignedMessageId")) or None,
             thread_reply=bool(data.get("threadReply", False)),
             attachments=tuple(ChatAttachment.from_api(a) for a in data.get("attachment") or ()),
             formatted_text=_optional_str(data.get("formattedText")),
@@ -370,7 +403,7 @@ class ChatMessageChange:
         )  # fmt: skip
 
     @classmethod
-    def from_event(cls, data: dict[str, Any]) -> tuple[ChatMessageChange, ...]:
+    def from_event(cls, data: Mapping[str, Any]) -> tuple[ChatMessageChange, ...]:
         """The changes one SpaceEvent reports: one, several (a batch event) or none."""
         event_type = str(data.get("eventType") or "")
         deleted = event_type in (MESSAGE_DELETED, MESSAGE_BATCH_DELETED)
@@ -590,18 +623,19 @@ class _TokenFileCredentials(google.oauth2.credentials.Credentials):
         file_data: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        # google-auth ships py.typed but leaves Credentials' methods unannotated.
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self._token_file = token_file
         self._file_data = dict(file_data or {})
         self._refresh_lock = threading.Lock()
 
-    def refresh(self, request: Any) -> None:
+    def refresh(self, request: google.auth.transport.Request) -> None:
         seen_token = self.token
         with self._refresh_lock:
             if self.token != seen_token and self.valid:
                 return  # another thread refreshed while we waited
             self._adopt_new_grant()
-            super().refresh(request)
+            super().refresh(request)  # type: ignore[no-untyped-call]
             logger.info("refreshed the Google access token via %s", self.token_uri)
             if self._token_file is not None:
                 self._save(self._token_file)
@@ -847,7 +881,7 @@ class GoogleChatClient:
         return authorized
 
     def _backoff(self, attempt: int) -> float:
-        return min(self._backoff_max, self._backoff_base * (2 ** (attempt - 1)))
+        return min(self._backoff_max, self._backoff_base * 2.0 ** (attempt - 1))
 
     def _call(
         self,
@@ -1074,7 +1108,7 @@ class GoogleChatClient:
         *,
         message_id: str,
         thread_name: str | None = None,
-        attachments: Sequence[dict[str, Any]] = (),
+        attachments: Sequence[AttachmentRef] = (),
     ) -> ChatMessage:
         """Create a message (`text` in Chat markup) as the authorized user; idempotent by id.
 
@@ -1098,7 +1132,7 @@ class GoogleChatClient:
             # The default reply option ignores `thread` and starts a new thread.
             params["messageReplyOption"] = "REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD"
         if attachments:
-            body["attachment"] = [dict(a) for a in attachments]
+            body["attachment"] = [{"attachmentDataRef": ref.to_api()} for ref in attachments]
         try:
             data = self._call(
                 lambda: self._messages().create(body=body, **params), write_space=space_name
@@ -1156,11 +1190,14 @@ class GoogleChatClient:
 
     def upload_attachment(
         self, space_name: str, filename: str, data: bytes, content_type: str
-    ) -> dict[str, Any]:
-        """Upload a file into a space; returns the `attachmentDataRef` for `create_message`.
+    ) -> AttachmentRef:
+        """Upload a file into a space; returns the reference to pass to `create_message`.
 
-        Use it as `create_message(..., attachments=[{"attachmentDataRef": ref}])`. A retried
-        upload can leave an unreferenced upload behind, which is harmless.
+        Use it as `create_message(..., attachments=[ref])`, in the same space. A retried upload
+        can leave an unreferenced upload behind, which is harmless.
+
+        Raises:
+            ChatError: BAD_RESPONSE if the answer holds no usable `attachmentDataRef`.
         """
         result = self._call(
             lambda: self._resources.media.upload(
@@ -1171,8 +1208,9 @@ class GoogleChatClient:
             write_space=space_name,
         )
         data_ref = (result or {}).get("attachmentDataRef")
-        if not isinstance(data_ref, dict):
+        try:
+            return AttachmentRef.from_api(data_ref if isinstance(data_ref, Mapping) else {})
+        except ValueError:
             raise ChatError(
                 f"upload into {space_name} returned no attachmentDataRef", reason="BAD_RESPONSE"
-            )
-        return dict(data_ref)
+            ) from None

@@ -26,12 +26,19 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 import cli
 from config_loader import Config, ConfigError, load_config
-from db import Store
+from db import StatusKey, Store
 from discourse_client import DiscourseClient
 from google_chat_client import ChatAuthError, GoogleChatClient
+from inbox import (
+    ChatMessageEvent,
+    DiscourseEvent,
+    Inbox,
+    InboxWorker,
+    PulledChatMessage,
+)
 from metrics import BridgeMetrics
 from spaces import SpaceListing
-from sync_discourse_to_gchat import DiscourseToGchat, InboxWorker
+from sync_discourse_to_gchat import DiscourseToGchat
 from sync_dm import DmSync
 from sync_gchat_to_discourse import GchatToDiscourse
 from users import UserDirectory
@@ -39,12 +46,9 @@ from webhook_listener import Readiness, WebhookConfigError, WebhookServer, creat
 
 logger = logging.getLogger("gchat_discourse")
 
-EXIT_CONFIG = 2
 # Handled inbox rows are kept this long for their dedupe keys (Discourse redelivers only by hand,
 # and a post's creation is also guarded by its stored link), then deleted so the table stays small.
 INBOX_RETENTION = timedelta(days=7)
-CYCLE_ERROR_KEY = "last_cycle_error"  # status key: why the last scheduler cycle failed, or ""
-EXIT_CREDENTIALS = 3
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -62,6 +66,8 @@ class Runtime:
     stop: threading.Event
     started_at: datetime
     dms: DmSync
+    inbox: Inbox
+    worker: InboxWorker
 
 
 def setup_logging(config: Config) -> None:
@@ -113,8 +119,18 @@ def build_runtime(config: Config, stop: threading.Event) -> Runtime:
         new_user_trust_level=config.sync.new_user_trust_level,
     )
     g2d = GchatToDiscourse(config, store, chat, discourse, users, stop=stop)
-    dms = DmSync(config, store, chat, discourse, users, stop=stop)
-    d2g = DiscourseToGchat(config, store, chat, discourse, chat_message_handler=dms.handle_event)
+    inbox = Inbox(store)
+    dms = DmSync(config, store, chat, discourse, users, stop=stop, inbox=inbox)
+    d2g = DiscourseToGchat(config, store, chat, discourse, inbox)
+
+    def handle(event: DiscourseEvent) -> None:
+        # Chat-channel events belong to the DM sync, the rest to Discourse → Chat.
+        if isinstance(event, ChatMessageEvent | PulledChatMessage):
+            dms.handle_event(event)
+        else:
+            d2g.handle_event(event)
+
+    worker = InboxWorker(inbox, store, handle, max_attempts=config.sync.max_attempts, stop=stop)
     metrics = BridgeMetrics()
     metrics.watch(
         inbox_depth=store.inbox_depth,
@@ -126,7 +142,20 @@ def build_runtime(config: Config, stop: threading.Event) -> Runtime:
             "google_chat": chat.rate_limited_count,
         },
     )
-    return Runtime(config, store, chat, discourse, g2d, d2g, metrics, stop, datetime.now(UTC), dms)
+    return Runtime(
+        config,
+        store,
+        chat,
+        discourse,
+        g2d,
+        d2g,
+        metrics,
+        stop,
+        datetime.now(UTC),
+        dms,
+        inbox,
+        worker,
+    )
 
 
 def poll_job(runtime: Runtime) -> None:
@@ -166,9 +195,9 @@ def poll_job(runtime: Runtime) -> None:
     if failures:
         # For /readyz: a failing catch-up (e.g. Discourse refusing the key) leaves the room
         # poll's own result "ok" when there was nothing to mirror.
-        runtime.store.set_status(CYCLE_ERROR_KEY, failures[0][:500])
-    elif runtime.store.get_status(CYCLE_ERROR_KEY):
-        runtime.store.set_status(CYCLE_ERROR_KEY, "")
+        runtime.store.set_status(StatusKey.CYCLE_ERROR, failures[0][:500])
+    elif runtime.store.get_status(StatusKey.CYCLE_ERROR):
+        runtime.store.set_status(StatusKey.CYCLE_ERROR, "")
 
 
 def readiness(runtime: Runtime) -> Readiness:
@@ -179,7 +208,7 @@ def readiness(runtime: Runtime) -> Readiness:
         # The bounded probe first: a database locked by another process must give a prompt
         # 503, not a probe that hangs for the busy timeout behind a blocked cycle.
         runtime.store.check_writable(timeout=1.0)
-        runtime.store.set_status("readyz_probe", now.isoformat())
+        runtime.store.set_status(StatusKey.READYZ_PROBE, now.isoformat())
     except Exception as exc:  # any database failure means not ready, whatever its kind
         logger.error("database %s is not writable: %s", runtime.store.path, exc)
         return Readiness(False, (f"database not writable: {exc}",))
@@ -194,7 +223,7 @@ def readiness(runtime: Runtime) -> Readiness:
         age = (now - datetime.fromisoformat(last["time"])).total_seconds()
         if age > 3 * interval + 60:
             reasons.append(f"last poll was {age:.0f}s ago (interval {interval:.0f}s)")
-    cycle_error = runtime.store.get_status(CYCLE_ERROR_KEY)
+    cycle_error = runtime.store.get_status(StatusKey.CYCLE_ERROR)
     if cycle_error:
         reasons.append(f"last cycle failed: {cycle_error}")
     oldest = runtime.store.oldest_pending_received_at()
@@ -204,7 +233,7 @@ def readiness(runtime: Runtime) -> Readiness:
 
 
 def _last_poll(runtime: Runtime) -> dict[str, Any] | None:
-    text = runtime.store.get_status("last_poll")
+    text = runtime.store.get_status(StatusKey.LAST_POLL)
     if not text:
         return None
     try:
@@ -229,28 +258,33 @@ def run(config: Config, *, once: bool) -> int:
         runtime = build_runtime(config, stop)
     except ChatAuthError as exc:
         logger.error("%s", exc)
-        return EXIT_CREDENTIALS
+        return cli.EXIT_CREDENTIALS
     if once:
         listing = SpaceListing(runtime.chat)
         result = runtime.gchat_to_discourse.poll_once(listing)
         runtime.discourse_to_gchat.catch_up()
         dm_result = runtime.dms.poll_once(listing)
         runtime.dms.catch_up()
-        runtime.discourse_to_gchat.drain()
+        runtime.worker.drain()
         runtime.store.close()
-        return 0 if result.ok and dm_result.ok else 1
+        return cli.EXIT_OK if result.ok and dm_result.ok else cli.EXIT_FAILED
     try:
         app = create_app(
             secret=config.discourse.webhook_secret,
             allow_unsigned=config.discourse.allow_unsigned_webhooks,
-            enqueue=runtime.discourse_to_gchat.enqueue,
+            enqueue=lambda delivery: runtime.inbox.put_webhook(
+                delivery.parsed,
+                raw_body=delivery.raw_body,
+                event_id=delivery.event_id,
+                event_type=delivery.event_type,
+            ),
             readiness=lambda: readiness(runtime),
             registry=runtime.metrics.registry,
         )
     except WebhookConfigError as exc:
         logger.error("%s", exc)
         runtime.store.close()
-        return EXIT_CONFIG
+        return cli.EXIT_CONFIG
     server = WebhookServer(app, config.sync.webhook_host, config.sync.webhook_port)
 
     scheduler = BackgroundScheduler(timezone=UTC)
@@ -264,7 +298,7 @@ def run(config: Config, *, once: bool) -> int:
         next_run_time=datetime.now(UTC),  # the catch-up poll runs at once
         id="poll",
     )
-    worker = InboxWorker(runtime.discourse_to_gchat, stop)
+    worker = runtime.worker
     worker.start()
     server.start()
     scheduler.start()
@@ -280,7 +314,7 @@ def run(config: Config, *, once: bool) -> int:
     worker.join(timeout=10)
     runtime.store.close()
     logger.info("stopped")
-    return 0
+    return cli.EXIT_OK
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -343,17 +377,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "demo":
+        # Imported here only: the demo is the one module that may start the emulators.
+        import demo
+
         logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
-        return cli.run_demo()
+        return demo.run_demo()
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         if args.command == "check":
             for result in cli.config_error_results(exc):
                 cli.print_result(result, sys.stdout)
-            return EXIT_CONFIG
+            return cli.EXIT_CONFIG
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return cli.EXIT_CONFIG
     if args.command in ("run", "backfill"):
         setup_logging(config)
     else:

@@ -1,4 +1,5 @@
-"""The Chat space listing of one poll cycle, shared by the room and DM polls, and their result.
+"""The Chat space listing of one poll cycle, shared by the room and DM polls, their result, and
+the few settings both polls share (cursor overlap, retry delay, which space types are DMs).
 
 Role: a shared module for the two Chat → Discourse polls (`sync_gchat_to_discourse` for rooms,
 `sync_dm` for direct messages and group chats): `main.py` opens one `SpaceListing` per cycle and
@@ -16,8 +17,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from google_chat_client import ChatAuthError, ChatError, ChatSpace, GoogleChatClient
+
+# Both polls re-read a space this far behind its cursor: Chat's createTime is assigned by
+# distributed front ends, so a message may become visible with a createTime slightly before one
+# already handled (a message read twice is recognised by its stored link).
+CURSOR_OVERLAP = timedelta(seconds=10)
+# The next attempt a failure record asks for after a Chat message failed transiently.
+RETRY_BASE_DELAY = timedelta(seconds=30)
+# The space types bridged as Discourse chat DM channels (`sync_dm`); every other type is a room.
+DM_SPACE_TYPES = frozenset({"DIRECT_MESSAGE", "GROUP_CHAT"})
 
 
 class SpaceListing:

@@ -1,98 +1,130 @@
-"""Discourse → Google Chat: webhook events and a catch-up pull, through one durable inbox.
+"""Discourse → Google Chat: posts and topics, from webhooks and a catch-up pull, through the inbox.
+
+Shape (the same both ways, DESIGN §4): `resolve` reads what a plan needs from the store (and, for
+a few events, Discourse) into a frozen `PostContext`; `plan()` is pure and returns actions; the
+service's `_apply_*` methods carry them out.
 
 Invariants (DESIGN §3):
-- Every event is first stored in the inbox (`enqueue`), keyed so that a repeated delivery, or the
-  catch-up pull finding a post a webhook already brought, is processed once (`inbox.inbox_keys`,
-  shared with the DM sync). The inbox worker
+- Every event is first stored in the inbox (`inbox.py`), keyed so that a repeated delivery, or the
+  catch-up pull finding a post a webhook already brought, is processed once. The inbox worker
   hands out only the oldest pending event of each topic, so replies keep their order.
 - Only real content crosses: regular posts (`post_type` 1) in mapped categories, not private
-  messages, hidden or deleted posts, not posts by bridge-created users or carrying the origin
-  marker of a Chat message (those came from Chat in the first place).
+  messages, hidden or deleted posts, not posts carrying the origin marker of a Chat message
+  (those came from Chat in the first place).
 - Every Chat message the bridge writes has the client-assigned id `client-dp-<post id>` (forms
   in `origin.py`), so a repeat after a crash is answered ALREADY_EXISTS and linked, never
   duplicated, and the Chat → Discourse poll knows it as ours.
-- A reply goes into its topic's Chat thread with REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD; if the
-  topic's first post was never bridged it is bridged first, so the thread exists.
-- Transient failures are retried with backoff; past `max_attempts`, or for an item Google refuses,
-  the event is dead-lettered with its reason (`status` lists it, `retry` requeues it).
+- A reply goes into its topic's Chat thread; if the topic's first post was never bridged it is
+  bridged first, so the thread exists; earlier replies the bridge never handled go first.
+- An edit never becomes a new message, and a Chat user's message is never rewritten by the
+  bridge's account.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import mimetypes
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import formatting
 import origin
 from config_loader import Config
-from db import InboxEvent, MessageLink, Store
+from db import MessageLink, PostParts, Store
 from discourse_client import (
-    DiscourseAuthError,
     DiscourseClient,
-    DiscourseError,
     DiscourseNotFound,
     DiscoursePost,
     DiscourseRejected,
-    DiscourseUnavailable,
 )
 from google_chat_client import (
-    ChatAuthError,
-    ChatError,
+    AttachmentRef,
     ChatMessage,
     ChatNotFound,
     ChatPermissionDenied,
     ChatRejected,
-    ChatUnavailable,
     GoogleChatClient,
 )
-from inbox import inbox_keys
-from webhook_listener import WebhookDelivery
+from inbox import Inbox, PostEvent, PulledPost, TopicEvent, pulled_post
 
 logger = logging.getLogger(__name__)
 
-HIGH_WATER_KEY = "discourse_high_water_post_id"
-# The high-water mark of the bridge's first start: older posts are history, never replayed.
-FIRST_HIGH_WATER_KEY = "discourse_first_high_water_post_id"
 # At most this many earlier posts of a topic are bridged ahead of a reply that skipped them.
 GAP_FILL_LIMIT = 50
-POST_EVENTS = frozenset({"post_created", "post_edited", "post_destroyed", "post_recovered"})
-MAX_BACKOFF = timedelta(minutes=5)
-AUTH_RETRY = timedelta(seconds=30)
-
 
 # ---------------------------------------------------------------------------- pure
 
 
-def _int(payload: Mapping[str, Any], key: str) -> int:
-    value = payload.get(key)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{key} missing or not an integer")
-    return value
+@dataclass(frozen=True, slots=True)
+class RenderSettings:
+    """How a post is written in Chat (from the config)."""
+
+    base_url: str
+    long_messages: str = "split"  # "split" or "truncate"
+    attribution_format: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class PostToChat:
-    """Write `post` into `gchat_space_name`: into `gchat_thread_name`, or a new thread if None."""
+class PostContext:
+    """Everything a plan needs beyond the event, read before planning."""
+
+    space_for_category: Mapping[int, str]
+    thread_for_topic: str | None  # the Chat thread of the event's topic
+    link: MessageLink | None = None  # the post's link (for a topic edit: its first post's)
+    parts: Mapping[int, PostParts] = dataclasses.field(default_factory=dict)  # by post id
+    version_seen: int | None = None  # the last version of the post mirrored into Chat
+    topic_seen: int = 0  # highest post number of the topic handled so far
+    topic_links: tuple[MessageLink, ...] = ()  # the topic's links, oldest post first
+    mentions: Mapping[str, str] = dataclasses.field(default_factory=dict)  # username → users/…
+    first_post: DiscoursePost | None = None  # for a topic edit: its first post, as it is now
+
+
+@dataclass(frozen=True, slots=True)
+class FillGap:
+    """Bridge the topic's earlier posts the bridge never handled, before `post`."""
+
+    post: DiscoursePost
+
+
+@dataclass(frozen=True, slots=True)
+class CreateMessage:
+    """Write `post` into `gchat_space_name`: into `gchat_thread_name`, or a new thread if None.
+
+    `first_post_needed`: a reply in a topic whose first post never reached Chat; post #1 is
+    bridged first, so the reply has a thread to go into.
+    """
 
     post: DiscoursePost
     gchat_space_name: str
     gchat_thread_name: str | None
+    client_id: str
+    first_post_needed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
-class BridgeTopicFirst:
-    """A reply in a topic whose first post never reached Chat: bridge post #1 first."""
+class EditMessage:
+    """Rewrite a bridged post's Chat message (and its later parts) with `parts`."""
 
     post: DiscoursePost
-    gchat_space_name: str
+    gchat_message_name: str
+    gchat_thread_name: str | None
+    parts: tuple[str, ...]
+    content_hash: str
+    previous: PostParts
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteMessages:
+    """Delete Chat messages (later parts first; a thread's root last) and forget the links."""
+
+    what: str  # "post 12" or "topic 4", for the log
+    gchat_message_names: tuple[str, ...]
+    unlink_thread: str | None = None
+    unlink_message: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,42 +132,166 @@ class Skip:
     reason: str
 
 
-PostAction = PostToChat | BridgeTopicFirst | Skip
+Action = FillGap | CreateMessage | EditMessage | DeleteMessages | Skip
+Event = PostEvent | TopicEvent
 
 
-def plan_post(
-    post: DiscoursePost,
-    *,
-    space_for_category: Mapping[int, str],
-    thread_for_topic: str | None,
-    already_bridged: bool,
-) -> PostAction:
-    """Decide what a new Discourse post becomes in Chat. No I/O.
+def default_parts(post_id: int) -> PostParts:
+    """The usual case: one Chat message with the post's client-assigned id."""
+    return PostParts(origin.client_message_id_for_post(post_id), 1)
 
-    Echoes are recognised by origin (the stored link, the marker in `raw`), never by author:
+
+def plan(event: Event, ctx: PostContext, settings: RenderSettings) -> tuple[Action, ...]:
+    """Decide what a Discourse event becomes in Chat. No I/O: `ctx` holds what is known."""
+    if isinstance(event, TopicEvent):
+        return _plan_topic(event, ctx, settings)
+    post = event.post
+    if event.kind == "created":
+        return _plan_create(post, ctx, origin.client_message_id_for_post(post.id))
+    if event.kind == "edited":
+        return _plan_edit(post, ctx, settings)
+    if event.kind == "destroyed":
+        return _plan_delete(post, ctx)
+    if ctx.link is not None:
+        return (Skip("recovered, but its deletion never reached Chat"),)
+    # A deleted client-assigned id is not reusable: the copy gets a new, deterministic one.
+    stamp = int((post.updated_at or post.created_at).timestamp())
+    recovered = dataclasses.replace(post, deleted_at=None, user_deleted=False)
+    return _plan_create(
+        recovered, ctx, origin.client_message_id_for_recovered_post(post.id, stamp)
+    )
+
+
+def _plan_create(post: DiscoursePost, ctx: PostContext, client_id: str) -> tuple[Action, ...]:
+    """Echoes are recognised by origin (the stored link, the marker in `raw`), never by author:
     an account the bridge created may be claimed by its person (a password reset), whose own
     posts must then cross like anyone's.
     """
-    if already_bridged:
-        return Skip("already in Chat")
+    if ctx.link is not None:
+        return (Skip("already in Chat"),)
     if post.post_type != 1:
-        return Skip(f"post_type {post.post_type} (whisper, small action or moderator notice)")
+        return (Skip(f"post_type {post.post_type} (whisper, small action or moderator notice)"),)
     if post.topic_archetype == "private_message":
-        return Skip("private message")
+        return (Skip("private message"),)
     if post.hidden or post.user_deleted or post.deleted_at is not None:
-        return Skip("hidden or deleted")
+        return (Skip("hidden or deleted"),)
     if post.raw and origin.find_origin_marker(post.raw):
-        return Skip("came from Chat")
-    space = space_for_category.get(post.category_id) if post.category_id is not None else None
-    if space is None and thread_for_topic is None:
-        return Skip(f"category {post.category_id} is not mapped")
+        return (Skip("came from Chat"),)
+    thread = ctx.thread_for_topic
+    space = ctx.space_for_category.get(post.category_id) if post.category_id is not None else None
+    if space is None and thread is None:
+        return (Skip(f"category {post.category_id} is not mapped"),)
     if post.post_number == 1:
-        if thread_for_topic is not None:
-            return Skip("topic already has a Chat thread")
-        return PostToChat(post, space or "", None)
-    if thread_for_topic is None:
-        return BridgeTopicFirst(post, space or "")
-    return PostToChat(post, space or _space_of_thread(thread_for_topic), thread_for_topic)
+        if thread is not None:
+            return (Skip("topic already has a Chat thread"),)
+        return (CreateMessage(post, space or "", None, client_id),)
+    actions: list[Action] = []
+    if ctx.topic_seen < post.post_number - 1:
+        # Webhooks arrive unordered and may be lost: earlier replies go first.
+        actions.append(FillGap(post))
+    if thread is None:
+        actions.append(CreateMessage(post, space or "", None, client_id, first_post_needed=True))
+    else:
+        actions.append(CreateMessage(post, space or space_of_thread(thread), thread, client_id))
+    return tuple(actions)
+
+
+def _plan_edit(
+    post: DiscoursePost, ctx: PostContext, settings: RenderSettings
+) -> tuple[Action, ...]:
+    link = ctx.link
+    if link is None:
+        # Never bridged (or already deleted): an edit never becomes a new message.
+        return (Skip("edit of a post not in Chat"),)
+    if post.user_deleted or post.deleted_at is not None:
+        return (Skip("the author's deletion arrives as an edit first; post_destroyed follows"),)
+    if link.origin == "gchat":
+        if origin.content_hash(origin.text_part_of_raw(post.raw or "")) != link.content_hash:
+            return (Skip(f"edit of Chat message {link.gchat_message_name} not carried back"),)
+        return (Skip("the bridge's own copy of a Chat message, unchanged"),)
+    if ctx.version_seen is not None and post.version < ctx.version_seen:
+        return (Skip(f"stale edit (version {post.version} < {ctx.version_seen})"),)
+    lookup = ctx.mentions.get
+    whole = render_message(
+        post,
+        base_url=settings.base_url,
+        mention_lookup=lookup,
+        long_messages="split",
+        attribution_format=settings.attribution_format,
+    )
+    new_hash = origin.content_hash(whole)
+    if new_hash == link.content_hash:
+        return (Skip("the edit changes nothing in Chat"),)
+    parts = _parts(post, settings, lookup)
+    return (
+        EditMessage(
+            post,
+            link.gchat_message_name,
+            link.gchat_thread_name,
+            tuple(parts),
+            new_hash,
+            ctx.parts.get(post.id) or default_parts(post.id),
+        ),
+    )
+
+
+def _plan_delete(post: DiscoursePost, ctx: PostContext) -> tuple[Action, ...]:
+    link = ctx.link
+    if link is None:
+        return (Skip("deletion of a post not in Chat"),)
+    names = _later_parts(link, ctx) + (link.gchat_message_name,)
+    is_root = bool(ctx.topic_links) and (
+        ctx.topic_links[0].gchat_message_name == link.gchat_message_name
+    )
+    if post.post_number == 1 or is_root:
+        return (DeleteMessages(f"post {post.id}", names, unlink_thread=link.gchat_thread_name),)
+    return (DeleteMessages(f"post {post.id}", names, unlink_message=link.gchat_message_name),)
+
+
+def _plan_topic(
+    event: TopicEvent, ctx: PostContext, settings: RenderSettings
+) -> tuple[Action, ...]:
+    thread = ctx.thread_for_topic
+    if event.kind in ("created", "recovered"):
+        return (Skip(f"topic_{event.kind}: its posts bring it"),)
+    if thread is None:
+        return (Skip(f"topic {event.topic_id} is not in Chat"),)
+    if event.kind == "destroyed":
+        names: tuple[str, ...] = ()
+        for link in ctx.topic_links:
+            names += _later_parts(link, ctx)
+        if ctx.topic_links:
+            # Last, and forced: the thread's replies go with its first message.
+            names += (ctx.topic_links[0].gchat_message_name,)
+        return (DeleteMessages(f"topic {event.topic_id}", names, unlink_thread=thread),)
+    first = ctx.first_post
+    if first is None:
+        return (Skip(f"topic {event.topic_id} has no first post"),)
+    titled = dataclasses.replace(first, topic_title=event.title or first.topic_title)
+    return _plan_edit(titled, ctx, settings)
+
+
+def _later_parts(link: MessageLink, ctx: PostContext) -> tuple[str, ...]:
+    """Names of a post's second and later Chat messages (a long post is split)."""
+    parts = ctx.parts.get(link.discourse_post_id) or default_parts(link.discourse_post_id)
+    space = space_of_thread(link.gchat_message_name)
+    return tuple(
+        f"{space}/messages/{origin.client_message_id_for_part(parts.client_id, index)}"
+        for index in range(2, parts.count + 1)
+    )
+
+
+def _parts(
+    post: DiscoursePost, settings: RenderSettings, lookup: Callable[[str], str | None]
+) -> list[str]:
+    text = render_message(
+        post,
+        base_url=settings.base_url,
+        mention_lookup=lookup,
+        long_messages=settings.long_messages,
+        attribution_format=settings.attribution_format,
+    )
+    return formatting.split_for_limit(text, formatting.CHAT_MAX_BYTES)
 
 
 _UPLOAD_REF_RE = re.compile(
@@ -157,12 +313,7 @@ def uploads_in_raw(raw: str) -> list[tuple[str, str]]:
     return list(found.items())[:MAX_ATTACHMENTS]
 
 
-def _seen_key(discourse_topic_id: int) -> str:
-    """Cursor key of the highest post number of a topic the bridge has handled."""
-    return f"discourse_topic_seen:{discourse_topic_id}"
-
-
-def _space_of_thread(gchat_thread_name: str) -> str:
+def space_of_thread(gchat_thread_name: str) -> str:
     return "/".join(gchat_thread_name.split("/")[:2])
 
 
@@ -204,7 +355,7 @@ def render_message(
 
 
 class DiscourseToGchat:
-    """Stores incoming events, pulls what webhooks missed, and writes posts into Chat."""
+    """Resolves, plans and applies Discourse events; pulls the posts webhooks missed."""
 
     def __init__(
         self,
@@ -212,60 +363,43 @@ class DiscourseToGchat:
         store: Store,
         chat: GoogleChatClient,
         discourse: DiscourseClient,
-        *,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        wake: threading.Event | None = None,
-        chat_message_handler: Callable[[str, Mapping[str, Any]], None] | None = None,
+        inbox: Inbox,
     ) -> None:
         self._config = config
-        # Discourse chat events (DM channels) are handled by the DM sync, wired in by main.py.
-        self._chat_message_handler = chat_message_handler
         self._store = store
         self._chat = chat
         self._discourse = discourse
-        self._clock = clock
-        self.wake = wake or threading.Event()
+        self._inbox = inbox
+        self._settings = RenderSettings(
+            base_url=config.discourse.url,
+            long_messages=config.sync.long_messages,
+            attribution_format=config.sync.attribution_format,
+        )
+        # Posts the catch-up pull read, by id, until the worker handles their inbox rows: the
+        # row holds ids only, so the typed record is handed over here, not through JSON.
+        self._pulled: dict[int, DiscoursePost] = {}
+        self._pulled_lock = threading.Lock()
         # The worker and a manual `retry` must not write the same post twice at once.
         self._lock = threading.Lock()
         self.bridged = 0
-        self.failed = 0
 
-    # -- intake
-
-    def enqueue(self, delivery: WebhookDelivery) -> bool:
-        """Store a webhook delivery in the inbox; False if it was a duplicate."""
-        dedupe_key, ordering_key = inbox_keys(delivery.event_name, delivery.body)
-        stored = self._store.enqueue_event(
-            event_id=delivery.event_id,
-            event_type=delivery.event_type,
-            event_name=delivery.event_name,
-            payload=delivery.raw_body,
-            dedupe_key=dedupe_key,
-            ordering_key=ordering_key,
-            received_at=self._clock(),
-        )
-        if stored:
-            self.wake.set()
-        logger.debug("webhook %s %s stored=%s", delivery.event_id, delivery.event_name, stored)
-        return stored
+    # -- the catch-up pull
 
     def catch_up(self) -> int:
-        """Enqueue every post newer than the high-water mark; returns how many were new.
+        """Put every post newer than the high-water mark into the inbox; returns how many were new.
 
         Webhooks are a speed-up, not the record: this pull covers deliveries lost while the
         bridge was down (Discourse does not retry them by default).
         """
-        mark = self._store.get_cursor(HIGH_WATER_KEY)
+        high_water = self._store.discourse_high_water()
         page = self._discourse.latest_posts()
-        if mark is None:
+        if high_water is None:
             # First start: Discourse's past is not replayed into Chat; from now on nothing is
             # missed.
             newest = max((p.id for p in page), default=0)
-            self._store.set_cursor(HIGH_WATER_KEY, str(newest))
-            self._store.set_cursor(FIRST_HIGH_WATER_KEY, str(newest))
+            self._store.set_discourse_high_water(newest, first_start=True)
             logger.info("Discourse high-water mark set to post %d", newest)
             return 0
-        high_water = int(mark)
         found: dict[int, DiscoursePost] = {}
         while page:
             fresh = {p.id: p for p in page if p.id > high_water and p.id not in found}
@@ -276,289 +410,165 @@ class DiscourseToGchat:
             # `before` is exclusive now and was inclusive on older forums: asking for ids
             # before the oldest seen, and dropping ids already found, loses none under either.
             page = self._discourse.latest_posts(before=oldest)
+        added = 0
         for post in sorted(found.values(), key=lambda p: p.id):
-            self._store.enqueue_event(
-                event_id="",
-                event_type="post",
-                event_name="post_created",
-                payload=json.dumps({"post": post.to_api()}),
-                dedupe_key=f"post_created:{post.id}",
-                ordering_key=f"topic:{post.topic_id}",
-                received_at=self._clock(),
-            )
+            with self._pulled_lock:
+                self._pulled[post.id] = post
+            if self._inbox.put_pulled(pulled_post(post)):
+                added += 1
+            else:
+                with self._pulled_lock:
+                    self._pulled.pop(post.id, None)  # a webhook brought it already
         if found:
-            self._store.set_cursor(HIGH_WATER_KEY, str(max(found)))
-            self.wake.set()
+            self._store.set_discourse_high_water(max(found))
             logger.info("catch-up pull found %d posts newer than %d", len(found), high_water)
         return len(found)
 
-    # -- worker
-
-    def drain(self, limit: int = 50) -> int:
-        """Process the due events, oldest of each topic first; returns how many were handled."""
-        handled = 0
-        while True:
-            events = self._store.due_events(self._clock(), limit)
-            if not events:
-                return handled
-            for event in events:
-                self._process(event)
-                handled += 1
-
-    def _process(self, event: InboxEvent) -> None:
-        try:
-            with self._lock:
-                self.handle(event.event_name, json.loads(event.payload))
-        except ChatAuthError as exc:
-            # Not the event's fault: keep it until the credentials are fixed (`/readyz` says so).
-            self._store.mark_retry(event.id, str(exc), self._clock() + AUTH_RETRY)
-            logger.error("event %s waits for Google credentials: %s", event.dedupe_key, exc)
-        except (ChatUnavailable, DiscourseUnavailable) as exc:
-            self._retry_or_bury(event, str(exc))
-        except (ChatRejected, DiscourseRejected, ValueError, KeyError) as exc:
-            if isinstance(exc, DiscourseAuthError) and exc.credentials_invalid:
-                # A bad key is nobody's event's fault: keep it until the key is fixed.
-                self._store.mark_retry(event.id, str(exc), self._clock() + AUTH_RETRY)
-                logger.error(
-                    "event %s waits for a working Discourse key: %s", event.dedupe_key, exc
-                )
-                return
-            self._store.mark_dead(event.id, f"refused: {exc}")
-            self.failed += 1
-            logger.error("dead-lettered %s: %s", event.dedupe_key, exc)
-        except Exception as exc:  # per-item boundary: one bad event must not stop the inbox
-            logger.exception("event %s failed", event.dedupe_key)
-            self._retry_or_bury(event, repr(exc))
-        else:
-            self._store.mark_done(event.id)
-
-    def _retry_or_bury(self, event: InboxEvent, error: str) -> None:
-        attempts = event.attempts + 1
-        if attempts >= self._config.sync.max_attempts:
-            self._store.mark_dead(event.id, f"gave up after {attempts} attempts: {error}")
-            self.failed += 1
-            logger.error(
-                "dead-lettered %s after %d attempts: %s", event.dedupe_key, attempts, error
-            )
-            return
-        delay = min(timedelta(seconds=2**attempts), MAX_BACKOFF)
-        self._store.mark_retry(event.id, error, self._clock() + delay)
-        logger.warning("will retry %s in %s: %s", event.dedupe_key, delay, error)
-
     # -- one event
 
-    def handle(self, event_name: str, body: Mapping[str, Any]) -> None:
-        """Carry out one stored event. Raises the clients' exceptions for the worker to sort."""
-        if event_name.startswith("chat_message_"):
-            if self._chat_message_handler is not None:
-                self._chat_message_handler(event_name, body)
-            return
-        if event_name == "post_created":
-            post = DiscoursePost.from_api(body["post"])
-            self._bridge_earlier_posts(post)
-            self._bridge_post(post)
-            self._note_seen(post)
-        elif event_name == "post_edited":
-            self._edit_post(DiscoursePost.from_api(body["post"]))
-        elif event_name == "topic_edited":
-            self._edit_topic(body["topic"])
-        elif event_name == "post_destroyed":
-            self._delete_post(DiscoursePost.from_api(body["post"]))
-        elif event_name == "topic_destroyed":
-            self._delete_topic(_int(body["topic"], "id"))
-        elif event_name == "post_recovered":
-            self._recover_post(DiscoursePost.from_api(body["post"]))
-        else:
-            logger.debug("no handler for %s", event_name)
+    def handle_event(self, event: PostEvent | TopicEvent | PulledPost) -> None:
+        """Carry out one stored event. Raises the clients' exceptions for the inbox to sort."""
+        with self._lock:
+            if isinstance(event, PulledPost):
+                post = self._pulled_post(event)
+                if post is None:
+                    return
+                event = PostEvent("created", post)
+            self._run(event)
 
-    # -- edits
+    def _run(self, event: PostEvent | TopicEvent, *, gap_filled: bool = False) -> None:
+        """Resolve, plan, apply: the one path of every post and topic event.
 
-    def _edit_post(self, post: DiscoursePost) -> None:
-        link = self._store.message_link_by_post(post.id)
-        if link is None:
-            # Never bridged (or already deleted): an edit never becomes a new message.
-            logger.debug("edit of post %d ignored: not in Chat", post.id)
-            return
-        if post.user_deleted or post.deleted_at is not None:
-            return  # the author's deletion arrives as an edit first; post_destroyed follows
-        if link.origin == "gchat":
-            if origin.content_hash(origin.text_part_of_raw(post.raw or "")) != link.content_hash:
-                # A Chat user's message cannot be rewritten by the bridge's account.
-                logger.info(
-                    "edit in Discourse of Chat message %s not carried back",
-                    link.gchat_message_name,
-                )
-            return
-        version_key = f"discourse_post_version:{post.id}"
-        seen = self._store.get_cursor(version_key)
-        if seen is not None and post.version < int(seen):
-            logger.info(
-                "stale edit of post %d (version %d < %s) ignored", post.id, post.version, seen
+        `gap_filled`: the caller is bridging the posts before this one in order already.
+        """
+        event, ctx = self._resolve(event)
+        if gap_filled and isinstance(event, PostEvent):
+            ctx = dataclasses.replace(
+                ctx, topic_seen=max(ctx.topic_seen, event.post.post_number - 1)
             )
-            return
-        if post.post_number == 1 and not post.topic_title:
-            # Webhook payloads carry the title; a plain post read does not.
-            post = dataclasses.replace(
-                post, topic_title=self._discourse.get_topic(post.topic_id).title
-            )
-        text = render_message(
-            post,
-            base_url=self._config.discourse.url,
-            mention_lookup=self._mention_lookup,
-            long_messages="split",
-            attribution_format=self._config.sync.attribution_format,
-        )
-        new_hash = origin.content_hash(text)
-        if new_hash == link.content_hash:
-            logger.debug("edit of post %d changes nothing in Chat", post.id)
-            return
-        self._rewrite(post.id, link.gchat_message_name, self._parts(post))
-        self._store.update_content_hash(link.gchat_message_name, new_hash)
-        self._store.set_cursor(version_key, str(post.version))
-        logger.info("mirrored edit of post %d -> %s", post.id, link.gchat_message_name)
+        for action in plan(event, ctx, self._settings):
+            self._apply(action)
+        if isinstance(event, PostEvent) and event.kind == "created":
+            self._store.note_topic_seen(event.post.topic_id, event.post.post_number)
 
-    def _edit_topic(self, topic: Mapping[str, Any]) -> None:
-        topic_id = _int(topic, "id")
-        if self._store.thread_for_topic(topic_id) is None:
-            return
+    def _pulled_post(self, event: PulledPost) -> DiscoursePost | None:
+        with self._pulled_lock:
+            post = self._pulled.pop(event.post_id, None)
+        if post is not None:
+            return post
+        # Read again only when the process restarted between the pull and the worker.
         try:
-            first = self._discourse.get_post_by_number(topic_id, 1)
+            post = self._discourse.get_post(event.post_id)
+            topic = self._discourse.get_topic(event.topic_id)
         except DiscourseNotFound:
-            return
-        title = topic.get("title")
-        self._edit_post(
-            dataclasses.replace(first, topic_title=str(title) if title else first.topic_title)
-        )
+            logger.info("pulled post %d is gone", event.post_id)
+            return None
+        return _with_topic_context(post, topic.category_id, topic.title, topic.archetype)
 
-    def _parts(self, post: DiscoursePost) -> list[str]:
-        text = render_message(
-            post,
-            base_url=self._config.discourse.url,
-            mention_lookup=self._mention_lookup,
-            long_messages=self._config.sync.long_messages,
-            attribution_format=self._config.sync.attribution_format,
-        )
-        return formatting.split_for_limit(text, formatting.CHAT_MAX_BYTES)
+    # -- resolve: the store (and, for a topic edit, Discourse) before the plan
 
-    def _rewrite(self, post_id: int, gchat_message_name: str, parts: list[str]) -> None:
-        """Update the message and its later parts; add or delete parts as the length changed."""
-        self._chat.update_message_text(gchat_message_name, parts[0])
-        client_id, old_count = self._part_info(post_id)
-        space = _space_of_thread(gchat_message_name)
-        thread = self._store.message_link_by_message(gchat_message_name)
-        thread_name = thread.gchat_thread_name if thread else None
-        for index in range(2, max(old_count, len(parts)) + 1):
-            part_id = origin.client_message_id_for_part(client_id, index)
-            name = f"{space}/messages/{part_id}"
-            if index <= len(parts):
-                try:
-                    self._chat.update_message_text(name, parts[index - 1])
-                except ChatNotFound:
-                    self._create_chat_message(
-                        space,
-                        parts[index - 1],
-                        message_id=part_id,
-                        thread_name=thread_name,
-                    )
-            else:
-                self._delete_chat_message(name)
-        self._set_part_info(post_id, client_id, len(parts))
-
-    def _part_info(self, post_id: int) -> tuple[str, int]:
-        value = self._store.get_cursor(f"discourse_post_parts:{post_id}")
-        if value is None:
-            return origin.client_message_id_for_post(post_id), 1
-        info = json.loads(value)
-        return str(info["client_id"]), int(info["count"])
-
-    def _set_part_info(self, post_id: int, client_id: str, count: int) -> None:
-        if (
-            count == 1
-            and client_id == origin.client_message_id_for_post(post_id)
-            and self._store.get_cursor(f"discourse_post_parts:{post_id}") is None
-        ):
-            return  # the usual case costs no row
-        self._store.set_cursor(
-            f"discourse_post_parts:{post_id}", json.dumps({"client_id": client_id, "count": count})
-        )
-
-    # -- deletions
-
-    def _delete_post(self, post: DiscoursePost) -> None:
+    def _resolve(
+        self, event: PostEvent | TopicEvent
+    ) -> tuple[PostEvent | TopicEvent, PostContext]:
+        """The event (a first post's edit gets its topic's title) and what its plan needs."""
+        spaces = self._space_for_category()
+        if isinstance(event, TopicEvent):
+            return event, self._resolve_topic(event, spaces)
+        post = event.post
+        thread = self._store.thread_for_topic(post.topic_id)
         link = self._store.message_link_by_post(post.id)
-        if link is None:
-            logger.debug("deletion of post %d ignored: not in Chat", post.id)
-            return
-        client_id, count = self._part_info(post.id)
-        space = _space_of_thread(link.gchat_message_name)
-        self._delete_chat_message(link.gchat_message_name)
-        for index in range(2, count + 1):
-            part_id = origin.client_message_id_for_part(client_id, index)
-            self._delete_chat_message(f"{space}/messages/{part_id}")
-        if post.post_number == 1 or self._is_thread_root(link):
-            self._store.unlink_thread(link.gchat_thread_name)
-        else:
-            self._store.unlink_message(link.gchat_message_name)
-        logger.info("mirrored deletion of post %d -> %s deleted", post.id, link.gchat_message_name)
-
-    def _delete_topic(self, topic_id: int) -> None:
-        links = self._store.message_links_in_topic(topic_id)
-        thread = self._store.thread_for_topic(topic_id)
-        if thread is None:
-            return
-        for link in links:
-            client_id, count = self._part_info(link.discourse_post_id)
-            space = _space_of_thread(link.gchat_message_name)
-            for index in range(2, count + 1):
-                part_id = origin.client_message_id_for_part(client_id, index)
-                self._delete_chat_message(f"{space}/messages/{part_id}")
-        if links:
-            # force: the thread's replies go with its first message.
-            self._delete_chat_message(links[0].gchat_message_name)
-        self._store.unlink_thread(thread)
-        logger.info("mirrored deletion of topic %d -> thread %s deleted", topic_id, thread)
-
-    def _is_thread_root(self, link: MessageLink) -> bool:
-        links = self._store.message_links_in_topic(link.discourse_topic_id)
-        return bool(links) and links[0].gchat_message_name == link.gchat_message_name
-
-    def _delete_chat_message(self, gchat_message_name: str) -> None:
-        try:
-            self._chat.delete_message(gchat_message_name, force=True)
-        except ChatNotFound:
-            pass  # already gone (deleted in Chat, whence perhaps this very event)
-        except ChatPermissionDenied as exc:
-            # Under user auth only one's own messages (or a manager's) can be deleted.
-            logger.warning("cannot delete %s in Chat: %s", gchat_message_name, exc)
-
-    # -- recovery
-
-    def _recover_post(self, post: DiscoursePost) -> None:
-        if self._store.message_for_post(post.id) is not None:
-            return  # its deletion never reached Chat
-        # A deleted client-assigned id is not reusable: the copy gets a new, deterministic one.
-        stamp = int((post.updated_at or post.created_at).timestamp())
-        self._bridge_post(
-            dataclasses.replace(post, deleted_at=None, user_deleted=False),
-            client_id=origin.client_message_id_for_recovered_post(post.id, stamp),
+        if event.kind == "created" or event.kind == "recovered":
+            seen = self._store.topic_seen(post.topic_id)
+            return event, PostContext(spaces, thread, link, topic_seen=seen)
+        parts = self._parts_of([link] if link else [])
+        if event.kind == "destroyed":
+            links = tuple(self._store.message_links_in_topic(post.topic_id)) if link else ()
+            return event, PostContext(spaces, thread, link, parts, topic_links=links)
+        first_untitled = post.post_number == 1 and not post.topic_title
+        if link is not None and link.origin == "discourse" and first_untitled:
+            # Webhook payloads carry the title; a plain post read does not.
+            title = self._discourse.get_topic(post.topic_id).title
+            post = dataclasses.replace(post, topic_title=title)
+            event = PostEvent(event.kind, post)
+        return event, PostContext(
+            spaces,
+            thread,
+            link,
+            parts,
+            version_seen=self._store.post_version(post.id),
+            mentions=self._mentions(post.raw or ""),
         )
 
-    def _bridge_earlier_posts(self, post: DiscoursePost) -> None:
+    def _resolve_topic(self, event: TopicEvent, spaces: Mapping[int, str]) -> PostContext:
+        thread = self._store.thread_for_topic(event.topic_id)
+        if thread is None or event.kind in ("created", "recovered"):
+            return PostContext(spaces, thread)
+        if event.kind == "destroyed":
+            links = tuple(self._store.message_links_in_topic(event.topic_id))
+            return PostContext(spaces, thread, parts=self._parts_of(links), topic_links=links)
+        try:
+            first = self._discourse.get_post_by_number(event.topic_id, 1)
+        except DiscourseNotFound:
+            return PostContext(spaces, thread)
+        link = self._store.message_link_by_post(first.id)
+        return PostContext(
+            spaces,
+            thread,
+            link,
+            self._parts_of([link] if link else []),
+            version_seen=self._store.post_version(first.id),
+            mentions=self._mentions(first.raw or ""),
+            first_post=first,
+        )
+
+    def _parts_of(self, links: Iterable[MessageLink]) -> dict[int, PostParts]:
+        found: dict[int, PostParts] = {}
+        for link in links:
+            parts = self._store.post_parts(link.discourse_post_id)
+            if parts is not None:
+                found[link.discourse_post_id] = parts
+        return found
+
+    def _mentions(self, raw: str) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for username in formatting.discourse_mentions(raw):
+            link = self._store.user_for_discourse(username)
+            if link is not None:
+                found[username] = link.gchat_user_name
+        return found
+
+    def _space_for_category(self) -> dict[int, str]:
+        spaces: dict[int, str] = {}
+        for mapping in self._config.mappings:
+            category = mapping.discourse_category_id
+            if category is None and mapping.discourse_parent_category_id is not None:
+                category = self._store.category_for_space(mapping.google_space_id)
+            if category is not None:
+                spaces[category] = mapping.google_space_id
+        return spaces
+
+    # -- apply
+
+    def _apply(self, action: Action) -> None:
+        if isinstance(action, Skip):
+            logger.debug("nothing to do in Chat: %s", action.reason)
+        elif isinstance(action, FillGap):
+            self._fill_gap(action.post)
+        elif isinstance(action, CreateMessage):
+            self._create(action)
+        elif isinstance(action, EditMessage):
+            self._edit(action)
+        else:
+            self._delete(action)
+
+    def _fill_gap(self, post: DiscoursePost) -> None:
         """Bridge the topic's earlier posts that have not been handled yet, oldest first.
 
-        Webhooks arrive unordered and may be lost; without this, reply N would reach Chat
-        before reply N-1, which only the catch-up pull brings later. The store remembers the
-        highest post number handled per topic, so in-order deliveries cost no request; only a
-        gap costs a topic read and one read of the missing posts.
+        Without this, reply N would reach Chat before reply N-1, which only the catch-up pull
+        brings later. In-order deliveries cost no request (the plan asks only when the topic's
+        handled post number lags); a gap costs a topic read and one read of the missing posts.
         """
-        if post.post_number <= 1:
-            return
-        seen = int(self._store.get_cursor(_seen_key(post.topic_id)) or 0)
-        if seen >= post.post_number - 1:
-            return
-        if self._store.thread_for_topic(post.topic_id) is None and not self._maps(post):
-            return  # not a bridged topic in a mapped category: nothing to put in order
-        history_before = int(self._store.get_cursor(FIRST_HIGH_WATER_KEY) or 0)
+        history_before = self._store.discourse_history_start()
         try:
             topic = self._discourse.get_topic(post.topic_id)
         except DiscourseNotFound:
@@ -570,73 +580,49 @@ class DiscourseToGchat:
         ][-GAP_FILL_LIMIT:]
         if not missing:
             return
-        for earlier in sorted(
-            self._discourse.get_topic_posts(post.topic_id, missing), key=lambda p: p.post_number
-        ):
+        earlier_posts = self._discourse.get_topic_posts(post.topic_id, missing)
+        for earlier in sorted(earlier_posts, key=lambda p: p.post_number):
             if earlier.post_number >= post.post_number:
                 continue
             logger.info("bridging post %d ahead of its later reply %d", earlier.id, post.id)
             # A topic read carries no topic context (title, category); the reply does.
-            self._bridge_post(
-                dataclasses.replace(
-                    earlier,
-                    category_id=earlier.category_id or post.category_id,
-                    topic_title=earlier.topic_title or post.topic_title,
-                    topic_archetype=earlier.topic_archetype or post.topic_archetype,
-                )
-            )
-            self._note_seen(earlier)
+            self._run(PostEvent("created", _context_from(earlier, post)), gap_filled=True)
 
-    def _maps(self, post: DiscoursePost) -> bool:
-        return post.category_id is not None and post.category_id in self._space_for_category()
-
-    def _note_seen(self, post: DiscoursePost) -> None:
-        key = _seen_key(post.topic_id)
-        if int(self._store.get_cursor(key) or 0) < post.post_number:
-            self._store.set_cursor(key, str(post.post_number))
-
-    def _bridge_post(self, post: DiscoursePost, client_id: str | None = None) -> None:
-        action = plan_post(
-            post,
-            space_for_category=self._space_for_category(),
-            thread_for_topic=self._store.thread_for_topic(post.topic_id),
-            already_bridged=self._store.message_for_post(post.id) is not None,
-        )
-        if isinstance(action, Skip):
-            logger.debug("post %d not bridged: %s", post.id, action.reason)
-            return
-        if isinstance(action, BridgeTopicFirst):
-            try:
-                first = self._discourse.get_post_by_number(post.topic_id, 1)
-            except DiscourseNotFound:
-                logger.warning(
-                    "topic %d has no first post; reply %d not bridged", post.topic_id, post.id
-                )
-                return
-            # A single post read carries no topic context (title, category); the reply does.
-            self._bridge_post(
-                dataclasses.replace(
-                    first,
-                    category_id=first.category_id or post.category_id,
-                    topic_title=first.topic_title or post.topic_title,
-                    topic_archetype=first.topic_archetype or post.topic_archetype,
-                )
-            )
-            if self._store.thread_for_topic(post.topic_id) is None:
-                logger.info("reply %d not bridged: its topic is not bridged", post.id)
-                return
-            self._bridge_post(post, client_id)
-            return
-        self._write(action, client_id or origin.client_message_id_for_post(action.post.id))
-
-    def _write(self, action: PostToChat, client_id: str) -> None:
+    def _create(self, action: CreateMessage) -> None:
         post = action.post
+        if not action.first_post_needed:
+            self._write(action)
+            return
+        try:
+            first = self._discourse.get_post_by_number(post.topic_id, 1)
+        except DiscourseNotFound:
+            logger.warning(
+                "topic %d has no first post; reply %d not bridged", post.topic_id, post.id
+            )
+            return
+        # A single post read carries no topic context (title, category); the reply does.
+        self._run(PostEvent("created", _context_from(first, post)))
+        thread = self._store.thread_for_topic(post.topic_id)
+        if thread is None:
+            logger.info("reply %d not bridged: its topic is not bridged", post.id)
+            return
+        self._write(
+            dataclasses.replace(
+                action,
+                gchat_space_name=space_of_thread(thread),
+                gchat_thread_name=thread,
+                first_post_needed=False,
+            )
+        )
+
+    def _write(self, action: CreateMessage) -> None:
+        post, client_id = action.post, action.client_id
         text = render_message(
             post,
-            base_url=self._config.discourse.url,
+            base_url=self._settings.base_url,
             mention_lookup=self._mention_lookup,
-            long_messages=self._config.sync.long_messages,
-            attribution_format=self._config.sync.attribution_format,
+            long_messages=self._settings.long_messages,
+            attribution_format=self._settings.attribution_format,
         )
         parts = formatting.split_for_limit(text, formatting.CHAT_MAX_BYTES)
         attachments, notes = self._attachments_for(post, action.gchat_space_name)
@@ -656,14 +642,14 @@ class DiscourseToGchat:
         )
         thread = message.thread_name or message.name
         for index, part in enumerate(parts[1:], start=2):
-            # Later parts follow in the same thread; linked through their ids, see _part_info.
+            # Later parts follow in the same thread; found again through their ids (PostParts).
             self._create_chat_message(
                 action.gchat_space_name,
                 part,
                 message_id=origin.client_message_id_for_part(client_id, index),
                 thread_name=thread,
             )
-        self._set_part_info(post.id, client_id, len(parts))
+        self._remember_parts(post.id, PostParts(client_id, len(parts)))
         with self._store.transaction():
             if self._store.thread_for_topic(post.topic_id) is None:
                 self._store.link_thread(thread, post.topic_id, action.gchat_space_name)
@@ -678,15 +664,63 @@ class DiscourseToGchat:
         self.bridged += 1
         logger.info("bridged post %d -> %s", post.id, message.name)
 
+    def _edit(self, action: EditMessage) -> None:
+        """Update the message and its later parts; add or delete parts as the length changed."""
+        parts, previous = action.parts, action.previous
+        self._chat.update_message_text(action.gchat_message_name, parts[0])
+        space = space_of_thread(action.gchat_message_name)
+        for index in range(2, max(previous.count, len(parts)) + 1):
+            part_id = origin.client_message_id_for_part(previous.client_id, index)
+            name = f"{space}/messages/{part_id}"
+            if index <= len(parts):
+                try:
+                    self._chat.update_message_text(name, parts[index - 1])
+                except ChatNotFound:
+                    self._create_chat_message(
+                        space,
+                        parts[index - 1],
+                        message_id=part_id,
+                        thread_name=action.gchat_thread_name,
+                    )
+            else:
+                self._delete_chat_message(name)
+        self._remember_parts(action.post.id, PostParts(previous.client_id, len(parts)))
+        self._store.update_content_hash(action.gchat_message_name, action.content_hash)
+        self._store.set_post_version(action.post.id, action.post.version)
+        logger.info("mirrored edit of post %d -> %s", action.post.id, action.gchat_message_name)
+
+    def _remember_parts(self, post_id: int, parts: PostParts) -> None:
+        if parts == default_parts(post_id) and self._store.post_parts(post_id) is None:
+            return  # the usual case costs no row
+        self._store.set_post_parts(post_id, parts)
+
+    def _delete(self, action: DeleteMessages) -> None:
+        for name in action.gchat_message_names:
+            self._delete_chat_message(name)
+        if action.unlink_thread is not None:
+            self._store.unlink_thread(action.unlink_thread)
+        elif action.unlink_message is not None:
+            self._store.unlink_message(action.unlink_message)
+        logger.info("mirrored deletion of %s in Chat", action.what)
+
+    def _delete_chat_message(self, gchat_message_name: str) -> None:
+        try:
+            self._chat.delete_message(gchat_message_name, force=True)
+        except ChatNotFound:
+            pass  # already gone (deleted in Chat, whence perhaps this very event)
+        except ChatPermissionDenied as exc:
+            # Under user auth only one's own messages (or a manager's) can be deleted.
+            logger.warning("cannot delete %s in Chat: %s", gchat_message_name, exc)
+
     def _attachments_for(
         self, post: DiscoursePost, gchat_space_name: str
-    ) -> tuple[list[dict[str, Any]], list[str]]:
+    ) -> tuple[list[AttachmentRef], list[str]]:
         """Chat attachments for the uploads a post embeds, and notes for those that failed.
 
         The text keeps a link to every upload, so a failed attachment is never lost; the note
         says why it is not attached.
         """
-        attachments: list[dict[str, Any]] = []
+        attachments: list[AttachmentRef] = []
         notes: list[str] = []
         for short_url, filename in uploads_in_raw(post.raw or ""):
             try:
@@ -700,57 +734,49 @@ class DiscourseToGchat:
                 logger.warning("upload %s of post %d not attached: %s", short_url, post.id, exc)
                 notes.append(f"_({filename} could not be attached; see the link above)_")
                 continue
-            attachments.append({"attachmentDataRef": ref})
+            attachments.append(ref)
         return attachments, notes
 
     def _create_chat_message(self, gchat_space_name: str, text: str, **kw: Any) -> ChatMessage:
         return self._chat.create_message(gchat_space_name, text, **kw)
-
-    def _space_for_category(self) -> dict[int, str]:
-        spaces: dict[int, str] = {}
-        for mapping in self._config.mappings:
-            category = mapping.discourse_category_id
-            if category is None and mapping.discourse_parent_category_id is not None:
-                category = self._store.category_for_space(mapping.google_space_id)
-            if category is not None:
-                spaces[category] = mapping.google_space_id
-        return spaces
 
     def _mention_lookup(self, discourse_username: str) -> str | None:
         link = self._store.user_for_discourse(discourse_username)
         return link.gchat_user_name if link else None
 
 
-class InboxWorker:
-    """A thread that drains the inbox whenever it is woken, and at least once a second."""
+def _context_from(post: DiscoursePost, later: DiscoursePost) -> DiscoursePost:
+    """`post` read on its own (no title, category) with the topic context of a later post."""
+    return _with_topic_context(
+        post,
+        post.category_id or later.category_id,
+        post.topic_title or later.topic_title,
+        post.topic_archetype or later.topic_archetype,
+    )
 
-    def __init__(self, d2g: DiscourseToGchat, stop: threading.Event) -> None:
-        self._d2g = d2g
-        self._stop = stop
-        self._thread = threading.Thread(target=self._run, name="inbox-worker", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def join(self, timeout: float) -> None:
-        self._d2g.wake.set()
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._d2g.drain()
-            except Exception:  # boundary: the worker thread must survive anything
-                logger.exception("inbox worker failed; retrying in a second")
-            self._d2g.wake.wait(timeout=1.0)
-            self._d2g.wake.clear()
+def _with_topic_context(
+    post: DiscoursePost, category_id: int | None, title: str | None, archetype: str | None
+) -> DiscoursePost:
+    return dataclasses.replace(
+        post,
+        category_id=post.category_id or category_id,
+        topic_title=post.topic_title or title,
+        topic_archetype=post.topic_archetype or archetype,
+    )
 
 
 __all__ = [
-    "DiscourseError",
+    "Action",
+    "CreateMessage",
+    "DeleteMessages",
     "DiscourseToGchat",
-    "InboxWorker",
-    "plan_post",
+    "EditMessage",
+    "FillGap",
+    "PostContext",
+    "RenderSettings",
+    "Skip",
+    "plan",
     "render_message",
-    "ChatError",
+    "uploads_in_raw",
 ]

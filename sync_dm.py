@@ -29,7 +29,7 @@ Invariants:
 - One lock per process is held around "check link → write → link" in both directions.
 - Catch-up: each linked channel has a high-water chat message id (set to the channel's newest
   message when it is linked, so old history is not replayed); newer messages are enqueued into
-  the inbox with the same dedupe keys as webhooks (`inbox.inbox_keys`).
+  the inbox with the same dedupe keys as webhooks (`inbox.pulled_chat_message`).
 """
 
 from __future__ import annotations
@@ -38,15 +38,14 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime
 
 import formatting
 import origin
 from config_loader import Config, SpaceMapping
-from db import Store
+from db import StatusKey, Store
 from discourse_client import (
     DiscourseAuthError,
     DiscourseChatMessage,
@@ -66,21 +65,20 @@ from google_chat_client import (
     format_rfc3339,
     parse_rfc3339,
 )
-from inbox import inbox_keys
-from spaces import PollResult, fetch_spaces
+from inbox import ChatMessageEvent, Inbox, PulledChatMessage, pulled_chat_message
+from spaces import CURSOR_OVERLAP, DM_SPACE_TYPES, RETRY_BASE_DELAY, PollResult, fetch_spaces
 from users import Author, UserDirectory
+from webhook_listener import CHAT_EVENTS
 
 logger = logging.getLogger(__name__)
 
 DIRECTION = "gchat_dm_to_discourse"
-DM_SPACE_TYPES = frozenset({"DIRECT_MESSAGE", "GROUP_CHAT"})
-CHAT_EVENTS = frozenset({"chat_message_created", "chat_message_edited", "chat_message_trashed"})
-CURSOR_OVERLAP = timedelta(seconds=10)
-RETRY_BASE_DELAY = timedelta(seconds=30)
+# The chat events carried to Chat: all the webhook takes in but `chat_message_restored`. Trashing
+# deletes the Chat copy (Chat has no undelete) and drops its link, so a restore has nothing to
+# bring back; the message stays deleted in Chat.
+BRIDGED_CHAT_EVENTS = frozenset(CHAT_EVENTS) - {"chat_message_restored"}
 RECONCILE_WINDOW = 50  # Discourse's maximum chat page
 CHAT_PAGE_SIZE = 50  # a page of the channel's messages (Discourse's maximum)
-BRIDGE_ACCOUNT_KEY = "gchat_bridge_account"  # status key: the Google user the bridge runs as
-NO_TEXT = "_(a message with no text)_"
 
 
 # ---------------------------------------------------------------------------- pure
@@ -153,7 +151,7 @@ def render_chat_message(
         mention_lookup=mention_lookup,
         display_name_lookup=message.mention_display_name,
     ).strip()
-    body = body or NO_TEXT
+    body = body or formatting.NO_TEXT
     return f"{attribution}\n{body}" if attribution else body
 
 
@@ -177,68 +175,6 @@ def render_for_gchat(
     return parts[0]
 
 
-@dataclass(frozen=True, slots=True)
-class ChatEvent:
-    """A `chat_message_*` webhook body, parsed once."""
-
-    message: DiscourseChatMessage
-    channel_id: int
-    author_name: str | None  # the author's display name, when the payload has it
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> ChatEvent:
-        """Raises ValueError when the body lacks the chat message or its channel."""
-        payload = body.get("chat_message")
-        if not isinstance(payload, Mapping):
-            raise ValueError("no chat_message object in the body")
-        message, channel = payload.get("message"), payload.get("channel")
-        if not isinstance(message, Mapping) or not isinstance(channel, Mapping):
-            raise ValueError("chat_message needs message and channel objects")
-        try:
-            channel_id = int(channel["id"])
-            parsed = DiscourseChatMessage.from_api(message, channel_id=channel_id)
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"malformed chat message: {exc!r}") from exc
-        user = message.get("user")
-        name = user.get("name") if isinstance(user, Mapping) else None
-        return cls(parsed, channel_id, str(name) if name else None)
-
-
-def event_body(message: DiscourseChatMessage) -> dict[str, Any]:
-    """A webhook-shaped body for a message found by the catch-up pull."""
-    return {
-        "chat_message": {
-            "message": {
-                "id": message.id,
-                "message": message.message,
-                "created_at": message.created_at.isoformat(),
-                "deleted_at": message.deleted_at.isoformat() if message.deleted_at else None,
-                "chat_channel_id": message.channel_id,
-                "edited": message.edited,
-                "user": {"username": message.username},
-            },
-            "channel": {"id": message.channel_id},
-        }
-    }
-
-
-def _cursor_key(space: str) -> str:
-    return f"gchat_dm_cursor:{space}"
-
-
-def _active_key(space: str) -> str:
-    return f"gchat_dm_active:{space}"
-
-
-def _high_water_key(channel_id: int) -> str:
-    return f"discourse_chat_high_water:{channel_id}"
-
-
-def _reader_key(channel_id: int) -> str:
-    # A member of the channel to read it as (DM channels are visible to members only).
-    return f"discourse_chat_reader:{channel_id}"
-
-
 # ---------------------------------------------------------------------------- I/O
 
 
@@ -260,6 +196,7 @@ class DmSync:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         stop: threading.Event | None = None,
         bridge_account: str | None = None,
+        inbox: Inbox | None = None,
     ) -> None:
         self._config = config
         self._store = store
@@ -271,19 +208,24 @@ class DmSync:
         # Held around "check link -> write -> link" in both directions (webhook worker, poll).
         self._lock = threading.RLock()
         self._display_names: dict[str, str | None] = {}
+        self._inbox = inbox or Inbox(store, clock=clock)
+        # Messages the catch-up pull read, by id, until the worker handles their inbox rows (the
+        # rows hold ids only: the typed record is handed over here, not through JSON).
+        self._pulled: dict[int, DiscourseChatMessage] = {}
+        self._pulled_lock = threading.Lock()
         if bridge_account:
-            store.set_status(BRIDGE_ACCOUNT_KEY, bridge_account)
+            store.set_status(StatusKey.BRIDGE_ACCOUNT, bridge_account)
 
     # -- the bridge's own Google account
 
     def bridge_account(self) -> str | None:
         """The Google user the bridge runs as, once learnt (the sender of its own messages)."""
-        return self._store.get_status(BRIDGE_ACCOUNT_KEY)
+        return self._store.get_status(StatusKey.BRIDGE_ACCOUNT)
 
     def _learn_bridge_account(self, message: ChatMessage) -> None:
         sender = message.sender.name
         if sender and sender != self.bridge_account():
-            self._store.set_status(BRIDGE_ACCOUNT_KEY, sender)
+            self._store.set_status(StatusKey.BRIDGE_ACCOUNT, sender)
             logger.info("the bridge runs as Google user %s", sender)
 
     def _needs_attribution(self, discourse_username: str) -> bool:
@@ -308,7 +250,7 @@ class DmSync:
                 result.errors.append(f"Discourse refused the API key: {exc}")
             duration = time.monotonic() - started
             self._store.set_status(
-                "last_dm_poll",
+                StatusKey.LAST_DM_POLL,
                 json.dumps(
                     {
                         "time": self._clock().isoformat(),
@@ -377,12 +319,10 @@ class DmSync:
                 logger.exception("DM poll of %s failed", space.name)
 
     def _poll_space(self, space: ChatSpace, result: PollResult) -> None:
-        last_active = space.last_active_time.isoformat() if space.last_active_time else None
-        if last_active is not None and self._store.get_cursor(_active_key(space.name)) == (
-            last_active
-        ):
+        poll = self._store.chat_poll_state(space.name, "dm")
+        if space.last_active_time is not None and poll.unchanged(space.last_active_time):
             return
-        cursor = self._store.get_cursor(_cursor_key(space.name))
+        cursor = poll.last_message_time
         after = format_rfc3339(parse_rfc3339(cursor) - CURSOR_OVERLAP) if cursor else None
         result.spaces_read += 1
         messages = list(self._chat.list_messages(space.name, created_after=after))
@@ -405,9 +345,9 @@ class DmSync:
                     channel_id = self.ensure_channel(space)
                 if not self._apply(action.message, space, channel_id, result):
                     return  # transient failure: keep the order, try again next cycle
-            self._store.set_cursor(_cursor_key(space.name), action.message.create_time_raw)
-        if last_active is not None:
-            self._store.set_cursor(_active_key(space.name), last_active)
+            self._store.set_chat_poll_cursor(space.name, "dm", action.message.create_time_raw)
+        if space.last_active_time is not None:
+            self._store.mark_chat_poll_read(space.name, "dm", space.last_active_time)
 
     def ensure_channel(self, space: ChatSpace) -> int:
         """The DM channel of `space`, created (as a participant) and linked on first use."""
@@ -439,9 +379,9 @@ class DmSync:
         newest = max((m.id for m in page), default=0)
         with self._store.transaction():
             self._store.link_dm_channel(space.name, channel_id)
-            self._store.set_cursor(_reader_key(channel_id), acting)
-            if self._store.get_cursor(_high_water_key(channel_id)) is None:
-                self._store.set_cursor(_high_water_key(channel_id), str(newest))
+            self._store.set_dm_channel_reader(channel_id, acting)
+            if self._store.dm_channel_state(channel_id).high_water is None:
+                self._store.set_dm_channel_high_water(channel_id, newest)
         logger.info(
             "space %s -> chat channel %d (members %s)",
             space.name,
@@ -515,7 +455,7 @@ class DmSync:
             )
 
     def _send(self, message: ChatMessage, channel_id: int, author: Author) -> None:
-        reader = self._store.get_cursor(_reader_key(channel_id))
+        reader = self._store.dm_channel_state(channel_id).reader
         # A person without an account is written by the channel's creator, with attribution.
         as_user = author.discourse_username if author.attribution is None else reader
         if as_user is None:
@@ -566,30 +506,52 @@ class DmSync:
 
     # -- Discourse -> Chat
 
-    def handle_event(self, event_name: str, body: Mapping[str, Any]) -> None:
-        """Carry out one stored `chat_message_*` event (the inbox worker sorts the exceptions).
+    def handle_event(self, event: ChatMessageEvent | PulledChatMessage) -> None:
+        """Carry out one stored chat-channel event (the inbox worker sorts the exceptions).
 
         Raises:
-            ValueError: the body is malformed (dead-lettered).
             ChatError, DiscourseError: from the clients (retried or dead-lettered).
         """
-        if event_name not in CHAT_EVENTS:
-            logger.debug("chat event %s not bridged", event_name)
+        if isinstance(event, PulledChatMessage):
+            message = self._pulled_message(event)
+            if message is None:
+                return
+            event = ChatMessageEvent("created", message, event.channel_id, None)
+        if f"chat_message_{event.kind}" not in BRIDGED_CHAT_EVENTS:
+            logger.debug("chat event %s not bridged", event.kind)
             return
-        event = ChatEvent.from_body(body)
         space = self._store.space_for_channel(event.channel_id)
         if space is None:
             logger.debug("chat channel %d is not mapped", event.channel_id)
             return
         with self._lock:
-            if event_name == "chat_message_created":
+            if event.kind == "created":
                 self._created(event, space)
-            elif event_name == "chat_message_edited":
+            elif event.kind == "edited":
                 self._edited(event)
             else:
                 self._trashed(event)
 
-    def _created(self, event: ChatEvent, space: str) -> None:
+    def _pulled_message(self, event: PulledChatMessage) -> DiscourseChatMessage | None:
+        with self._pulled_lock:
+            message = self._pulled.pop(event.message_id, None)
+        if message is not None:
+            return message
+        # Read again only when the process restarted between the pull and the worker.
+        reader = self._store.dm_channel_state(event.channel_id).reader
+        if reader is None:
+            return None
+        # The same reading as the pull (newest page, then into the past): a target id is never
+        # sent, as Discourse answers 404 for a target trashed meanwhile.
+        later = self._messages_after(event.channel_id, event.message_id - 1, reader)
+        found = next((m for m in later if m.id == event.message_id), None)
+        if found is not None and found.deleted_at is not None:
+            found = None
+        if found is None:
+            logger.info("pulled chat message %d is gone", event.message_id)
+        return found
+
+    def _created(self, event: ChatMessageEvent, space: str) -> None:
         message = event.message
         if self._store.chat_message_link_by_chat_message(message.id) is not None:
             return  # came from Chat, or already bridged
@@ -616,7 +578,7 @@ class DmSync:
         )
         logger.info("bridged chat message %d -> %s", message.id, created.name)
 
-    def _edited(self, event: ChatEvent) -> None:
+    def _edited(self, event: ChatMessageEvent) -> None:
         link = self._store.chat_message_link_by_chat_message(event.message.id)
         if link is None or link.origin != "discourse" or event.message.deleted_at is not None:
             return  # unknown, or a Chat message's copy (Chat stays the record for those)
@@ -628,7 +590,7 @@ class DmSync:
         self._store.update_chat_content_hash(link.gchat_message_name, digest)
         logger.info("edited %s from chat message %d", link.gchat_message_name, event.message.id)
 
-    def _trashed(self, event: ChatEvent) -> None:
+    def _trashed(self, event: ChatMessageEvent) -> None:
         link = self._store.chat_message_link_by_chat_message(event.message.id)
         if link is None or link.origin != "discourse":
             return
@@ -641,7 +603,7 @@ class DmSync:
             "deleted %s (chat message %d trashed)", link.gchat_message_name, event.message.id
         )
 
-    def _text_for(self, event: ChatEvent) -> str:
+    def _text_for(self, event: ChatMessageEvent) -> str:
         username = event.message.username
         return render_for_gchat(
             event.message.message,
@@ -684,11 +646,10 @@ class DmSync:
         return found
 
     def _catch_up_channel(self, channel_id: int) -> int:
-        reader = self._store.get_cursor(_reader_key(channel_id))
-        mark = self._store.get_cursor(_high_water_key(channel_id))
-        if reader is None or mark is None:
+        state = self._store.dm_channel_state(channel_id)
+        reader, high_water = state.reader, state.high_water
+        if reader is None or high_water is None:
             return 0
-        high_water = int(mark)
         newer = self._messages_after(channel_id, high_water, reader)
         count = 0
         for message in newer:
@@ -696,20 +657,15 @@ class DmSync:
                 continue  # trashed (staff readers see those): nothing to bring across
             if self._store.message_for_chat_message(message.id) is not None:
                 continue  # a copy of a Chat message, or bridged already
-            body = event_body(message)
-            dedupe_key, ordering_key = inbox_keys("chat_message_created", body)
-            if self._store.enqueue_event(
-                event_id="",
-                event_type="chat_message",
-                event_name="chat_message_created",
-                payload=json.dumps(body),
-                dedupe_key=dedupe_key,
-                ordering_key=ordering_key,
-                received_at=self._clock(),
-            ):
+            with self._pulled_lock:
+                self._pulled[message.id] = message
+            if self._inbox.put_pulled(pulled_chat_message(message)):
                 count += 1
+            else:
+                with self._pulled_lock:
+                    self._pulled.pop(message.id, None)  # a webhook brought it already
         if newer:
-            self._store.set_cursor(_high_water_key(channel_id), str(newer[-1].id))
+            self._store.set_dm_channel_high_water(channel_id, newer[-1].id)
         return count
 
     def _messages_after(
@@ -744,7 +700,6 @@ class DmSync:
 
 
 __all__ = [
-    "ChatEvent",
     "DmSync",
     "is_dm_mapping",
     "mapping_problem",

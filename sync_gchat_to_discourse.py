@@ -17,7 +17,8 @@ Invariants (DESIGN §3):
   message whose rendered text hashes differently from what the link says was written becomes
   an edit (`update_post` with an edit reason); a linked tombstone deletes the post as staff. A
   thread's first post is deleted (and with it the topic) only when nothing else of the thread
-  is left; until then it is replaced by a note. An edit never makes a new post.
+  is left; until then it is replaced by a note. An edit never makes a new post, and a mere
+  comparison never makes a forum account (the author is looked up read-only before `plan`).
 - Attachments: uploaded Chat files are downloaded and uploaded to Discourse (as the author, else
   as the API user) and embedded after the text; Drive files become links; a file that cannot be
   copied leaves a visible note. The embeds sit after `origin.ATTACHMENTS_MARK`, so an edit of the
@@ -40,7 +41,7 @@ from datetime import UTC, datetime, timedelta
 import formatting
 import origin
 from config_loader import Config, SpaceMapping
-from db import MessageLink, Store
+from db import MessageLink, StatusKey, Store
 from discourse_client import (
     DiscourseAuthError,
     DiscourseCategory,
@@ -64,19 +65,14 @@ from google_chat_client import (
     format_rfc3339,
     parse_rfc3339,
 )
-from spaces import PollResult, fetch_spaces
+from spaces import CURSOR_OVERLAP, DM_SPACE_TYPES, RETRY_BASE_DELAY, PollResult, fetch_spaces
 from users import Author, UserDirectory
 
 logger = logging.getLogger(__name__)
 
 DIRECTION = "gchat_to_discourse"
-# Re-read this far behind the cursor: Chat's createTime is assigned by distributed front ends,
-# so a message may become visible with a createTime slightly before one we already handled.
-CURSOR_OVERLAP = timedelta(seconds=10)
 # How many of a topic's last posts are scanned for an origin marker after a crash.
 RECONCILE_WINDOW = 20
-# A retry of a transiently failed message waits at least this long (doubling per attempt).
-RETRY_BASE_DELAY = timedelta(seconds=30)
 # What a thread's first post says while later messages of its thread still live.
 DELETED_FIRST_POST = "_(this message was deleted in Google Chat)_"
 DELETED_HASH = "deleted"
@@ -117,10 +113,11 @@ class Skip:
 
 @dataclass(frozen=True, slots=True)
 class EditPost:
-    """A linked Chat message whose text changed: rewrite its post."""
+    """A linked Chat message whose text changed: rewrite its post's text part with `text`."""
 
     message: ChatMessage
     link: MessageLink
+    text: str  # as rendered now: what was compared, is written, and is hashed into the link
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,31 +136,56 @@ def thread_of(message: ChatMessage) -> str:
     return message.thread_name or message.name
 
 
+def fallback_title(space_label: str, message: ChatMessage) -> str:
+    """The title of a topic whose first message has no words to make one of."""
+    return f"Chat thread in {space_label} ({message.create_time:%Y-%m-%d %H:%M})"
+
+
+def needs_rendering(message: ChatMessage, link: MessageLink) -> bool:
+    """Whether `plan` compares the linked `message`'s text, as rendered now, with its link.
+
+    Only live messages mirrored from Chat that were edited: the bridge's own messages change
+    only through Discourse, a never-edited one has nothing to compare (so no author is looked
+    up for it), and a first post replaced by the deletion note stays so.
+    """
+    return (
+        message.delete_time is None
+        and link.origin == "gchat"
+        and not origin.is_bridge_origin(message)
+        and message.last_update_time is not None
+        and link.content_hash != DELETED_HASH
+    )
+
+
 def plan(
     messages: Sequence[ChatMessage],
     *,
     linked_messages: Container[str],
     linked_threads: Container[str],
-    fallback_title: Callable[[ChatMessage], str],
+    space_label: str,
     mirror_app_messages: bool = False,
     links: Mapping[str, MessageLink] | None = None,
-    text_hash: Callable[[ChatMessage], str] | None = None,
+    rendered: Mapping[str, str] | None = None,
     new_after: datetime | None = None,
 ) -> list[Action]:
-    """Decide what to do with each Chat message read, oldest first. No I/O.
+    """Decide what to do with each Chat message read, oldest first. No I/O: data in, data out.
 
     `linked_messages` holds message names already mirrored; `linked_threads` thread names that
-    already have a topic. `links` (with `text_hash`, the hash of a message's text as it would
-    be rendered now) turns linked messages into edits and deletions. Unlinked messages created
-    at or before `new_after` (re-read only to see edits) are left alone.
+    already have a topic; `space_label` names the space in fallback titles. `links` turns linked
+    messages into edits and deletions: `rendered` must hold, for each linked message for which
+    `needs_rendering` holds, the text part of its post as it would be rendered now (resolved
+    by the caller beforehand); one that hashes differently from what its link says was written
+    is an edit. Unlinked messages created at or before `new_after` (re-read only to see edits)
+    are left alone.
     """
     actions: list[Action] = []
     started: set[str] = set()
     links = links or {}
+    rendered = rendered or {}
     for message in sorted(messages, key=lambda m: m.create_time):
         link = links.get(message.name)
         if link is not None:
-            change = _change_of(message, link, text_hash)
+            change = _change_of(message, link, rendered)
             if change is not None:
                 actions.append(change)
             continue
@@ -175,7 +197,7 @@ def plan(
         # From the plain `text` (mentions as `@Name`, links as their label): no markup in titles.
         title = formatting.title_from_text(
             message.text,
-            fallback=fallback_title(message),
+            fallback=fallback_title(space_label, message),
             display_name_lookup=message.mention_display_name,
         )
         if origin.is_bridge_origin(message):
@@ -193,19 +215,21 @@ def plan(
 
 
 def _change_of(
-    message: ChatMessage, link: MessageLink, text_hash: Callable[[ChatMessage], str] | None
+    message: ChatMessage, link: MessageLink, rendered: Mapping[str, str]
 ) -> Action | None:
     if message.delete_time is not None:
         if link.content_hash == DELETED_HASH:
             return None  # already replaced by the deletion note; deleted with its thread
         return DeletePost(message, link)
-    if link.origin != "gchat" or origin.is_bridge_origin(message) or text_hash is None:
-        return None  # the bridge's own messages change only through Discourse
-    if message.last_update_time is None or link.content_hash == DELETED_HASH:
-        return None  # never edited: nothing to compare (and no rendering spent)
-    if text_hash(message) == link.content_hash:
+    if not needs_rendering(message, link):
+        return None
+    text = rendered.get(message.name)
+    if text is None:
+        # A caller that skipped the resolve step would silently lose edits: say so instead.
+        raise ValueError(f"no rendering of {message.name} to compare with its link")
+    if origin.content_hash(text) == link.content_hash:
         return None  # already mirrored (or an edit that changed nothing we render)
-    return EditPost(message, link)
+    return EditPost(message, link, text)
 
 
 def render_text(
@@ -223,7 +247,7 @@ def render_text(
         display_name_lookup=message.mention_display_name,
     )
     if not body.strip():
-        body = "_(a message with no text)_" if not message.attachments else ""
+        body = formatting.NO_TEXT if not message.attachments else ""
     if author.attribution:
         body = f"{author.attribution}\n\n{body}" if body else author.attribution
     return body
@@ -279,17 +303,6 @@ def _md_label(text: str) -> str:
     # The label sits inside [...] or _..._: drop what would end or restyle it.
     cleaned = "".join(c for c in text if c not in "[]|()_*`<>\n\r")
     return cleaned.strip() or "file"
-
-
-def cursor_key(gchat_space_name: str) -> str:
-    return f"gchat_cursor:{gchat_space_name}"
-
-
-NEVER_ACTIVE = "never-active"
-
-
-def active_key(gchat_space_name: str) -> str:
-    return f"gchat_active:{gchat_space_name}"
 
 
 def created_after(cursor: str | None, initial_history: object, now: datetime) -> str | None:
@@ -364,7 +377,7 @@ class GchatToDiscourse:
                 logger.error("poll cycle aborted: %s", exc)
             duration = time.monotonic() - started
             self._store.set_status(
-                "last_poll",
+                StatusKey.LAST_POLL,
                 _status_line(self._clock(), result, duration),
             )
             logger.info(
@@ -393,7 +406,7 @@ class GchatToDiscourse:
             space = spaces.get(mapping.google_space_id)
             if space is None:
                 continue
-            if space.space_type in ("DIRECT_MESSAGE", "GROUP_CHAT"):
+            if space.space_type in DM_SPACE_TYPES:
                 # A DM mapped to a category: the DM sync reports the mismatch; making topics
                 # of private conversations would be worse than bridging nothing.
                 continue
@@ -424,7 +437,6 @@ class GchatToDiscourse:
         return found
 
     def _poll_space(self, mapping: SpaceMapping, space: ChatSpace, result: PollResult) -> None:
-        last_active = space.last_active_time.isoformat() if space.last_active_time else None
         now = self._clock()
         window_start = now - self._config.sync.edit_window
         # Edits and deletions do not move lastActiveTime: a space whose last message is within
@@ -439,21 +451,15 @@ class GchatToDiscourse:
         # from Discourse: a person may have written just before it, and must not wait for a
         # later scan. Chat allows 15 reads a second per space against 1 write, so the read that
         # follows each bridge write is cheap; a late message is not.
-        seen_active = self._store.get_cursor(active_key(space.name))
-        unchanged = (last_active is None and seen_active == NEVER_ACTIVE) or (
-            last_active is not None and seen_active == last_active
-        )
+        poll = self._store.chat_poll_state(space.name, "room")
+        unchanged = poll.unchanged(space.last_active_time)
         last_scan = self._edit_scans.get(space.name)
         scan_every = timedelta(seconds=self._config.sync.edit_scan_interval_seconds)
         scan_due = recent and (last_scan is None or now - last_scan >= scan_every)
         if unchanged and not scan_due:
             return  # nothing new, and no edit scan due: no request at all
         category_id = self._category_for(mapping, space)
-        after = created_after(
-            self._store.get_cursor(cursor_key(space.name)),
-            self._config.sync.initial_history,
-            now,
-        )
+        after = created_after(poll.last_message_time, self._config.sync.initial_history, now)
         by_name: dict[str, ChatMessage] = {}
         try:
             if not unchanged:
@@ -470,7 +476,6 @@ class GchatToDiscourse:
         except ChatAuthError as exc:
             raise CycleAborted(f"Google refused the credentials: {exc}") from exc
         messages = sorted(by_name.values(), key=lambda m: m.create_time)
-        fallback = _fallback_title(space)
         links: dict[str, MessageLink] = {}
         for m in messages:
             link = self._store.message_link_by_message(m.name)
@@ -485,9 +490,9 @@ class GchatToDiscourse:
             messages,
             linked_messages=links.keys(),
             linked_threads=threads,
-            fallback_title=fallback,
+            space_label=space.display_name or space.name,
             links=links,
-            text_hash=lambda m: self._text_hash(m, space.name),
+            rendered=self._render_for_comparison(messages, links, space),
             new_after=parse_rfc3339(after) if after is not None else None,
         ):
             if self._stop.is_set():
@@ -496,13 +501,13 @@ class GchatToDiscourse:
                 return  # transient failure: keep order, try again next cycle
             if isinstance(action, CreateTopic | CreateReply | Skip):
                 # Only new messages move the cursor (edits are of older ones).
-                self._store.set_cursor(cursor_key(space.name), action.message.create_time_raw)
-        if last_active is not None:
-            self._store.set_cursor(active_key(space.name), last_active)
-        elif not messages:
-            # Google gives a space without messages no lastActiveTime; remember that it was
-            # empty so that idle cycles do not read it again (a first message sets the time).
-            self._store.set_cursor(active_key(space.name), NEVER_ACTIVE)
+                self._store.set_chat_poll_cursor(
+                    space.name, "room", action.message.create_time_raw
+                )
+        if space.last_active_time is not None or not messages:
+            # Google gives a space without messages no lastActiveTime (None); that is remembered
+            # too, so that idle cycles do not read it again (a first message sets the time).
+            self._store.mark_chat_poll_read(space.name, "room", space.last_active_time)
 
     def _changed_messages(self, space: ChatSpace, since: datetime) -> list[ChatMessage]:
         """Mirrored messages of `space` edited or deleted after `since`, as they are now.
@@ -528,9 +533,23 @@ class GchatToDiscourse:
                 found.append(change.tombstone())  # deleted since the event
         return found
 
-    def _text_hash(self, message: ChatMessage, gchat_space_name: str) -> str:
-        author = self._users.author_for(message.sender, gchat_space_name)
-        return origin.content_hash(render_text(message, author, self._mention_lookup))
+    def _render_for_comparison(
+        self, messages: Iterable[ChatMessage], links: Mapping[str, MessageLink], space: ChatSpace
+    ) -> dict[str, str]:
+        """Resolved before `plan`: the text part of each compared message's post, rendered now.
+
+        Only the linked messages whose edits `plan` compares (`needs_rendering`). The author
+        matters only for the attribution line, so it is looked up read-only (`known_author`):
+        a comparison never creates an account or writes the store, and an author who still has
+        none is compared as the post was written, as the API user with the attribution line.
+        """
+        rendered: dict[str, str] = {}
+        for message in messages:
+            link = links.get(message.name)
+            if link is not None and needs_rendering(message, link):
+                author = self._users.known_author(message.sender, space.name)
+                rendered[message.name] = render_text(message, author, self._mention_lookup)
+        return rendered
 
     def _category_for(self, mapping: SpaceMapping, space: ChatSpace) -> int:
         if mapping.discourse_category_id is not None:
@@ -581,7 +600,7 @@ class GchatToDiscourse:
             return False  # waiting for its retry: later messages of the space wait behind it
         try:
             if isinstance(action, EditPost):
-                self._edit(action, space)
+                self._edit(action)
             elif isinstance(action, DeletePost):
                 self._delete(action)
             else:
@@ -782,16 +801,14 @@ class GchatToDiscourse:
 
     # -- edits and deletions
 
-    def _edit(self, action: EditPost, space: ChatSpace) -> None:
+    def _edit(self, action: EditPost) -> None:
         message, link = action.message, action.link
-        author = self._users.author_for(message.sender, space.name)
-        text = render_text(message, author, self._mention_lookup)
         embeds = ""
         if message.attachments:
             # The embeds were made once, at creation: keep them as the post has them.
             current = self._discourse.get_post(link.discourse_post_id)
             embeds = origin.attachments_part_of_raw(current.raw or "")
-        raw = compose_raw(text, embeds, message.name)
+        raw = compose_raw(action.text, embeds, message.name)
         try:
             self._discourse.update_post(link.discourse_post_id, raw, edit_reason=EDIT_REASON)
         except DiscourseNotFound:
@@ -800,7 +817,7 @@ class GchatToDiscourse:
                 "edit of %s not mirrored: post %d is gone", message.name, link.discourse_post_id
             )
             return
-        self._store.update_content_hash(message.name, origin.content_hash(text))
+        self._store.update_content_hash(message.name, origin.content_hash(action.text))
         logger.info("mirrored edit of %s -> post %d", message.name, link.discourse_post_id)
 
     def _delete(self, action: DeletePost) -> None:
@@ -908,15 +925,6 @@ def _is_room_mapping(mapping: SpaceMapping) -> bool:
         mapping.discourse_category_id is not None
         or mapping.discourse_parent_category_id is not None
     )
-
-
-def _fallback_title(space: ChatSpace) -> Callable[[ChatMessage], str]:
-    label = space.display_name or space.name
-
-    def title(message: ChatMessage) -> str:
-        return f"Chat thread in {label} ({message.create_time:%Y-%m-%d %H:%M})"
-
-    return title
 
 
 def _status_line(now: datetime, result: PollResult, duration: float) -> str:

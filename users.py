@@ -181,6 +181,20 @@ class UserDirectory:
             person = self._complete(sender, gchat_space_name)
         return Author(self._api_username, attribution=_attribution(person))
 
+    def known_author(self, sender: ChatUser, gchat_space_name: str) -> Author:
+        """Who `sender`'s posts are written as today, without making an account.
+
+        For comparisons (edit detection): never creates or links a user and never writes the
+        store. A sender without a link gets what `author_for` gives when no account can be
+        had, the API user with an attribution line; naming them may list the space's members
+        once (cached), as `author_for` would.
+        """
+        with self._lock:
+            link = self._store.user_for_gchat(sender.name)
+        if link is not None:
+            return Author(link.discourse_username)
+        return self.bridge_author_for(sender, gchat_space_name)
+
     def _complete(self, sender: ChatUser, gchat_space_name: str) -> ChatUser:
         if sender.display_name and sender.email:
             return sender

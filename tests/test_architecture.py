@@ -12,7 +12,9 @@ Contracts:
    the shared modules).
 2. Only the entry points (`main.py`, `cli.py`) import a sync module: the shared modules never do.
 3. The product (the top-level modules) never imports `tests` or `bench`, and never `emulators`,
-   except `cli.py`, whose `demo` command runs both emulators (issue 14 moves it to `demo.py`).
+   except `demo.py`, which runs both emulators, imports them only inside a function, and is
+   itself imported by no product module but `main.py`, inside its `demo` command (so neither
+   the service nor the other commands ever load a test fixture).
 4. `emulators` never imports a product module: a fake must not lean on the code it checks.
 """
 
@@ -28,9 +30,13 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 PRODUCT = {path.stem: path for path in sorted(REPO.glob("*.py"))}
 SYNC_MODULES = sorted(name for name in PRODUCT if name.startswith("sync_"))
-ENTRY_POINTS = {"main", "cli"}
-# Contract 3's one exception, with its reason in the module docstring.
-MAY_IMPORT_EMULATORS = {"cli"}
+ENTRY_POINTS = {"main", "cli", "demo"}
+# Contract 2: the entry points that wire or drive the sync services (the demo runs `main.py`).
+MAY_IMPORT_SYNC = {"main", "cli"}
+# Contract 3's one exception, with its reason in the module docstring: the module that may import
+# the emulators, and the one module that may import it (lazily).
+MAY_IMPORT_EMULATORS = "demo"
+IMPORTS_THE_DEMO = "main"
 TEST_SIDE = ("emulators", "tests", "bench")
 
 
@@ -39,6 +45,7 @@ class Import:
     path: Path
     line: int
     target: str  # the top-level name imported: "sync_dm", "emulators", "requests"
+    lazy: bool = False  # inside a function: run when it is called, not when the module loads
 
     def __str__(self) -> str:
         return f"{self.path.relative_to(REPO)}:{self.line}: imports {self.target}"
@@ -47,16 +54,24 @@ class Import:
 def imports_of(path: Path, package: str | None = None) -> Iterator[Import]:
     """Every import in `path`, by top-level name (relative imports resolve to `package`)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    in_functions = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
+        for inner in ast.walk(node)
+        if inner is not node
+    }
     for node in ast.walk(tree):
+        lazy = id(node) in in_functions
         if isinstance(node, ast.Import):
             for alias in node.names:
-                yield Import(path, node.lineno, alias.name.split(".")[0])
+                yield Import(path, node.lineno, alias.name.split(".")[0], lazy)
         elif isinstance(node, ast.ImportFrom):
             if node.level > 0:
                 if package is not None:
-                    yield Import(path, node.lineno, package)
+                    yield Import(path, node.lineno, package, lazy)
             elif node.module is not None:
-                yield Import(path, node.lineno, node.module.split(".")[0])
+                yield Import(path, node.lineno, node.module.split(".")[0], lazy)
         elif (
             isinstance(node, ast.Call)
             and _called_name(node.func) in ("import_module", "__import__")
@@ -64,7 +79,7 @@ def imports_of(path: Path, package: str | None = None) -> Iterator[Import]:
             and isinstance(node.args[0], ast.Constant)
             and isinstance(node.args[0].value, str)
         ):
-            yield Import(path, node.lineno, node.args[0].value.split(".")[0])
+            yield Import(path, node.lineno, node.args[0].value.split(".")[0], lazy)
 
 
 def _called_name(func: ast.expr) -> str | None:
@@ -82,7 +97,7 @@ def product_imports(module: str) -> list[Import]:
 def test_the_contracts_name_real_modules() -> None:
     # A renamed module must not turn a contract into one about nothing.
     assert SYNC_MODULES == ["sync_discourse_to_gchat", "sync_dm", "sync_gchat_to_discourse"]
-    assert PRODUCT.keys() >= ENTRY_POINTS | MAY_IMPORT_EMULATORS
+    assert PRODUCT.keys() >= ENTRY_POINTS | MAY_IMPORT_SYNC
     assert (REPO / "emulators" / "__init__.py").is_file()
 
 
@@ -96,7 +111,7 @@ def test_sync_modules_are_independent(module: str) -> None:
     )
 
 
-@pytest.mark.parametrize("module", sorted(set(PRODUCT) - ENTRY_POINTS - set(SYNC_MODULES)))
+@pytest.mark.parametrize("module", sorted(set(PRODUCT) - MAY_IMPORT_SYNC - set(SYNC_MODULES)))
 def test_shared_modules_import_no_sync_module(module: str) -> None:
     broken = [str(i) for i in product_imports(module) if i.target in SYNC_MODULES]
     assert not broken, "only main.py and cli.py may import a sync module:\n" + "\n".join(broken)
@@ -105,10 +120,31 @@ def test_shared_modules_import_no_sync_module(module: str) -> None:
 @pytest.mark.parametrize("module", sorted(PRODUCT))
 def test_the_product_never_imports_the_test_side(module: str) -> None:
     forbidden = set(TEST_SIDE)
-    if module in MAY_IMPORT_EMULATORS:
+    if module == MAY_IMPORT_EMULATORS:
         forbidden.discard("emulators")
     broken = [str(i) for i in product_imports(module) if i.target in forbidden]
     assert not broken, "the product imports emulators, tests or bench:\n" + "\n".join(broken)
+
+
+def test_the_demo_alone_imports_the_emulators_and_only_when_it_runs() -> None:
+    emulators = [i for i in product_imports(MAY_IMPORT_EMULATORS) if i.target == "emulators"]
+    assert emulators, "demo.py no longer imports the emulators: drop its exception"
+    eager = [str(i) for i in emulators if not i.lazy]
+    assert not eager, "demo.py imports the emulators at load time:\n" + "\n".join(eager)
+
+
+@pytest.mark.parametrize("module", sorted(set(PRODUCT) - {MAY_IMPORT_EMULATORS}))
+def test_only_main_imports_the_demo_and_only_in_its_command(module: str) -> None:
+    demo = [i for i in product_imports(module) if i.target == MAY_IMPORT_EMULATORS]
+    if module == IMPORTS_THE_DEMO:
+        assert demo, "main.py no longer imports demo.py: update contract 3"
+        broken = [str(i) for i in demo if not i.lazy]
+    else:
+        broken = [str(i) for i in demo]
+    assert not broken, (
+        "demo.py (which may start the emulators) is imported outside main.py's demo command:\n"
+        + "\n".join(broken)
+    )
 
 
 def test_emulators_never_import_the_product() -> None:

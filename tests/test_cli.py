@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import shutil
 import subprocess
@@ -13,10 +14,11 @@ import pytest
 import yaml
 
 import cli
-from config_loader import Config, load_config
+from config_loader import Config, SpaceMapping, load_config
 from db import Store
 from discourse_client import DiscourseWebhook
 from main import parse_args
+from webhook_listener import CHAT_EVENTS, HANDLED_EVENTS, POST_EVENTS
 
 REPO = Path(__file__).resolve().parents[1]
 SCOPES = list(cli.CHAT_SCOPES)
@@ -63,7 +65,7 @@ def test_missing_scopes_accepts_broader_grants_and_names_what_lacks() -> None:
 
 
 def test_webhook_problems_names_each_defect() -> None:
-    events = cli.POST_EVENTS
+    events = POST_EVENTS
     assert cli.webhook_problems(hook(), secret="s" * 16, events=events) == []
     problems = cli.webhook_problems(
         hook(active=False, secret="other-secret-123", content_type=2),
@@ -77,6 +79,15 @@ def test_webhook_problems_names_each_defect() -> None:
     (problem,) = cli.webhook_problems(narrow, secret="s" * 16, events=events)
     assert "post_edited" in problem and "post_created" not in problem
     assert cli.webhook_problems(hook(category_ids=(3,)), secret=None, events=events)
+
+
+def test_check_asks_the_webhook_for_events_the_listener_takes_in(tmp_path: Path) -> None:
+    rooms = make_config(tmp_path)
+    assert cli.needed_events(rooms) == POST_EVENTS
+    dm_mapping = SpaceMapping(google_space_id="spaces/DM")
+    dm = dataclasses.replace(rooms, mappings=(*rooms.mappings, dm_mapping))
+    assert cli.needed_events(dm) == POST_EVENTS + CHAT_EVENTS
+    assert set(cli.needed_events(dm)) <= HANDLED_EVENTS
 
 
 def test_webhook_url_prefers_the_public_url(tmp_path: Path) -> None:

@@ -16,9 +16,13 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 import db
 from db import (
     ChatMessageLink,
+    ChatPollState,
+    DmChannelState,
     InboxEvent,
     LinkConflict,
     MessageLink,
+    PostParts,
+    StatusKey,
     Store,
     StoreError,
     ThreadLink,
@@ -93,10 +97,10 @@ def test_file_db_keeps_version_and_data_across_opens(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite"
     with Store(path) as first:
         assert first.schema_version == db.MIGRATIONS[-1][0]
-        first.set_cursor("k", "v1")
+        first.set_discourse_high_water(17)
     with Store(path) as second:
         assert second.schema_version == db.MIGRATIONS[-1][0]
-        assert second.get_cursor("k") == "v1"
+        assert second.discourse_high_water() == 17
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -125,28 +129,29 @@ def test_a_later_migration_is_applied_once_and_a_failing_one_leaves_nothing(
 ) -> None:
     path = tmp_path / "state.sqlite"
     with Store(path) as s:
-        s.set_status("kept", "yes")
+        s.set_status(StatusKey.BRIDGE_ACCOUNT, "yes")
+    last = len(db.MIGRATIONS)
     broken = (
         *db.MIGRATIONS,
-        (2, "add a table", "CREATE TABLE extra (x INTEGER);"),
-        (3, "broken step", "CREATE TABLE extra2 (x INTEGER);\nTHIS IS NOT SQL;"),
+        (last + 1, "add a table", "CREATE TABLE extra (x INTEGER);"),
+        (last + 2, "broken step", "CREATE TABLE extra2 (x INTEGER);\nTHIS IS NOT SQL;"),
     )
     monkeypatch.setattr(db, "MIGRATIONS", broken)
     with pytest.raises(sqlite3.OperationalError):
         Store(path)
-    # Steps 2 and 3 ran in one transaction: neither is kept.
+    # The two new steps ran in one transaction: neither is kept.
     conn = sqlite3.connect(path)
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == last
     conn.close()
     assert "extra" not in tables and "extra2" not in tables
 
-    monkeypatch.setattr(db, "MIGRATIONS", broken[:2])
+    monkeypatch.setattr(db, "MIGRATIONS", broken[: last + 1])
     with Store(path) as s:
-        assert s.schema_version == 2
-        assert s.get_status("kept") == "yes"
+        assert s.schema_version == last + 1
+        assert s.get_status(StatusKey.BRIDGE_ACCOUNT) == "yes"
     with Store(path) as s:  # re-opening applies nothing again (CREATE TABLE would fail)
-        assert s.schema_version == 2
+        assert s.schema_version == last + 1
 
 
 def test_every_link_table_is_unique_on_both_sides(tmp_path: Path) -> None:
@@ -185,24 +190,24 @@ def test_every_link_table_is_unique_on_both_sides(tmp_path: Path) -> None:
 
 def test_transaction_commits_and_rolls_back(store: Store) -> None:
     with store.transaction():
-        store.set_cursor("a", "1")
-        store.set_cursor("b", "1")
+        store.set_post_version(1, 1)
+        store.set_post_version(2, 1)
     with pytest.raises(RuntimeError), store.transaction():
-        store.set_cursor("a", "2")
+        store.set_post_version(1, 2)
         raise RuntimeError("boom")
-    assert (store.get_cursor("a"), store.get_cursor("b")) == ("1", "1")
+    assert (store.post_version(1), store.post_version(2)) == (1, 1)
 
 
 def test_nested_failure_undoes_only_the_inner_part(store: Store) -> None:
     store.link_thread(THREAD, 10, SPACE)
     link_msg(store, MSG, 100)
     with store.transaction():
-        store.set_cursor("outer", "x")
+        store.set_post_version(100, 3)
         with pytest.raises(LinkConflict):
             link_msg(store, MSG, 101)
-        store.set_cursor("after", "y")
-    assert store.get_cursor("outer") == "x"
-    assert store.get_cursor("after") == "y"
+        store.note_topic_seen(10, 4)
+    assert store.post_version(100) == 3
+    assert store.topic_seen(10) == 4
     assert store.post_for_message(MSG) == 100
 
 
@@ -424,32 +429,295 @@ def test_user_relink_refreshes_profile_and_conflicts_are_refused(store: Store) -
     assert store.user_for_gchat("users/3") is None
 
 
-# -- cursors and status --------------------------------------------------------------------------
+# -- sync state and status ----------------------------------------------------------------------
 
 
-def test_cursors(store: Store) -> None:
-    assert store.get_cursor("chat:spaces/A") is None
-    store.set_cursor("chat:spaces/A", "2024-05-01T00:00:00Z")
-    store.set_cursor("discourse:posts", "17")
-    store.set_cursor("discourse:posts", "18")
-    assert store.get_cursor("discourse:posts") == "18"
-    assert store.all_cursors() == {
-        "chat:spaces/A": "2024-05-01T00:00:00Z",
-        "discourse:posts": "18",
-    }
+def test_chat_poll_state_per_space_and_kind(store: Store) -> None:
+    assert store.chat_poll_state(SPACE, "room") == ChatPollState(None, None, never_active=False)
+    store.set_chat_poll_cursor(SPACE, "room", "2024-05-01T00:00:00.123456789Z")
+    store.set_chat_poll_cursor(SPACE, "room", "2024-05-01T00:00:01.5Z")
+    store.mark_chat_poll_read(SPACE, "room", T0)
+    state = store.chat_poll_state(SPACE, "room")
+    # The cursor is Chat's string as it was (nanoseconds and all), the active time a datetime.
+    assert state == ChatPollState("2024-05-01T00:00:01.5Z", T0, never_active=False)
+    assert state.unchanged(T0) and not state.unchanged(T0 + timedelta(microseconds=1))
+    assert not state.unchanged(None)
+    # The DM poll of the same space keeps its own place.
+    assert store.chat_poll_state(SPACE, "dm") == ChatPollState(None, None, never_active=False)
+
+
+def test_a_space_read_empty_is_never_active_until_it_has_a_time(store: Store) -> None:
+    store.mark_chat_poll_read(SPACE, "room", None)
+    state = store.chat_poll_state(SPACE, "room")
+    assert state == ChatPollState(None, None, never_active=True)
+    assert state.unchanged(None) and not state.unchanged(T0)
+    store.mark_chat_poll_read(SPACE, "room", T0)
+    assert store.chat_poll_state(SPACE, "room") == ChatPollState(None, T0, never_active=False)
+
+
+def test_rewind_moves_the_cursor_back_only_and_forgets_the_last_read(store: Store) -> None:
+    store.rewind_chat_poll(SPACE, "room", "2024-05-01T10:00:00Z")  # no cursor yet: set
+    assert store.chat_poll_state(SPACE, "room").last_message_time == "2024-05-01T10:00:00Z"
+    store.set_chat_poll_cursor(SPACE, "room", "2024-05-01T12:00:00.000001Z")
+    store.mark_chat_poll_read(SPACE, "room", T0)
+    store.rewind_chat_poll(SPACE, "room", "2024-05-01T13:00:00Z")  # later: the cursor stays
+    assert store.chat_poll_state(SPACE, "room") == ChatPollState(
+        "2024-05-01T12:00:00.000001Z", None, never_active=False
+    )
+    store.mark_chat_poll_read(SPACE, "room", None)
+    store.rewind_chat_poll(SPACE, "room", "2024-05-01T11:00:00+00:00")
+    state = store.chat_poll_state(SPACE, "room")
+    assert state == ChatPollState("2024-05-01T11:00:00+00:00", None, never_active=False)
+    assert not state.unchanged(None) and not state.unchanged(T0)  # read it again either way
+    with pytest.raises(StoreError, match="createTime"):
+        store.rewind_chat_poll(SPACE, "room", "yesterday")
+
+
+def test_dm_channel_state_needs_its_link_and_goes_with_it(store: Store) -> None:
+    assert store.dm_channel_state(55) == DmChannelState(reader=None, high_water=None)
+    with pytest.raises(StoreError, match="link_dm_channel"):
+        store.set_dm_channel_reader(55, "alice")
+    store.link_dm_channel(SPACE, 55)
+    store.set_dm_channel_reader(55, "alice")
+    assert store.dm_channel_state(55) == DmChannelState(reader="alice", high_water=None)
+    store.set_dm_channel_high_water(55, 900)
+    store.set_dm_channel_reader(55, "bob")
+    assert store.dm_channel_state(55) == DmChannelState(reader="bob", high_water=900)
+    with store.transaction():  # no unlink method: a channel link goes only by hand, if ever
+        store._conn.execute("DELETE FROM dm_channel WHERE discourse_channel_id = 55")
+    assert store.dm_channel_state(55) == DmChannelState(reader=None, high_water=None)
+
+
+def test_discourse_high_water_and_history_start(store: Store) -> None:
+    assert store.discourse_high_water() is None
+    assert store.discourse_history_start() == 0
+    store.set_discourse_high_water(40, first_start=True)
+    store.set_discourse_high_water(45)
+    assert (store.discourse_high_water(), store.discourse_history_start()) == (45, 40)
+
+
+def test_high_water_without_a_first_start_has_history_start_zero(store: Store) -> None:
+    store.set_discourse_high_water(12)
+    assert (store.discourse_high_water(), store.discourse_history_start()) == (12, 0)
+
+
+def test_post_parts_and_version(store: Store) -> None:
+    assert store.post_parts(100) is None and store.post_version(100) is None
+    store.set_post_parts(100, PostParts(client_id="client-dp-100", count=3))
+    store.set_post_parts(100, PostParts(client_id="client-dp-100-b", count=2))
+    store.set_post_version(100, 2)
+    store.set_post_version(100, 3)
+    assert store.post_parts(100) == PostParts(client_id="client-dp-100-b", count=2)
+    assert store.post_version(100) == 3
+    with pytest.raises(StoreError, match="at least one part"):
+        store.set_post_parts(101, PostParts(client_id="c", count=0))
+
+
+def test_topic_seen_keeps_the_highest(store: Store) -> None:
+    assert store.topic_seen(10) == 0
+    store.note_topic_seen(10, 4)
+    store.note_topic_seen(10, 2)
+    assert store.topic_seen(10) == 4
+    store.note_topic_seen(10, 5)
+    assert (store.topic_seen(10), store.topic_seen(11)) == (5, 0)
+
+
+def test_unlinking_a_message_prunes_its_posts_state(store: Store) -> None:
+    store.link_thread(THREAD, 10, SPACE)
+    link_msg(store, MSG, 100)
+    link_msg(store, "spaces/AAAA/messages/M2", 101)
+    for post in (100, 101):
+        store.set_post_parts(post, PostParts(client_id=f"c{post}", count=2))
+        store.set_post_version(post, 2)
+    store.note_topic_seen(10, 2)
+    assert store.unlink_message(MSG)
+    assert store.post_parts(100) is None and store.post_version(100) is None
+    assert store.post_parts(101) == PostParts(client_id="c101", count=2)
+    assert store.post_version(101) == 2 and store.topic_seen(10) == 2
+
+
+def test_unlinking_a_thread_prunes_its_topics_and_posts_state(store: Store) -> None:
+    store.link_thread(THREAD, 10, SPACE)
+    store.link_thread("spaces/AAAA/threads/T2", 20, SPACE)
+    link_msg(store, MSG, 100)
+    link_msg(
+        store,
+        "spaces/AAAA/messages/M9",
+        200,
+        gchat_thread_name="spaces/AAAA/threads/T2",
+        discourse_topic_id=20,
+    )
+    for post, topic in ((100, 10), (200, 20)):
+        store.set_post_parts(post, PostParts(client_id=f"c{post}", count=2))
+        store.set_post_version(post, 2)
+        store.note_topic_seen(topic, 3)
+    assert store.unlink_thread(THREAD)
+    assert store.post_parts(100) is None and store.post_version(100) is None
+    assert store.topic_seen(10) == 0
+    assert store.post_parts(200) is not None and store.post_version(200) == 2
+    assert store.topic_seen(20) == 3
+
+
+def test_state_of_what_is_not_linked_is_kept(store: Store) -> None:
+    # Parts are recorded before the post's link (crash recovery), topics are seen unbridged.
+    store.set_post_parts(300, PostParts(client_id="c300", count=2))
+    store.note_topic_seen(30, 1)
+    store.set_chat_poll_cursor(SPACE, "dm", "2024-05-01T00:00:00Z")
+    assert store.post_parts(300) == PostParts(client_id="c300", count=2)
+    assert store.topic_seen(30) == 1
+    assert store.chat_poll_state(SPACE, "dm").last_message_time == "2024-05-01T00:00:00Z"
 
 
 def test_status(store: Store) -> None:
-    assert store.get_status("last_poll") is None
+    assert store.get_status(StatusKey.LAST_POLL) is None
     assert store.all_status() == {}
-    store.set_status("last_poll", "2024-05-01T12:00:00Z")
-    store.set_status("last_poll_result", "ok")
-    store.set_status("last_poll_result", "error: 401")
-    assert store.get_status("last_poll_result") == "error: 401"
+    store.set_status(StatusKey.LAST_POLL, "2024-05-01T12:00:00Z")
+    store.set_status(StatusKey.CYCLE_ERROR, "ok")
+    store.set_status(StatusKey.CYCLE_ERROR, "error: 401")
+    assert store.get_status(StatusKey.CYCLE_ERROR) == "error: 401"
     assert store.all_status() == {
-        "last_poll": "2024-05-01T12:00:00Z",
-        "last_poll_result": "error: 401",
+        StatusKey.LAST_POLL: "2024-05-01T12:00:00Z",
+        StatusKey.CYCLE_ERROR: "error: 401",
     }
+
+
+def test_status_refuses_a_name_it_does_not_know(store: Store) -> None:
+    with pytest.raises(StoreError, match="unknown status key"):
+        store.set_status("last_poll_result", "ok")  # type: ignore[arg-type]
+    store.set_status("last_poll", "x")  # type: ignore[arg-type]  # the enum's value is its name
+    assert store.get_status(StatusKey.LAST_POLL) == "x"
+
+
+# -- the migration out of the v1 cursor table ----------------------------------------------------
+
+
+def _v1_database(path: Path, cursor_rows: dict[str, str]) -> None:
+    """A database as the first release left it: schema 1, links, and the untyped cursor rows."""
+    conn = sqlite3.connect(path)
+    try:
+        for statement in db._statements(db._SCHEMA_V1):
+            conn.execute(statement)
+        now = "2024-05-01T12:00:00.000000Z"
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("INSERT INTO thread_topic VALUES (?, ?, ?, ?)", (THREAD, 10, SPACE, now))
+        conn.execute(
+            "INSERT INTO message_post VALUES (?, ?, ?, ?, 'discourse', 'h', ?, ?)",
+            (MSG, 100, THREAD, 10, now, now),
+        )
+        conn.execute("INSERT INTO dm_channel VALUES ('spaces/DM', 55, ?)", (now,))
+        conn.executemany(
+            "INSERT INTO cursor (key, value, updated_at) VALUES (?, ?, ?)",
+            [(key, value, now) for key, value in cursor_rows.items()],
+        )
+        conn.execute("PRAGMA user_version = 1")
+        conn.commit()
+    finally:
+        conn.close()
+
+
+V1_CURSOR_ROWS = {
+    "gchat_cursor:spaces/ROOM": "2024-05-01T11:59:58.123456789Z",
+    "gchat_active:spaces/ROOM": "2024-05-01T11:59:58.123456+00:00",
+    "gchat_active:spaces/EMPTY": "never-active",
+    "gchat_cursor:spaces/REWOUND": "2024-04-01T00:00:00Z",
+    "gchat_active:spaces/REWOUND": "",
+    "gchat_dm_cursor:spaces/DM": "2024-05-01T11:00:00.5Z",
+    "gchat_dm_active:spaces/DM": "2024-05-01T11:00:00.500000+00:00",
+    "discourse_chat_high_water:55": "901",
+    "discourse_chat_reader:55": "alice",
+    "discourse_high_water_post_id": "120",
+    "discourse_first_high_water_post_id": "90",
+    "discourse_post_parts:100": '{"client_id": "client-dp-100", "count": 3}',
+    "discourse_post_version:100": "4",
+    "discourse_topic_seen:10": "7",
+}
+
+
+def test_migration_moves_every_cursor_shape_into_typed_state(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    _v1_database(path, V1_CURSOR_ROWS)
+    with Store(path) as store:
+        assert store.schema_version == db.MIGRATIONS[-1][0]
+        moved_at = datetime(2024, 5, 1, 11, 59, 58, 123456, tzinfo=UTC)
+        assert store.chat_poll_state("spaces/ROOM", "room") == ChatPollState(
+            "2024-05-01T11:59:58.123456789Z", moved_at, never_active=False
+        )
+        assert store.chat_poll_state("spaces/ROOM", "room").unchanged(moved_at)
+        assert store.chat_poll_state("spaces/EMPTY", "room") == ChatPollState(
+            None, None, never_active=True
+        )
+        assert store.chat_poll_state("spaces/REWOUND", "room") == ChatPollState(
+            "2024-04-01T00:00:00Z", None, never_active=False
+        )
+        assert store.chat_poll_state("spaces/DM", "dm") == ChatPollState(
+            "2024-05-01T11:00:00.5Z",
+            datetime(2024, 5, 1, 11, 0, 0, 500000, tzinfo=UTC),
+            never_active=False,
+        )
+        assert store.chat_poll_state("spaces/DM", "room") == ChatPollState(
+            None, None, never_active=False
+        )
+        assert store.dm_channel_state(55) == DmChannelState(reader="alice", high_water=901)
+        assert store.discourse_high_water() == 120
+        assert store.discourse_history_start() == 90
+        assert store.post_parts(100) == PostParts(client_id="client-dp-100", count=3)
+        assert store.post_version(100) == 4
+        assert store.topic_seen(10) == 7
+        # The moved rows are pruned like new ones.
+        assert store.unlink_thread(THREAD)
+        assert store.post_parts(100) is None and store.post_version(100) is None
+        assert store.topic_seen(10) == 0
+    conn = sqlite3.connect(path)
+    try:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    finally:
+        conn.close()
+    assert "cursor" not in tables
+    with Store(path) as store:  # re-opening applies nothing again
+        assert store.discourse_high_water() == 120
+
+
+def test_migration_drops_unknown_and_malformed_rows_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "state.sqlite"
+    _v1_database(
+        path,
+        {
+            "gchat_cursor:spaces/ROOM": "2024-05-01T11:59:58Z",
+            "gchat_active:spaces/ROOM": "not a time",
+            "some_future_key": "x",
+            "discourse_post_parts:100": "{not json",
+            "discourse_post_version:101": "four",
+            "discourse_chat_reader:77": "bob",  # channel 77 is not linked
+            "discourse_first_high_water_post_id": "90",  # without the current high-water id
+        },
+    )
+    with caplog.at_level("WARNING", logger="db"), Store(path) as store:
+        assert store.chat_poll_state("spaces/ROOM", "room") == ChatPollState(
+            "2024-05-01T11:59:58Z", None, never_active=False
+        )
+        assert store.post_parts(100) is None and store.post_version(101) is None
+        assert store.dm_channel_state(77) == DmChannelState(reader=None, high_water=None)
+        assert store.discourse_high_water() is None and store.discourse_history_start() == 0
+    dropped = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    for key in (
+        "gchat_active:spaces/ROOM",
+        "some_future_key",
+        "discourse_post_parts:100",
+        "discourse_post_version:101",
+        "discourse_chat_reader:77",
+        "discourse_first_high_water_post_id",
+    ):
+        assert key in dropped, key
+
+
+def test_migration_of_an_empty_cursor_table(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    _v1_database(path, {})
+    with Store(path) as store:
+        assert store.discourse_high_water() is None
+        assert store.message_for_post(100) == MSG  # the links are untouched
 
 
 # -- inbox ---------------------------------------------------------------------------------------
@@ -759,8 +1027,8 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
                 )
                 enqueue(store, f"{n}-{i}", f"topic-{i % 3}")
                 with store.transaction():
-                    value = int(store.get_cursor("counter") or "0")
-                    store.set_cursor("counter", str(value + 1))
+                    value = store.post_version(1) or 0
+                    store.set_post_version(1, value + 1)
                 store.record_failure("d", "shared", "e", max_attempts=10_000, next_attempt_at=T0)
         except BaseException as exc:  # collected and re-raised in the main thread
             errors.append(exc)
@@ -772,7 +1040,7 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
         worker.join(timeout=60)
     assert not errors, errors
     total = threads_n * per_thread
-    assert store.get_cursor("counter") == str(total)  # read-modify-write in a transaction
+    assert store.post_version(1) == total  # read-modify-write in a transaction
     assert store.inbox_depth() == total
     failure = store.failure_for("d", "shared")
     assert failure is not None and failure.attempts == total

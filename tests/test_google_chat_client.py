@@ -28,6 +28,7 @@ import requests
 
 from google_chat_client import (
     MARKUP_SYNTAX,
+    AttachmentRef,
     ChatAnnotation,
     ChatAuthError,
     ChatMessage,
@@ -499,24 +500,44 @@ def test_reply_into_existing_thread(world: World) -> None:
 def test_upload_then_attach_then_download(world: World) -> None:
     client = world.client()
     payload = bytes(range(256)) * 40
-    data_ref = client.upload_attachment(
-        world.space, "blob.bin", payload, "application/octet-stream"
-    )
+    ref = client.upload_attachment(world.space, "blob.bin", payload, "application/octet-stream")
+    assert isinstance(ref, AttachmentRef)
+    assert ref.resource_name and ref.attachment_upload_token
     message = client.create_message(
-        world.space,
-        "with a file",
-        message_id="client-att-1",
-        attachments=[{"attachmentDataRef": data_ref}],
+        world.space, "with a file", message_id="client-att-1", attachments=[ref]
     )
     fetched = client.get_message(message.name)
     (attachment,) = fetched.attachments
     assert attachment.content_name == "blob.bin"
-    assert attachment.resource_name is not None
+    assert attachment.resource_name == ref.resource_name
     assert client.download_attachment(attachment.resource_name) == payload
     log = world.control.requests()
     (upload,) = api_calls(log, "POST", f"/upload/v1/{world.space}/attachments:upload")
     assert upload["status"] == 200
     assert api_calls(log, "GET", "/v1/media/")[0]["status"] == 200
+
+
+def test_attach_by_upload_token_alone(world: World) -> None:
+    client = world.client()
+    ref = client.upload_attachment(world.space, "note.txt", b"just the token", "text/plain")
+    token_only = AttachmentRef(
+        resource_name=None, attachment_upload_token=ref.attachment_upload_token
+    )
+    message = client.create_message(
+        world.space, "token only", message_id="client-att-2", attachments=[token_only]
+    )
+    (attachment,) = client.get_message(message.name).attachments
+    assert attachment.content_name == "note.txt"
+
+
+def test_attachment_ref_from_and_to_the_api() -> None:
+    ref = AttachmentRef.from_api({"resourceName": "r/1", "attachmentUploadToken": "tok"})
+    assert ref == AttachmentRef(resource_name="r/1", attachment_upload_token="tok")
+    assert ref.to_api() == {"resourceName": "r/1", "attachmentUploadToken": "tok"}
+    token_only = AttachmentRef.from_api({"attachmentUploadToken": "tok", "resourceName": ""})
+    assert token_only.to_api() == {"attachmentUploadToken": "tok"}
+    with pytest.raises(ValueError):
+        AttachmentRef.from_api({})  # upload_attachment answers this with ChatError BAD_RESPONSE
 
 
 def test_download_of_a_human_attachment(world: World) -> None:

@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import origin
+from db import MessageLink
+from db import MessageLink as _Link
 from discourse_client import DiscoursePost
 from google_chat_client import ChatMessage, ChatUser
-from sync_discourse_to_gchat import BridgeTopicFirst, PostToChat, Skip, plan_post
-from sync_gchat_to_discourse import CreateReply, CreateTopic, plan
+from inbox import PostEvent
+from sync_discourse_to_gchat import CreateMessage, PostContext, RenderSettings
+from sync_discourse_to_gchat import plan as plan_discourse
+from sync_gchat_to_discourse import (
+    DELETED_HASH,
+    CreateReply,
+    CreateTopic,
+    DeletePost,
+    EditPost,
+    needs_rendering,
+    plan,
+)
 from sync_gchat_to_discourse import Skip as ChatSkip
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -60,7 +76,7 @@ def test_chat_plan_mirrors_each_new_human_message_once_and_starts_each_thread_on
         messages,
         linked_messages=linked_names,
         linked_threads=thread_names,
-        fallback_title=lambda m: "Chat thread in a test space",
+        space_label="a test space",
     )
     touched = [a.message.name for a in actions]
     assert len(touched) == len(set(touched)), "a message planned twice"
@@ -99,6 +115,105 @@ def test_chat_plan_mirrors_each_new_human_message_once_and_starts_each_thread_on
     )
 
 
+TEXTS = ("hello", "hello!", "", "**Ada** (Google Chat):\n\nhello")
+
+
+@st.composite
+def linked_chat(
+    draw: st.DrawFn,
+) -> tuple[list[ChatMessage], dict[str, MessageLink], dict[str, str]]:
+    """Messages, links for some of them, and the resolve step's renderings of the compared ones."""
+    messages = draw(chat_messages())
+    messages = [
+        replace(m, last_update_time=draw(st.sampled_from([None, T0 + timedelta(hours=3)])))
+        for m in messages
+    ]
+    links: dict[str, MessageLink] = {}
+    for m in messages:
+        if draw(st.booleans()):
+            links[m.name] = MessageLink(
+                m.name,
+                draw(st.integers(1, 1000)),
+                m.thread_name or m.name,
+                draw(st.integers(1, 5)),
+                draw(st.sampled_from(["gchat", "gchat", "discourse"])),
+                draw(st.sampled_from([*(origin.content_hash(t) for t in TEXTS), DELETED_HASH])),
+            )
+    rendered = {
+        m.name: draw(st.sampled_from(TEXTS))
+        for m in messages
+        if m.name in links and needs_rendering(m, links[m.name])
+    }
+    return messages, links, rendered
+
+
+@settings(max_examples=200)
+@given(case=linked_chat())
+def test_chat_plan_edits_exactly_what_renders_differently_and_deletes_each_linked_tombstone(
+    case: tuple[list[ChatMessage], dict[str, MessageLink], dict[str, str]],
+) -> None:
+    messages, links, rendered = case
+    actions = plan(
+        messages,
+        linked_messages=links.keys(),
+        linked_threads=set(),
+        space_label="a test space",
+        links=links,
+        rendered=rendered,
+    )
+    by_name = {a.message.name: a for a in actions}
+    assert len(by_name) == len(actions), "a message planned twice"
+    for m in messages:
+        link = links.get(m.name)
+        action = by_name.get(m.name)
+        if link is None:
+            assert not isinstance(action, EditPost | DeletePost)
+            continue
+        if m.delete_time is not None:
+            # A linked tombstone is deleted once; one already replaced by the note waits.
+            expected: object = None if link.content_hash == DELETED_HASH else DeletePost(m, link)
+        elif m.name in rendered and origin.content_hash(rendered[m.name]) != link.content_hash:
+            expected = EditPost(m, link, rendered[m.name])  # the compared text is what is written
+        else:
+            expected = None  # unchanged, never edited, or the bridge's own (changes via Discourse)
+        assert action == expected
+        if isinstance(action, EditPost):
+            assert link.origin == "gchat" and not origin.is_bridge_origin(m)
+            assert m.last_update_time is not None
+
+
+@settings(max_examples=100)
+@given(case=linked_chat(), linked_threads=st.sets(st.integers(0, 4)))
+def test_chat_plan_is_deterministic_and_takes_data_only(
+    case: tuple[list[ChatMessage], dict[str, MessageLink], dict[str, str]],
+    linked_threads: set[int],
+) -> None:
+    messages, links, rendered = case
+    threads = frozenset(f"spaces/S/threads/t{n}" for n in linked_threads)
+    snapshot = copy.deepcopy((messages, links, rendered))
+
+    def once() -> list[object]:
+        # Read-only views: a planner that wrote into its inputs would raise here.
+        return list(
+            plan(
+                tuple(messages),
+                linked_messages=frozenset(links),
+                linked_threads=threads,
+                space_label="a test space",
+                links=MappingProxyType(links),
+                rendered=MappingProxyType(rendered),
+                new_after=T0 + timedelta(seconds=5_000),
+            )
+        )
+
+    first = once()
+    assert once() == first  # the same data, the same plan
+    assert (messages, links, rendered) == snapshot  # and the data untouched
+    # Nothing to call: every input is plain data (no callback can reach a store or a client).
+    for name, parameter in inspect.signature(plan).parameters.items():
+        assert "Callable" not in str(parameter.annotation), name
+
+
 @st.composite
 def discourse_posts(draw: st.DrawFn) -> DiscoursePost:
     raw = draw(st.text(max_size=40))
@@ -134,20 +249,28 @@ def discourse_posts(draw: st.DrawFn) -> DiscoursePost:
 def test_discourse_plan_lets_only_real_public_content_of_mapped_categories_cross(
     post: DiscoursePost, thread: str | None, bridged: bool
 ) -> None:
-    action = plan_post(
-        post,
-        space_for_category={10: "spaces/S"},
-        thread_for_topic=thread,
-        already_bridged=bridged,
+    link = (
+        _Link(
+            "spaces/S/messages/m", post.id, "spaces/S/threads/t1", post.topic_id, "discourse", ""
+        )
+        if bridged
+        else None
     )
-    if isinstance(action, Skip):
+    context = PostContext({10: "spaces/S"}, thread, link, topic_seen=post.post_number - 1)
+    actions = plan_discourse(
+        PostEvent("created", post), context, RenderSettings(base_url="https://f")
+    )
+    creates = [a for a in actions if isinstance(a, CreateMessage)]
+    if not creates:
         return
-    assert isinstance(action, PostToChat | BridgeTopicFirst)
+    (action,) = creates
     assert not bridged
     assert post.post_type == 1 and post.topic_archetype != "private_message"
     assert not (post.hidden or post.user_deleted or post.deleted_at)
     # By origin only: a post of an account the bridge created crosses unless it carries a marker.
     assert origin.find_origin_marker(post.raw or "") is None
     assert post.category_id == 10 or thread is not None
-    if isinstance(action, PostToChat) and post.post_number > 1:
-        assert action.gchat_thread_name == thread  # a reply never starts a new thread
+    if post.post_number > 1:
+        # A reply never starts a new thread: it goes into the topic's, or post #1 goes first.
+        assert action.gchat_thread_name == thread
+        assert action.first_post_needed == (thread is None)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import formatting
 from discourse_client import DiscoursePost
-from inbox import inbox_keys
+from inbox import parse_webhook, pulled_post
 from sync_discourse_to_gchat import render_message, uploads_in_raw
 
 
@@ -19,8 +20,20 @@ def post(raw: str, post_number: int = 2) -> DiscoursePost:
     )  # fmt: skip
 
 
+def keys(event_name: str, body: dict[str, Any]) -> tuple[str, str]:
+    parsed = parse_webhook(event_name, body)
+    return parsed.dedupe_key, parsed.ordering_key
+
+
+def inbox_keys(event_name: str, body: dict[str, Any]) -> tuple[str, str]:
+    return keys(event_name, body)
+
+
+BASE = {"username": "carol", "post_number": 2, "created_at": "2026-01-01T00:00:00Z"}
+
+
 def test_edits_and_deletions_are_keyed_by_content() -> None:
-    body = {"post": {"id": 5, "topic_id": 9, "version": 2, "deleted_at": None, "raw": "a"}}
+    body = {"post": {"id": 5, "topic_id": 9, "version": 2, "deleted_at": None, "raw": "a", **BASE}}
     edited = inbox_keys("post_edited", body)[0]
     assert edited.startswith("post_edited:5:")
     assert inbox_keys("post_edited", body)[0] == edited  # a redelivery is dropped
@@ -38,6 +51,14 @@ def test_two_title_edits_with_equal_counters_are_both_kept() -> None:
     one = {"topic": {"id": 9, "posts_count": 2, "title": "Old title here"}}
     two = {"topic": {"id": 9, "posts_count": 2, "title": "New title here"}}
     assert inbox_keys("topic_edited", one)[0] != inbox_keys("topic_edited", two)[0]
+
+
+def test_a_pulled_post_meets_its_webhook_on_one_row() -> None:
+    body = {"post": {"id": 5, "topic_id": 9, "raw": "a", **BASE}}
+    webhook = parse_webhook("post_created", body)
+    pulled = pulled_post(webhook.event.post)  # type: ignore[union-attr]
+    assert (pulled.dedupe_key, pulled.ordering_key) == (webhook.dedupe_key, webhook.ordering_key)
+    assert (pulled.event.post_id, pulled.event.topic_id) == (5, 9)  # type: ignore[union-attr]
 
 
 def test_long_posts_split_or_truncate() -> None:

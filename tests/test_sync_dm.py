@@ -17,15 +17,14 @@ import pytest
 
 import origin
 from config_loader import Config, SpaceMapping, load_config
-from db import Store
+from db import StatusKey, Store
 from discourse_client import DiscourseClient
 from google_chat_client import ChatMessage, ChatSpace, ChatUser, GoogleChatClient
+from inbox import ChatMessageEvent, PulledChatMessage, load, parse_webhook, pulled_chat_message
 from sync_dm import (
-    ChatEvent,
     DmSync,
     SendToChannel,
     SkipMessage,
-    event_body,
     mapping_problem,
     plan_dm,
     render_for_gchat,
@@ -34,6 +33,15 @@ from tests.e2e.harness import write_config
 from users import UserDirectory
 
 BRIDGE = "users/100000000000000000001"
+
+
+def deliver(rig: Rig, event_name: str, body: dict[str, Any]) -> None:
+    """What the inbox worker does with a stored webhook: parse once, hand the typed event over."""
+    event = parse_webhook(event_name, body).event
+    assert isinstance(event, ChatMessageEvent)
+    rig.sync.handle_event(event)
+
+
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
@@ -111,15 +119,18 @@ def test_chat_event_parses_webhook_body_and_rejects_broken_ones() -> None:
             "channel": {"id": 4},
         }
     }
-    event = ChatEvent.from_body(body)
+    parsed = parse_webhook("chat_message_created", body)
+    event = parsed.event
+    assert isinstance(event, ChatMessageEvent) and event.kind == "created"
     assert (event.message.id, event.channel_id, event.author_name) == (9, 4, "Ann Lee")
     assert event.message.username == "ann"
-    again = ChatEvent.from_body(event_body(event.message))
-    assert again.message == event.message
+    # The catch-up pull's row meets the webhook's on one dedupe key.
+    pulled = pulled_chat_message(event.message)
+    assert (pulled.dedupe_key, pulled.ordering_key) == (parsed.dedupe_key, parsed.ordering_key)
     broken: dict[str, Any]
     for broken in ({}, {"chat_message": {"message": {}}}, {"chat_message": {"channel": {}}}):
         with pytest.raises(ValueError):
-            ChatEvent.from_body(broken)
+            parse_webhook("chat_message_created", broken)
 
 
 def test_render_for_gchat_attributes_only_when_asked() -> None:
@@ -265,7 +276,8 @@ def test_space_mapped_without_category_is_reported_not_crashed(rig: Rig, tmp_pat
     assert not result.ok
     assert any("spaces/room" in e and "discourse_category_id" in e for e in result.errors)
     assert result.mirrored == 1
-    assert "spaces/room" in json.loads(rig.store.get_status("last_dm_poll") or "{}")["errors"][0]
+    last_dm_poll = json.loads(rig.store.get_status(StatusKey.LAST_DM_POLL) or "{}")
+    assert "spaces/room" in last_dm_poll["errors"][0]
 
 
 def test_discourse_to_chat_create_edit_trash_with_attribution(rig: Rig) -> None:
@@ -285,8 +297,8 @@ def test_discourse_to_chat_create_edit_trash_with_attribution(rig: Rig) -> None:
             "channel": {"id": channel},
         }
     }
-    rig.sync.handle_event("chat_message_created", body)
-    rig.sync.handle_event("chat_message_created", body)  # a redelivery does nothing
+    deliver(rig, "chat_message_created", body)
+    deliver(rig, "chat_message_created", body)  # a redelivery does nothing
     texts = rig.chat_texts("spaces/dm1")
     assert texts == ["hello", "*Ann Lee* (@ann) on Discourse:\nfrom *forum*"]
     name = rig.store.message_for_chat_message(sent)
@@ -297,9 +309,9 @@ def test_discourse_to_chat_create_edit_trash_with_attribution(rig: Rig) -> None:
     assert rig.sync.poll_once().mirrored == 0
     assert rig.sync.bridge_account() == BRIDGE
     body["chat_message"]["message"]["message"] = "edited"
-    rig.sync.handle_event("chat_message_edited", body)
+    deliver(rig, "chat_message_edited", body)
     assert rig.chat_texts("spaces/dm1")[-1] == "*Ann Lee* (@ann) on Discourse:\nedited"
-    rig.sync.handle_event("chat_message_trashed", body)
+    deliver(rig, "chat_message_trashed", body)
     assert rig.chat_texts("spaces/dm1") == ["hello"]
     assert rig.store.message_for_chat_message(sent) is None
 
@@ -313,7 +325,7 @@ def test_copies_of_chat_messages_return_never_but_a_claimed_account_is_bridged(r
     body = {
         "chat_message": {"message": copy | {"user": {"username": "x"}}, "channel": {"id": channel}}
     }
-    rig.sync.handle_event("chat_message_created", body)  # linked: came from Chat
+    deliver(rig, "chat_message_created", body)  # linked: came from Chat
     bo = rig.store.user_for_gchat("users/3")
     assert bo is not None and bo.created_by_bridge
     own = rig.discourse.send_chat_message(channel, "typed by bo", as_user=bo.discourse_username)
@@ -330,10 +342,10 @@ def test_copies_of_chat_messages_return_never_but_a_claimed_account_is_bridged(r
     }
     # Bo claimed the account the bridge made for him (a password reset) and typed this in
     # Discourse himself: no link, no pending write, so it is his and crosses to Chat.
-    rig.sync.handle_event("chat_message_created", body)
+    deliver(rig, "chat_message_created", body)
     texts = rig.chat_texts("spaces/grp")
     assert len(texts) == 2 and texts[0] == "from bo" and texts[1].endswith("typed by bo")
-    rig.sync.handle_event("chat_message_created", body)  # a redelivery: linked now
+    deliver(rig, "chat_message_created", body)  # a redelivery: linked now
     assert len(rig.chat_texts("spaces/grp")) == 2
 
 
@@ -351,8 +363,14 @@ def test_catch_up_enqueues_missed_messages_once(rig: Rig) -> None:
     assert len(events) == 1  # one ordering key: the channel; the head is the oldest
     for event_id in ids:
         pending = rig.store.due_events(datetime.now(UTC))
-        assert json.loads(pending[0].payload)["chat_message"]["message"]["id"] == event_id
-        rig.sync.handle_event(pending[0].event_name, json.loads(pending[0].payload))
+        event = load(pending[0])
+        # The row holds ids only; the message the pull read is handed over in memory.
+        assert event == PulledChatMessage(event_id, channel)
+        if event_id == ids[-1]:
+            # A restart between the pull and the worker: the message is read again.
+            rig.restart().handle_event(event)
+        else:
+            rig.sync.handle_event(event)
         rig.store.mark_done(pending[0].id)
     assert rig.chat_texts("spaces/dm1")[1:] == [
         f"*Ann Lee* (@ann) on Discourse:\nm{i}" for i in range(3)
@@ -380,7 +398,7 @@ def test_crash_between_send_and_link_is_reconciled_not_doubled(rig: Rig) -> None
         }
     }
     with pytest.raises(Exception, match="unconfirmed"):
-        rig.sync.handle_event("chat_message_created", body)
+        deliver(rig, "chat_message_created", body)
     result = rig.restart().poll_once()
     assert result.ok and result.mirrored == 1
     assert [m["message"] for m in rig.channel_messages(channel)] == ["first", "same text"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from db import MessageLink
 from discourse_client import DiscourseUpload
 from google_chat_client import ChatAttachment, ChatMessage, ChatUser, parse_rfc3339
@@ -23,6 +25,7 @@ from sync_gchat_to_discourse import (
     EditPost,
     Skip,
     compose_raw,
+    needs_rendering,
     plan,
     upload_markdown,
 )
@@ -62,13 +65,17 @@ def link(n: int, text: str = "hello", origin: str = "gchat") -> MessageLink:
 
 
 def run(messages: list[ChatMessage], links: dict[str, MessageLink], **kw: object) -> list:
+    # The service's resolve step, with a message's plain text as its rendering.
+    rendered = {
+        m.name: m.text for m in messages if m.name in links and needs_rendering(m, links[m.name])
+    }
     return plan(
         messages,
         linked_messages=links.keys(),
         linked_threads={"spaces/S/threads/t1"} if links else set(),
-        fallback_title=lambda m: "fallback",
+        space_label="a test space",
         links=links,
-        text_hash=lambda m: content_hash(m.text),
+        rendered=rendered,
         **kw,  # type: ignore[arg-type]
     )
 
@@ -84,7 +91,39 @@ def test_an_edited_linked_message_becomes_an_edit_and_an_unchanged_one_nothing()
     never = msg(3, "changed but never edited?")
     links = {m.name: link(n) for n, m in ((1, edited), (2, same), (3, never))}
     actions = run([edited, same, never], links)
-    assert actions == [EditPost(edited, links[edited.name])]
+    assert actions == [EditPost(edited, links[edited.name], "new words")]
+
+
+def test_only_edited_live_chat_messages_are_rendered_for_comparison() -> None:
+    edited = T0 + timedelta(minutes=1)
+    assert needs_rendering(msg(1, last_update_time=edited), link(1))
+    assert not needs_rendering(msg(1), link(1))  # never edited: no author looked up
+    assert not needs_rendering(msg(1, last_update_time=edited, delete_time=edited), link(1))
+    assert not needs_rendering(msg(1, last_update_time=edited), link(1, origin="discourse"))
+    ours = msg(1, last_update_time=edited, client_assigned_message_id="client-dp-5")
+    assert not needs_rendering(ours, link(1))
+    noted = MessageLink(
+        "spaces/S/messages/m1", 101, "spaces/S/threads/t1", 7, "gchat", DELETED_HASH
+    )
+    assert not needs_rendering(msg(1, last_update_time=edited), noted)
+
+
+def test_a_compared_message_without_its_rendering_is_an_error_not_a_lost_edit() -> None:
+    edited = msg(1, "new words", last_update_time=T0 + timedelta(minutes=1))
+    links = {edited.name: link(1)}
+    with pytest.raises(ValueError, match="no rendering of spaces/S/messages/m1"):
+        plan(
+            [edited],
+            linked_messages=links.keys(),
+            linked_threads=set(),
+            space_label="a test space",
+            links=links,
+        )
+
+
+def test_a_message_without_words_gets_the_spaces_fallback_title() -> None:
+    (action,) = run([msg(1, "")], {})
+    assert action.title == "Chat thread in a test space (2026-01-01 12:00)"
 
 
 def test_a_linked_tombstone_is_a_deletion_an_unlinked_one_a_skip() -> None:

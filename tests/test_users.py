@@ -178,3 +178,32 @@ def test_crash_after_creating_a_user_links_it_as_bridge_made(env: dict[str, Any]
     assert "user:users/2" not in store.pending_writes()
     forum = {u["username"]: u for u in env["forum"].control.state()["users"]}
     assert forum["Alex_Kim"]["trust_level"] == 1
+
+
+def test_known_author_only_reads_it_never_makes_an_account(
+    env: dict[str, Any], chat_emulator: Any
+) -> None:
+    store: Store = env["store"]
+    forum = env["forum"].control
+    users = _directory(env)
+
+    def counts() -> tuple[int, int]:
+        return len(chat_emulator.control.requests()["requests"]), len(forum.requests()["requests"])
+
+    accounts = len(forum.state()["users"])
+    chat_before, discourse_before = counts()
+    # No link: what author_for gives when no account can be had, named from members.list.
+    unknown = users.known_author(_sender(2), "spaces/g")
+    assert unknown.discourse_username == "system"
+    assert unknown.attribution == "**Alex Kim** (Google Chat):"
+    assert counts() == (chat_before + 1, discourse_before)  # one members.list, no forum request
+    assert users.known_author(_sender(2), "spaces/g") == unknown
+    assert counts() == (chat_before + 1, discourse_before)  # the members are cached
+    assert store.user_for_gchat("users/2") is None and store.pending_writes() == []
+    assert len(forum.state()["users"]) == accounts
+    # Linked: the account itself, without an attribution line, from the store alone.
+    made = users.author_for(_sender(2), "spaces/g")
+    before = counts()
+    assert users.known_author(_sender(2), "spaces/g") == made
+    assert made.attribution is None
+    assert counts() == before

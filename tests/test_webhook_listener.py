@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from inbox import inbox_keys
+from inbox import PostEvent, parse_webhook
 from metrics import BridgeMetrics
 from webhook_listener import (
     WEBHOOK_PATH,
@@ -22,7 +22,16 @@ from webhook_listener import (
 )
 
 SECRET = "a-webhook-secret-of-some-length"
-POST_BODY = {"post": {"id": 7, "topic_id": 3, "post_number": 1, "version": 1}}
+POST_BODY = {
+    "post": {
+        "id": 7,
+        "topic_id": 3,
+        "post_number": 1,
+        "version": 1,
+        "username": "dora",
+        "created_at": "2026-11-30T10:00:00.000Z",
+    }
+}
 
 
 class Inbox:
@@ -66,9 +75,12 @@ def test_a_signed_event_is_stored_before_the_answer() -> None:
     body = json.dumps(POST_BODY).encode()
     answer = send(client, body)
     assert answer.status_code == 200 and answer.json["status"] == "queued"
-    assert [(d.event_name, d.body, d.raw_body) for d in inbox.items] == [
-        ("post_created", POST_BODY, body.decode())
+    assert [(d.event_name, d.parsed, d.raw_body) for d in inbox.items] == [
+        ("post_created", parse_webhook("post_created", POST_BODY), body.decode())
     ]
+    # Parsed once, at the door: the inbox receives a typed event, not a dict.
+    event = inbox.items[0].parsed.event
+    assert isinstance(event, PostEvent) and event.kind == "created" and event.post.id == 7
     again = send(client, body)
     assert again.status_code == 200 and again.json["status"] == "duplicate"
 
@@ -105,12 +117,19 @@ def test_ping_and_unknown_events_are_acknowledged_not_stored() -> None:
     assert inbox.items == []
 
 
-def test_a_payload_the_inbox_cannot_use_is_422() -> None:
-    def refuse(_delivery: WebhookDelivery) -> bool:
-        raise ValueError("id missing or not an integer")
-
-    client = create_app(secret=SECRET, enqueue=refuse).test_client()
-    assert send(client, b'{"post":{}}').status_code == 422
+@pytest.mark.parametrize(
+    ("event", "body"),
+    [
+        ("post_created", b'{"post":{}}'),
+        ("post_edited", b'{"post":{"id":"x","topic_id":1}}'),
+        ("topic_edited", b'{"topic":{"title":"no id"}}'),
+        ("chat_message_created", b'{"chat_message":{"message":{"id":1,"user":[]},"channel":{}}}'),
+    ],
+)
+def test_a_payload_without_what_its_event_needs_is_422(event: str, body: bytes) -> None:
+    client, inbox = make()
+    assert send(client, body, event=event).status_code == 422
+    assert inbox.items == []
 
 
 def test_a_store_failure_is_503() -> None:
@@ -179,8 +198,8 @@ json_values = st.recursive(
 )
 def test_no_input_makes_the_route_fail_with_5xx(body: bytes, signed: bool, event: str) -> None:
     def strict_inbox(delivery: WebhookDelivery) -> bool:
-        # The real inbox refuses payloads without ids with ValueError, through inbox_keys.
-        inbox_keys(delivery.event_name, delivery.body)
+        # Whatever reaches the inbox was parsed into a typed event at the door.
+        assert delivery.parsed.event is not None
         return True
 
     client = create_app(secret=SECRET, enqueue=strict_inbox).test_client()

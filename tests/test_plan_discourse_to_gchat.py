@@ -1,0 +1,298 @@
+"""The Discourse → Chat planner: a table for every event kind, and properties over any input.
+
+`plan()` is pure: the event and a `PostContext` in, actions out. These tests build both by hand,
+so they run without emulators and say exactly which decision each case exercises.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import origin
+from db import MessageLink, PostParts
+from discourse_client import DiscoursePost
+from inbox import PostEvent, TopicEvent
+from sync_discourse_to_gchat import (
+    Action,
+    CreateMessage,
+    DeleteMessages,
+    EditMessage,
+    FillGap,
+    PostContext,
+    RenderSettings,
+    Skip,
+    plan,
+    render_message,
+)
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+SPACE = "spaces/AAA"
+THREAD = f"{SPACE}/threads/t1"
+SPACES = {3: SPACE}
+SETTINGS = RenderSettings(base_url="https://forum.example")
+
+
+def post(**kw: object) -> DiscoursePost:
+    fields: dict[str, object] = {
+        "id": 20, "topic_id": 9, "post_number": 2, "username": "dora", "raw": "hello there",
+        "cooked": None, "post_type": 1, "created_at": T0, "updated_at": T0, "deleted_at": None,
+        "user_deleted": False, "hidden": False, "category_id": 3, "topic_title": "Plans",
+        "topic_archetype": "regular", "reply_to_post_number": None, "version": 1,
+    }  # fmt: skip
+    fields.update(kw)
+    return DiscoursePost(**fields)  # type: ignore[arg-type]
+
+
+def link(
+    post_id: int = 20, *, name: str = "m20", origin_: str = "discourse", text: str = ""
+) -> MessageLink:
+    return MessageLink(
+        gchat_message_name=f"{SPACE}/messages/{name}",
+        discourse_post_id=post_id,
+        gchat_thread_name=THREAD,
+        discourse_topic_id=9,
+        origin=origin_,  # type: ignore[arg-type]
+        content_hash=origin.content_hash(text),
+    )
+
+
+def rendered(p: DiscoursePost) -> str:
+    return render_message(p, base_url=SETTINGS.base_url, mention_lookup=lambda _: None)
+
+
+def ctx(**kw: object) -> PostContext:
+    base: dict[str, object] = {"space_for_category": SPACES, "thread_for_topic": THREAD}
+    base.update(kw)
+    return PostContext(**base)  # type: ignore[arg-type]
+
+
+MARKED_NAME = f"{SPACE}/messages/x"
+MARKED = "from Chat\n\n" + origin.origin_marker(MARKED_NAME)
+ROOT = link(10, name="m10")
+REPLY = link(20, name="m20")
+
+# (case, event, context, expected actions)
+TABLE: list[tuple[str, PostEvent | TopicEvent, PostContext, tuple[Action, ...]]] = [
+    # -- post_created
+    ("new topic", PostEvent("created", post(id=10, post_number=1)), ctx(thread_for_topic=None),
+     (CreateMessage(post(id=10, post_number=1), SPACE, None, "client-dp-10"),)),
+    ("reply in a bridged topic", PostEvent("created", post()), ctx(topic_seen=1),
+     (CreateMessage(post(), SPACE, THREAD, "client-dp-20"),)),
+    ("reply whose topic never reached Chat", PostEvent("created", post()),
+     ctx(thread_for_topic=None, topic_seen=1),
+     (CreateMessage(post(), SPACE, None, "client-dp-20", first_post_needed=True),)),
+    ("reply after a gap", PostEvent("created", post(post_number=5)), ctx(topic_seen=2),
+     (FillGap(post(post_number=5)), CreateMessage(post(post_number=5), SPACE, THREAD,
+                                                  "client-dp-20"))),
+    ("reply in a bridged topic of an unmapped category",
+     PostEvent("created", post(category_id=77)), ctx(topic_seen=1),
+     (CreateMessage(post(category_id=77), SPACE, THREAD, "client-dp-20"),)),
+    ("already bridged", PostEvent("created", post()), ctx(link=REPLY),
+     (Skip("already in Chat"),)),
+    ("whisper", PostEvent("created", post(post_type=4)), ctx(),
+     (Skip("post_type 4 (whisper, small action or moderator notice)"),)),
+    ("private message", PostEvent("created", post(topic_archetype="private_message")), ctx(),
+     (Skip("private message"),)),
+    ("hidden", PostEvent("created", post(hidden=True)), ctx(), (Skip("hidden or deleted"),)),
+    ("came from Chat", PostEvent("created", post(raw=MARKED)), ctx(), (Skip("came from Chat"),)),
+    ("unmapped category", PostEvent("created", post(category_id=77)),
+     ctx(thread_for_topic=None), (Skip("category 77 is not mapped"),)),
+    ("first post of a topic with a thread", PostEvent("created", post(post_number=1)), ctx(),
+     (Skip("topic already has a Chat thread"),)),
+    # -- post_edited
+    ("edit of a post not in Chat", PostEvent("edited", post(raw="new")), ctx(),
+     (Skip("edit of a post not in Chat"),)),
+    ("edit that is the author's deletion", PostEvent("edited", post(user_deleted=True)),
+     ctx(link=REPLY),
+     (Skip("the author's deletion arrives as an edit first; post_destroyed follows"),)),
+    ("edit of a Chat message's copy", PostEvent("edited", post(raw="changed")),
+     ctx(link=link(origin_="gchat", text="hello there")),
+     (Skip(f"edit of Chat message {SPACE}/messages/m20 not carried back"),)),
+    ("stale edit", PostEvent("edited", post(raw="new", version=2)),
+     ctx(link=REPLY, version_seen=3), (Skip("stale edit (version 2 < 3)"),)),
+    ("edit that changes nothing", PostEvent("edited", post(version=2)),
+     ctx(link=link(text=rendered(post()))), (Skip("the edit changes nothing in Chat"),)),
+    ("edit", PostEvent("edited", post(raw="new words", version=2)), ctx(link=REPLY),
+     (EditMessage(post(raw="new words", version=2), f"{SPACE}/messages/m20", THREAD,
+                  (rendered(post(raw="new words")),),
+                  origin.content_hash(rendered(post(raw="new words"))),
+                  PostParts("client-dp-20", 1)),)),
+    # -- post_destroyed
+    ("deletion of a post not in Chat", PostEvent("destroyed", post()), ctx(),
+     (Skip("deletion of a post not in Chat"),)),
+    ("deletion of a reply", PostEvent("destroyed", post()),
+     ctx(link=REPLY, topic_links=(ROOT, REPLY)),
+     (DeleteMessages("post 20", (f"{SPACE}/messages/m20",),
+                     unlink_message=f"{SPACE}/messages/m20"),)),
+    ("deletion of a long reply", PostEvent("destroyed", post()),
+     ctx(link=REPLY, topic_links=(ROOT, REPLY), parts={20: PostParts("client-dp-20", 3)}),
+     (DeleteMessages("post 20", (f"{SPACE}/messages/client-dp-20-p2",
+                                 f"{SPACE}/messages/client-dp-20-p3", f"{SPACE}/messages/m20"),
+                     unlink_message=f"{SPACE}/messages/m20"),)),
+    ("deletion of a first post", PostEvent("destroyed", post(id=10, post_number=1)),
+     ctx(link=ROOT, topic_links=(ROOT, REPLY)),
+     (DeleteMessages("post 10", (f"{SPACE}/messages/m10",), unlink_thread=THREAD),)),
+    # -- post_recovered
+    ("recovery of a post whose deletion never reached Chat", PostEvent("recovered", post()),
+     ctx(link=REPLY), (Skip("recovered, but its deletion never reached Chat"),)),
+    ("recovery", PostEvent("recovered", post(deleted_at=T0 + timedelta(hours=1))),
+     ctx(topic_seen=1),
+     (CreateMessage(post(), SPACE, THREAD, f"client-dp-20-r{int(T0.timestamp())}"),)),
+    # -- topic events
+    ("topic created", TopicEvent("created", 9, "Plans"), ctx(),
+     (Skip("topic_created: its posts bring it"),)),
+    ("topic recovered", TopicEvent("recovered", 9, "Plans"), ctx(),
+     (Skip("topic_recovered: its posts bring it"),)),
+    ("title edit of a topic not in Chat", TopicEvent("edited", 9, "New"),
+     ctx(thread_for_topic=None), (Skip("topic 9 is not in Chat"),)),
+    ("title edit of a topic without its first post", TopicEvent("edited", 9, "New"), ctx(),
+     (Skip("topic 9 has no first post"),)),
+    ("title edit", TopicEvent("edited", 9, "New title"),
+     ctx(link=ROOT, first_post=post(id=10, post_number=1, topic_title=None)),
+     (EditMessage(post(id=10, post_number=1, topic_title="New title"), f"{SPACE}/messages/m10",
+                  THREAD, (rendered(post(id=10, post_number=1, topic_title="New title")),),
+                  origin.content_hash(rendered(post(id=10, post_number=1,
+                                                    topic_title="New title"))),
+                  PostParts("client-dp-10", 1)),)),
+    ("deletion of a topic not in Chat", TopicEvent("destroyed", 9, None),
+     ctx(thread_for_topic=None), (Skip("topic 9 is not in Chat"),)),
+    ("deletion of a topic", TopicEvent("destroyed", 9, None),
+     ctx(topic_links=(ROOT, REPLY), parts={20: PostParts("client-dp-20", 2)}),
+     (DeleteMessages("topic 9", (f"{SPACE}/messages/client-dp-20-p2", f"{SPACE}/messages/m10"),
+                     unlink_thread=THREAD),)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("event", "context", "expected"),
+    [case[1:] for case in TABLE],
+    ids=[case[0] for case in TABLE],
+)
+def test_every_event_kind(
+    event: PostEvent | TopicEvent, context: PostContext, expected: tuple[Action, ...]
+) -> None:
+    assert plan(event, context, SETTINGS) == expected
+
+
+def test_the_table_covers_every_kind_of_event() -> None:
+    kinds = {(type(case[1]).__name__, case[1].kind) for case in TABLE}
+    assert kinds == {
+        ("PostEvent", kind) for kind in ("created", "edited", "destroyed", "recovered")
+    } | {("TopicEvent", kind) for kind in ("created", "edited", "destroyed", "recovered")}
+
+
+# ---------------------------------------------------------------------------- properties
+
+raws = st.one_of(
+    st.text(max_size=60),
+    st.text(max_size=20).map(lambda t: t + "\n\n" + origin.origin_marker(MARKED_NAME)),
+)
+
+
+@st.composite
+def posts(draw: st.DrawFn) -> DiscoursePost:
+    deleted = draw(st.booleans())
+    return post(
+        id=draw(st.integers(1, 10**6)),
+        post_number=draw(st.integers(1, 8)),
+        raw=draw(raws),
+        post_type=draw(st.sampled_from([1, 1, 1, 2, 3, 4])),
+        topic_archetype=draw(st.sampled_from(["regular", "regular", "private_message", None])),
+        hidden=draw(st.booleans()),
+        user_deleted=draw(st.booleans()) and deleted,
+        deleted_at=T0 if deleted and draw(st.booleans()) else None,
+        category_id=draw(st.sampled_from([3, 3, 77, None])),
+        version=draw(st.integers(1, 5)),
+        display_name=draw(st.one_of(st.none(), st.text(max_size=10))),
+    )
+
+
+@st.composite
+def contexts(draw: st.DrawFn, p: DiscoursePost) -> PostContext:
+    linked = draw(st.booleans())
+    side = draw(st.sampled_from(["discourse", "gchat"]))
+    the_link = link(p.id, origin_=side, text=draw(st.text(max_size=8))) if linked else None
+    return PostContext(
+        space_for_category=SPACES,
+        thread_for_topic=draw(st.sampled_from([THREAD, None])),
+        link=the_link,
+        parts={p.id: PostParts(f"client-dp-{p.id}", draw(st.integers(1, 4)))}
+        if draw(st.booleans())
+        else {},
+        version_seen=draw(st.one_of(st.none(), st.integers(1, 5))),
+        topic_seen=draw(st.integers(0, 8)),
+        topic_links=(ROOT, the_link) if the_link else (),
+    )
+
+
+def _is_human(p: DiscoursePost) -> bool:
+    return (
+        p.post_type == 1
+        and p.topic_archetype != "private_message"
+        and not (p.hidden or p.user_deleted or p.deleted_at is not None)
+        and origin.find_origin_marker(p.raw or "") is None
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data(), kind=st.sampled_from(["created", "edited", "destroyed", "recovered"]))
+def test_plans_are_pure_and_total(data: st.DataObject, kind: str) -> None:
+    p = data.draw(posts())
+    context = data.draw(contexts(p))
+    event = PostEvent(kind, p)  # type: ignore[arg-type]
+    before = copy.deepcopy((event, context))
+    first = plan(event, context, SETTINGS)
+    assert first == plan(event, context, SETTINGS)  # deterministic
+    assert (event, context) == before  # touches nothing it was given
+    kinds = (FillGap, CreateMessage, EditMessage, DeleteMessages, Skip)
+    assert first and all(isinstance(a, kinds) for a in first)
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data(), kind=st.sampled_from(["created", "recovered", "edited"]))
+def test_no_action_for_the_bridges_own_posts(data: st.DataObject, kind: str) -> None:
+    """A post that came from Chat (its origin marker, or a link of origin gchat) never acts."""
+    p = data.draw(posts())
+    context = data.draw(contexts(p))
+    own_marker = origin.find_origin_marker(p.raw or "") is not None
+    own_link = context.link is not None and context.link.origin == "gchat"
+    if kind == "edited":
+        if not own_link:
+            context = replace(context, link=link(p.id, origin_="gchat", text="x"))
+    elif not own_marker:
+        p = replace(p, raw=MARKED)
+    actions = plan(PostEvent(kind, p), context, SETTINGS)  # type: ignore[arg-type]
+    assert all(isinstance(a, Skip) for a in actions), actions
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data())
+def test_every_human_post_yields_exactly_one_create(data: st.DataObject) -> None:
+    p = data.draw(posts())
+    context = replace(data.draw(contexts(p)), link=None, topic_links=())
+    if not _is_human(p) or (p.category_id != 3 and context.thread_for_topic is None):
+        return  # not one that crosses: covered by the table
+    if p.post_number == 1 and context.thread_for_topic is not None:
+        return  # a second first post: the thread exists (table: "first post of a topic…")
+    actions = plan(PostEvent("created", p), context, SETTINGS)
+    creates = [a for a in actions if isinstance(a, CreateMessage)]
+    assert len(creates) == 1 and creates[0].post == p, actions
+    assert creates[0].client_id == origin.client_message_id_for_post(p.id)
+    assert actions[-1] == creates[0]  # earlier posts (FillGap) go first, never after
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data(), kind=st.sampled_from(["edited", "destroyed"]))
+def test_edits_and_deletions_of_unknown_posts_yield_nothing(
+    data: st.DataObject, kind: str
+) -> None:
+    p = data.draw(posts())
+    context = replace(data.draw(contexts(p)), link=None)
+    actions = plan(PostEvent(kind, p), context, SETTINGS)  # type: ignore[arg-type]
+    assert all(isinstance(a, Skip) for a in actions), actions
