@@ -27,6 +27,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 import cli
 from config_loader import Config, ConfigError, load_config
 from db import StatusKey, Store
+from deps import Deps
 from discourse_client import DiscourseClient
 from google_chat_client import ChatAuthError, GoogleChatClient
 from inbox import (
@@ -118,10 +119,11 @@ def build_runtime(config: Config, stop: threading.Event) -> Runtime:
         create_users=config.sync.create_users,
         new_user_trust_level=config.sync.new_user_trust_level,
     )
-    g2d = GchatToDiscourse(config, store, chat, discourse, users, stop=stop)
     inbox = Inbox(store)
-    dms = DmSync(config, store, chat, discourse, users, stop=stop, inbox=inbox)
-    d2g = DiscourseToGchat(config, store, chat, discourse, inbox)
+    deps = Deps(config, store, chat, discourse, users, inbox, stop=stop)
+    g2d = GchatToDiscourse(deps)
+    dms = DmSync(deps)
+    d2g = DiscourseToGchat(deps)
 
     def handle(event: DiscourseEvent) -> None:
         # Chat-channel events belong to the DM sync, the rest to Discourse → Chat.

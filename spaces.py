@@ -15,9 +15,11 @@ Invariants:
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from google_chat_client import ChatAuthError, ChatError, ChatSpace, GoogleChatClient
 
@@ -105,3 +107,33 @@ class PollResult:
     @property
     def ok(self) -> bool:
         return not self.errors
+
+    def status_json(self, now: datetime, duration: float) -> str:
+        """The record a poll leaves in the store's status, for `status` and `/readyz`."""
+        return json.dumps(
+            {
+                "time": now.isoformat(),
+                "ok": self.ok,
+                "errors": self.errors[:20],
+                "mirrored": self.mirrored,
+                "skipped": self.skipped,
+                "parked": self.parked,
+                "spaces_read": self.spaces_read,
+                "duration_seconds": round(duration, 3),
+            }
+        )
+
+    def log(self, logger: logging.Logger, what: str, duration: float) -> None:
+        """One INFO line with the cycle's counts, then each error."""
+        logger.info(
+            "%s done in %.2fs: %d spaces checked, %d read, %d mirrored, %d skipped, %d parked, "
+            "%d errors",
+            what,
+            duration,
+            self.spaces_checked,
+            self.spaces_read,
+            self.mirrored,
+            self.skipped,
+            self.parked,
+            len(self.errors),
+        )

@@ -33,10 +33,9 @@ from typing import Any
 
 import formatting
 import origin
-from config_loader import Config
-from db import MessageLink, PostParts, Store
+from db import MessageLink, PostParts
+from deps import Deps
 from discourse_client import (
-    DiscourseClient,
     DiscourseNotFound,
     DiscoursePost,
     DiscourseRejected,
@@ -47,9 +46,8 @@ from google_chat_client import (
     ChatNotFound,
     ChatPermissionDenied,
     ChatRejected,
-    GoogleChatClient,
 )
-from inbox import Inbox, PostEvent, PulledPost, TopicEvent, pulled_post
+from inbox import PostEvent, PulledPost, TopicEvent, pulled_post
 
 logger = logging.getLogger(__name__)
 
@@ -357,19 +355,13 @@ def render_message(
 class DiscourseToGchat:
     """Resolves, plans and applies Discourse events; pulls the posts webhooks missed."""
 
-    def __init__(
-        self,
-        config: Config,
-        store: Store,
-        chat: GoogleChatClient,
-        discourse: DiscourseClient,
-        inbox: Inbox,
-    ) -> None:
+    def __init__(self, deps: Deps) -> None:
+        config = deps.config
         self._config = config
-        self._store = store
-        self._chat = chat
-        self._discourse = discourse
-        self._inbox = inbox
+        self._store = deps.store
+        self._chat = deps.chat
+        self._discourse = deps.discourse
+        self._inbox = deps.inbox
         self._settings = RenderSettings(
             base_url=config.discourse.url,
             long_messages=config.sync.long_messages,

@@ -34,22 +34,20 @@ Invariants:
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import formatting
 import origin
-from config_loader import Config, SpaceMapping
-from db import StatusKey, Store
+from config_loader import SpaceMapping
+from db import StatusKey
+from deps import Deps
 from discourse_client import (
     DiscourseAuthError,
     DiscourseChatMessage,
-    DiscourseClient,
     DiscourseError,
     DiscourseNotFound,
     DiscourseRejected,
@@ -61,13 +59,12 @@ from google_chat_client import (
     ChatMessage,
     ChatNotFound,
     ChatSpace,
-    GoogleChatClient,
     format_rfc3339,
     parse_rfc3339,
 )
-from inbox import ChatMessageEvent, Inbox, PulledChatMessage, pulled_chat_message
+from inbox import ChatMessageEvent, PulledChatMessage, pulled_chat_message
 from spaces import CURSOR_OVERLAP, DM_SPACE_TYPES, RETRY_BASE_DELAY, PollResult, fetch_spaces
-from users import Author, UserDirectory
+from users import Author
 from webhook_listener import CHAT_EVENTS
 
 logger = logging.getLogger(__name__)
@@ -187,28 +184,22 @@ class DmSync:
 
     def __init__(
         self,
-        config: Config,
-        store: Store,
-        chat: GoogleChatClient,
-        discourse: DiscourseClient,
-        users: UserDirectory,
+        deps: Deps,
         *,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        stop: threading.Event | None = None,
         bridge_account: str | None = None,
-        inbox: Inbox | None = None,
     ) -> None:
-        self._config = config
+        store = deps.store
+        self._config = deps.config
         self._store = store
-        self._chat = chat
-        self._discourse = discourse
-        self._users = users
-        self._clock = clock
-        self._stop = stop or threading.Event()
+        self._chat = deps.chat
+        self._discourse = deps.discourse
+        self._users = deps.users
+        self._clock = deps.clock
+        self._stop = deps.stop
         # Held around "check link -> write -> link" in both directions (webhook worker, poll).
         self._lock = threading.RLock()
         self._display_names: dict[str, str | None] = {}
-        self._inbox = inbox or Inbox(store, clock=clock)
+        self._inbox = deps.inbox
         # Messages the catch-up pull read, by id, until the worker handles their inbox rows (the
         # rows hold ids only: the typed record is handed over here, not through JSON).
         self._pulled: dict[int, DiscourseChatMessage] = {}
@@ -250,32 +241,10 @@ class DmSync:
                 result.errors.append(f"Discourse refused the API key: {exc}")
             duration = time.monotonic() - started
             self._store.set_status(
-                StatusKey.LAST_DM_POLL,
-                json.dumps(
-                    {
-                        "time": self._clock().isoformat(),
-                        "ok": result.ok,
-                        "errors": result.errors[:20],
-                        "mirrored": result.mirrored,
-                        "skipped": result.skipped,
-                        "parked": result.parked,
-                        "spaces_read": result.spaces_read,
-                        "duration_seconds": round(duration, 3),
-                    }
-                ),
+                StatusKey.LAST_DM_POLL, result.status_json(self._clock(), duration)
             )
             if result.spaces_checked or result.errors:
-                logger.info(
-                    "DM poll done in %.2fs: %d spaces checked, %d read, %d mirrored, %d skipped, "
-                    "%d parked, %d errors",
-                    duration,
-                    result.spaces_checked,
-                    result.spaces_read,
-                    result.mirrored,
-                    result.skipped,
-                    result.parked,
-                    len(result.errors),
-                )
+                result.log(logger, "DM poll", duration)
             for error in result.errors:
                 logger.error("DM poll: %s", error)
             return result

@@ -30,22 +30,21 @@ Invariants (DESIGN §3):
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import formatting
 import origin
-from config_loader import Config, SpaceMapping
-from db import MessageLink, StatusKey, Store
+from config_loader import SpaceMapping
+from db import MessageLink, StatusKey
+from deps import Deps
 from discourse_client import (
     DiscourseAuthError,
     DiscourseCategory,
-    DiscourseClient,
     DiscourseError,
     DiscourseNotFound,
     DiscourseRejected,
@@ -61,12 +60,11 @@ from google_chat_client import (
     ChatNotFound,
     ChatRejected,
     ChatSpace,
-    GoogleChatClient,
     format_rfc3339,
     parse_rfc3339,
 )
 from spaces import CURSOR_OVERLAP, DM_SPACE_TYPES, RETRY_BASE_DELAY, PollResult, fetch_spaces
-from users import Author, UserDirectory
+from users import Author
 
 logger = logging.getLogger(__name__)
 
@@ -339,24 +337,14 @@ class CycleAborted(Exception):
 class GchatToDiscourse:
     """Mirrors mapped room spaces into Discourse; one instance per process, one cycle at a time."""
 
-    def __init__(
-        self,
-        config: Config,
-        store: Store,
-        chat: GoogleChatClient,
-        discourse: DiscourseClient,
-        users: UserDirectory,
-        *,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        stop: threading.Event | None = None,
-    ) -> None:
-        self._config = config
-        self._store = store
-        self._chat = chat
-        self._discourse = discourse
-        self._users = users
-        self._clock = clock
-        self._stop = stop or threading.Event()
+    def __init__(self, deps: Deps) -> None:
+        self._config = deps.config
+        self._store = deps.store
+        self._chat = deps.chat
+        self._discourse = deps.discourse
+        self._users = deps.users
+        self._clock = deps.clock
+        self._stop = deps.stop
         # When each space's recent history was last re-read for edits (in memory: after a
         # restart the first cycle scans once more, which is harmless).
         self._edit_scans: dict[str, datetime] = {}
@@ -377,20 +365,9 @@ class GchatToDiscourse:
                 logger.error("poll cycle aborted: %s", exc)
             duration = time.monotonic() - started
             self._store.set_status(
-                StatusKey.LAST_POLL,
-                _status_line(self._clock(), result, duration),
+                StatusKey.LAST_POLL, result.status_json(self._clock(), duration)
             )
-            logger.info(
-                "poll cycle done in %.2fs: %d spaces checked, %d read, %d mirrored, "
-                "%d skipped, %d parked, %d errors",
-                duration,
-                result.spaces_checked,
-                result.spaces_read,
-                result.mirrored,
-                result.skipped,
-                result.parked,
-                len(result.errors),
-            )
+            result.log(logger, "poll cycle", duration)
             return result
 
     # -- cycle
@@ -924,19 +901,4 @@ def _is_room_mapping(mapping: SpaceMapping) -> bool:
     return (
         mapping.discourse_category_id is not None
         or mapping.discourse_parent_category_id is not None
-    )
-
-
-def _status_line(now: datetime, result: PollResult, duration: float) -> str:
-    return json.dumps(
-        {
-            "time": now.isoformat(),
-            "ok": result.ok,
-            "errors": result.errors[:20],
-            "mirrored": result.mirrored,
-            "skipped": result.skipped,
-            "parked": result.parked,
-            "spaces_read": result.spaces_read,
-            "duration_seconds": round(duration, 3),
-        }
     )

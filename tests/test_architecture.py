@@ -16,6 +16,11 @@ Contracts:
    itself imported by no product module but `main.py`, inside its `demo` command (so neither
    the service nor the other commands ever load a test fixture).
 4. `emulators` never imports a product module: a fake must not lean on the code it checks.
+   Below them all, the faces (`db`, both clients, `config_loader`) import no module of ours.
+5. No module uses another's private members (`obj._name` on anything but self/cls, or
+   `from module import _name`): what is shared is public.
+6. No state key is spelled outside `db.py`: neither the old `cursor` key shapes nor a status key
+   as a string (status keys are `db.StatusKey`).
 """
 
 from __future__ import annotations
@@ -155,3 +160,112 @@ def test_emulators_never_import_the_product() -> None:
         if i.target in PRODUCT
     ]
     assert not broken, "an emulator imports a product module:\n" + "\n".join(broken)
+
+
+# The faces of the outside world import nothing of ours (the layer below everything).
+FACES = ("db", "google_chat_client", "discourse_client", "config_loader")
+
+
+@pytest.mark.parametrize("module", FACES)
+def test_the_faces_import_nothing_of_ours(module: str) -> None:
+    ours = set(PRODUCT) | set(TEST_SIDE)
+    assert [str(i) for i in product_imports(module) if i.target in ours] == []
+
+
+# Contract 5: a module uses other modules' objects through their public surface only.
+
+
+def private_uses(path: Path) -> Iterator[str]:
+    """`from x import _name` of a product module, and `<something>._name` not on self or cls."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    where = path.name
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module in PRODUCT:
+            for alias in node.names:
+                if alias.name.startswith("_"):
+                    yield f"{where}:{node.lineno}: imports {node.module}.{alias.name}"
+        elif isinstance(node, ast.Attribute) and _is_private(node.attr):
+            owner = node.value
+            if isinstance(owner, ast.Name) and owner.id in ("self", "cls"):
+                continue
+            yield f"{where}:{node.lineno}: uses {ast.unparse(node)}"
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+@pytest.mark.parametrize("module", sorted(PRODUCT))
+def test_no_module_uses_a_private_member_of_another(module: str) -> None:
+    # `self._discourse._request(...)` or `from db import _ts` would tie a module to another's
+    # internals; what two modules share is public (e.g. `DiscourseClient.download_upload`).
+    assert list(private_uses(PRODUCT[module])) == []
+
+
+# Contract 6: the state's keys are db.py's business. The key shapes the old key/value `cursor`
+# table held, and the status keys (now `db.StatusKey`), are spelled nowhere else.
+OLD_STATE_KEYS = (
+    "gchat_cursor:",
+    "gchat_active:",
+    "gchat_dm_cursor:",
+    "gchat_dm_active:",
+    "discourse_chat_high_water:",
+    "discourse_chat_reader:",
+    "discourse_high_water_post_id",
+    "discourse_first_high_water_post_id",
+    "discourse_post_parts:",
+    "discourse_post_version:",
+    "discourse_topic_seen:",
+)
+STATE_METHODS = {"set_status", "get_status", "get_cursor", "set_cursor", "all_cursors"}
+
+
+def state_key_uses(path: Path) -> Iterator[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    where = path.name
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if any(node.value.startswith(key) for key in OLD_STATE_KEYS):
+                yield f"{where}:{node.lineno}: spells the state key {node.value!r}"
+        elif isinstance(node, ast.JoinedStr):
+            head = node.values[0] if node.values else None
+            if isinstance(head, ast.Constant) and any(
+                str(head.value).startswith(key) for key in OLD_STATE_KEYS
+            ):
+                yield f"{where}:{node.lineno}: builds a state key {ast.unparse(node)}"
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in STATE_METHODS
+        ):
+            if node.func.attr not in ("set_status", "get_status"):
+                yield f"{where}:{node.lineno}: calls the removed {node.func.attr}"
+            elif node.args and isinstance(node.args[0], ast.Constant):
+                yield f"{where}:{node.lineno}: names a status key as a string"
+
+
+@pytest.mark.parametrize("module", sorted(set(PRODUCT) - {"db"}))
+def test_no_state_key_is_built_outside_the_store(module: str) -> None:
+    assert list(state_key_uses(PRODUCT[module])) == []
+
+
+def test_the_member_and_state_checks_catch_what_they_forbid(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "from db import _ts\n"
+        "def f(self, client, store):\n"
+        "    client._request('GET', '/x')\n"
+        "    self._ok()\n"
+        "    store.set_status('last_poll', '')\n"
+        "    return f'discourse_post_parts:{1}'\n",
+        encoding="utf-8",
+    )
+    assert [line.split(": ", 1)[1] for line in private_uses(sample)] == [
+        "imports db._ts",
+        "uses client._request",
+    ]
+    assert [line.split(": ", 1)[1] for line in state_key_uses(sample)] == [
+        "names a status key as a string",
+        "builds a state key f'discourse_post_parts:{1}'",
+        "spells the state key 'discourse_post_parts:'",  # the f-string's literal head
+    ]

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 import cli
+import google_chat_client
 from config_loader import Config, SpaceMapping, load_config
 from db import Store
 from discourse_client import DiscourseWebhook
@@ -178,7 +179,7 @@ def test_status_without_a_database_says_so(tmp_path: Path) -> None:
 
 def test_token_file_is_written_private(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "token.json"
-    cli.write_token_file(path, {"refresh_token": "r"})
+    google_chat_client.write_token_file(path, {"refresh_token": "r"})
     assert path.stat().st_mode & 0o777 == 0o600
     assert yaml.safe_load(path.read_text()) == {"refresh_token": "r"}
 

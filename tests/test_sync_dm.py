@@ -18,9 +18,17 @@ import pytest
 import origin
 from config_loader import Config, SpaceMapping, load_config
 from db import StatusKey, Store
+from deps import Deps
 from discourse_client import DiscourseClient
 from google_chat_client import ChatMessage, ChatSpace, ChatUser, GoogleChatClient
-from inbox import ChatMessageEvent, PulledChatMessage, load, parse_webhook, pulled_chat_message
+from inbox import (
+    ChatMessageEvent,
+    Inbox,
+    PulledChatMessage,
+    load,
+    parse_webhook,
+    pulled_chat_message,
+)
 from sync_dm import (
     DmSync,
     SendToChannel,
@@ -161,7 +169,9 @@ class Rig:
     def restart(self) -> DmSync:
         """A new process over the same store (memory caches gone)."""
         users = _users(self.store, self.discourse, self.chat)
-        self.sync = DmSync(self.config, self.store, self.chat, self.discourse, users)
+        self.sync = DmSync(
+            Deps(self.config, self.store, self.chat, self.discourse, users, Inbox(self.store))
+        )
         return self.sync
 
     def channel_messages(self, channel_id: int) -> list[dict[str, Any]]:
@@ -214,7 +224,7 @@ def rig(chat_emulator: Any, discourse_emulator: Any, tmp_path: Path) -> Rig:
     discourse = DiscourseClient(discourse_emulator.url, "test-api-key", "system")
     store = Store(":memory:")
     users = _users(store, discourse, chat)
-    sync = DmSync(config, store, chat, discourse, users)
+    sync = DmSync(Deps(config, store, chat, discourse, users, Inbox(store)))
     return Rig(chat_emulator, discourse_emulator, config, store, chat, discourse, sync)
 
 
@@ -268,9 +278,8 @@ def test_space_mapped_without_category_is_reported_not_crashed(rig: Rig, tmp_pat
         mappings=[{"google_space_id": "spaces/room"}, {"google_space_id": "spaces/dm1"}],
     )
     config = load_config(files.config)
-    sync = DmSync(
-        config, rig.store, rig.chat, rig.discourse, _users(rig.store, rig.discourse, rig.chat)
-    )
+    users = _users(rig.store, rig.discourse, rig.chat)
+    sync = DmSync(Deps(config, rig.store, rig.chat, rig.discourse, users, Inbox(rig.store)))
     _say(rig, "spaces/dm1", "users/2", "still works")
     result = sync.poll_once()
     assert not result.ok
