@@ -128,6 +128,7 @@ class DeleteMessages:
 @dataclass(frozen=True, slots=True)
 class Skip:
     reason: str
+    notable: bool = False  # worth an INFO line (an operator may wonder why it did not cross)
 
 
 Action = FillGap | CreateMessage | EditMessage | DeleteMessages | Skip
@@ -205,10 +206,13 @@ def _plan_edit(
         return (Skip("the author's deletion arrives as an edit first; post_destroyed follows"),)
     if link.origin == "gchat":
         if origin.content_hash(origin.text_part_of_raw(post.raw or "")) != link.content_hash:
-            return (Skip(f"edit of Chat message {link.gchat_message_name} not carried back"),)
+            # A Chat user's message cannot be rewritten by the bridge's account.
+            name = link.gchat_message_name
+            reason = f"edit in Discourse of Chat message {name} not carried back"
+            return (Skip(reason, notable=True),)
         return (Skip("the bridge's own copy of a Chat message, unchanged"),)
     if ctx.version_seen is not None and post.version < ctx.version_seen:
-        return (Skip(f"stale edit (version {post.version} < {ctx.version_seen})"),)
+        return (Skip(f"stale edit (version {post.version} < {ctx.version_seen})", notable=True),)
     lookup = ctx.mentions.get
     whole = render_message(
         post,
@@ -543,7 +547,8 @@ class DiscourseToGchat:
 
     def _apply(self, action: Action) -> None:
         if isinstance(action, Skip):
-            logger.debug("nothing to do in Chat: %s", action.reason)
+            log = logger.info if action.notable else logger.debug
+            log("nothing to do in Chat: %s", action.reason)
         elif isinstance(action, FillGap):
             self._fill_gap(action.post)
         elif isinstance(action, CreateMessage):
