@@ -24,17 +24,21 @@ Invariants:
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import logging
 import signal
 import socket
+import stat
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol, TextIO
+from urllib.parse import urlsplit
 
 from config_loader import Config, ConfigError, SpaceMapping
 from db import StatusKey, Store
@@ -71,6 +75,7 @@ EXIT_RUNNING = 4
 
 OK = "\u2713"  # ✓
 FAIL = "\u2717"  # ✗
+WARN = "!"  # a risk worth fixing that does not stop the bridge (not counted as a failure)
 
 _AUTH = "https://www.googleapis.com/auth/"
 # What the bridge calls under user auth (reference §3-§10): messages read and write, spaces
@@ -325,11 +330,17 @@ class CheckResult:
     ok: bool
     what: str
     fix: str = ""
+    warning: bool = False  # with ok=True: the bridge works, but something is exposed
+
+
+def warning(what: str, fix: str) -> CheckResult:
+    return CheckResult(True, what, fix, warning=True)
 
 
 def print_result(result: CheckResult, out: TextIO) -> None:
-    _say(out, f"{OK if result.ok else FAIL} {result.what}")
-    if not result.ok and result.fix:
+    mark = WARN if result.warning else (OK if result.ok else FAIL)
+    _say(out, f"{mark} {result.what}")
+    if (result.warning or not result.ok) and result.fix:
         _say(out, f"    fix: {result.fix}")
 
 
@@ -559,6 +570,67 @@ def _events_text(hook: DiscourseWebhook) -> str:
     return "all events" if hook.wildcard_web_hook else ", ".join(hook.event_type_names)
 
 
+def private_files(config: Config) -> list[tuple[str, Path]]:
+    """(what, path) of every file that holds a secret or the bridge's data."""
+    database = config.sync.database
+    files = [
+        ("configuration", config.path),
+        ("Google token file", config.google.token_file),
+        ("Google OAuth client file", config.google.credentials_file),
+        ("state database", database),
+        ("state database WAL", Path(f"{database}-wal")),
+        ("state database shared memory", Path(f"{database}-shm")),
+    ]
+    if config.sync.log_file is not None:
+        files.append(("log file", config.sync.log_file))
+    return files
+
+
+def check_exposure(config: Config) -> Iterator[CheckResult]:
+    """Warnings about secrets and data others can read: files open to the group or the world,
+    and the API key sent in clear to a forum that is not on this machine."""
+    for what, path in private_files(config):
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except OSError:
+            continue  # not there (yet): nothing to expose
+        if mode & 0o077:
+            yield warning(
+                f"{what} {path} can be read by others (mode {mode:04o})",
+                f"chmod 600 {path}",
+            )
+    url = urlsplit(config.discourse.url)
+    if url.scheme == "http" and not _is_loopback(url.hostname or ""):
+        yield warning(
+            f"discourse.url {config.discourse.url} is plain http: the API key and every post "
+            "cross the network unencrypted",
+            "use the forum's https:// address",
+        )
+
+
+def check_webhook_transport(config: Config) -> Iterator[CheckResult]:
+    """A warning when Discourse's deliveries cross the network in clear: anyone on the path can
+    read every post (PMs and private categories included) and replay a signed delivery."""
+    url = webhook_url(config)
+    parts = urlsplit(url)
+    if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+        yield warning(
+            f"the webhook URL {url} is plain http: Discourse's deliveries cross the network "
+            "unencrypted, where they can be read and replayed",
+            "serve the listener behind https (e.g. a reverse proxy) and set "
+            "sync_settings.public_webhook_url to its https:// address",
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def run_check(config: Config, *, fix: bool = False, out: TextIO = sys.stdout) -> int:
     """Check the configuration and the world; print ✓/✗ lines; 1 when anything failed."""
     results: list[CheckResult] = []
@@ -572,6 +644,10 @@ def run_check(config: Config, *, fix: bool = False, out: TextIO = sys.stdout) ->
             True, f"configuration {config.path} is valid ({len(config.mappings)} mappings)"
         )
     )
+    for result in check_exposure(config):
+        report(result)
+    for result in check_webhook_transport(config):
+        report(result)
     discourse = _discourse_client(config)
     try:
         discourse_ok = True
@@ -588,7 +664,9 @@ def run_check(config: Config, *, fix: bool = False, out: TextIO = sys.stdout) ->
     finally:
         discourse.close()
     failed = sum(not r.ok for r in results)
-    _say(out, "all checks passed" if not failed else f"{failed} check(s) failed")
+    warned = sum(r.warning for r in results)
+    summary = "all checks passed" if not failed else f"{failed} check(s) failed"
+    _say(out, summary + (f", {warned} warning(s)" if warned else ""))
     return EXIT_FAILED if failed else EXIT_OK
 
 

@@ -127,6 +127,9 @@ class SyncConfig:
     # The line naming a Discourse author in Chat, with {name} and {username}; None: built in.
     attribution_format: str | None = None
     max_attachment_bytes: int = 4 * 1024 * 1024  # Discourse's default max_attachment_size_kb
+    # A handled webhook event's body is wiped this long after it was handled; its row (the
+    # dedupe key, no words) is deleted after four times that, as is a dead letter never retried.
+    inbox_retention: timedelta = timedelta(days=7)
     # A message whose forum author is refused (suspended, deactivated, silenced): "park" it
     # (`status` lists it, `retry` resends it) or "post_as_bridge" (the API user, attributed).
     refused_authors: str = "park"
@@ -376,6 +379,7 @@ _DISCOURSE_KEYS = (
 )
 _GOOGLE_KEYS = ("credentials_file", "token_file", "api_endpoint")
 REFUSED_AUTHOR_ACTIONS = ("park", "post_as_bridge")
+MAX_RETENTION_DAYS = 3650
 _SYNC_KEYS = (
     "poll_interval_minutes",
     "poll_interval_seconds",
@@ -396,6 +400,7 @@ _SYNC_KEYS = (
     "attribution_format",
     "max_attachment_mb",
     "refused_authors",
+    "inbox_retention_days",
 )
 _MAPPING_KEYS = ("google_space_id", "discourse_category_id", "discourse_parent_category_id")
 _TOP_KEYS = ("discourse", "google", "sync_settings", "mappings")
@@ -542,6 +547,13 @@ def _sync(problems: list[str], data: Mapping[str, Any], base: Path) -> Any:
         c.add("long_messages", f'{long_messages!r} is not understood; use "split" or "truncate"')
         long_messages = _MISSING
     attachment_mb = c.number("max_attachment_mb", 4.0, unit="megabytes")
+    retention_days = c.number("inbox_retention_days", 7.0, unit="days")
+    if isinstance(retention_days, float) and retention_days > MAX_RETENTION_DAYS:
+        c.add(
+            "inbox_retention_days",
+            f"{retention_days:g} days is too long; use at most {MAX_RETENTION_DAYS} (ten years)",
+        )
+        retention_days = _MISSING
     refused = c.get("refused_authors", "park")
     if refused not in REFUSED_AUTHOR_ACTIONS:
         c.add(
@@ -553,7 +565,7 @@ def _sync(problems: list[str], data: Mapping[str, Any], base: Path) -> Any:
     values: tuple[Any, ...] = (interval, host, port, database, log_file, level, history, domain)
     values = (*values, max_attempts, public_url)
     values = (*values, create_users, trust, edit_window, edit_scan, long_messages, attachment_mb)
-    values = (*values, attribution, refused)
+    values = (*values, attribution, refused, retention_days)
     if _MISSING in values:
         return None
     return SyncConfig(
@@ -575,6 +587,7 @@ def _sync(problems: list[str], data: Mapping[str, Any], base: Path) -> Any:
         attribution_format=attribution,
         max_attachment_bytes=int(attachment_mb * 1024 * 1024),
         refused_authors=refused,
+        inbox_retention=timedelta(days=retention_days),
     )
 
 

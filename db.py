@@ -9,7 +9,8 @@ sync state in typed tables (each Chat poll's place in a space, each DM channel's
 high-water id, the Discourse high-water post id, posts split into several Chat messages, the last
 post version mirrored, the highest post number handled per topic), the webhook inbox, failures of
 single items (retried, then parked), write intents (creates sent but not yet linked, for crash
-reconciliation), and status values for ``status`` and ``/readyz`` under the ``StatusKey`` names.
+reconciliation), the secret key of the Chat client ids (``client_id_key``), and status values for
+``status`` and ``/readyz`` under the ``StatusKey`` names.
 No other module builds a state key: each piece of state has its own typed method.
 
 Invariants:
@@ -32,12 +33,18 @@ Invariants:
 - Inbox: an event's ``dedupe_key`` is accepted once (until its row is pruned). ``due_events``
   hands out only the oldest pending event of each ``ordering_key``, and hands it out again on
   every call until it is marked done or dead; it assumes ONE worker drains the inbox.
+- Data at rest: the file is created 0600 (its -wal and -shm inherit the mode); a handled
+  inbox row's body is wiped after the retention and the row deleted after
+  ``ROW_LIFETIME_FACTOR`` times it (``expire_inbox``); ``secure_delete`` zeroes what is
+  overwritten or deleted.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import secrets
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -55,11 +62,13 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "MIGRATIONS",
+    "ROW_LIFETIME_FACTOR",
     "ChatMessageLink",
     "ChatPollState",
     "DmChannelState",
     "Failure",
     "InboxEvent",
+    "InboxExpiry",
     "LinkConflict",
     "MessageLink",
     "Origin",
@@ -88,6 +97,10 @@ class StatusKey(StrEnum):
     BRIDGE_ACCOUNT = "gchat_bridge_account"  # the Google user the bridge runs as
     READYZ_PROBE = "readyz_probe"  # when /readyz last proved the database writable
 
+
+# An inbox row outlives its body (wiped after the retention) by this factor: its dedupe key keeps
+# recognising redeliveries, and a dead letter waits this long for `retry` (``expire_inbox``).
+ROW_LIFETIME_FACTOR = 4
 
 # Milliseconds SQLite waits for another connection's lock (e.g. `python main.py status` reading
 # while the daemon writes) before giving up with "database is locked".
@@ -384,12 +397,37 @@ def _move_cursor_rows(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TABLE cursor")
 
 
+def _add_client_id_key(conn: sqlite3.Connection) -> None:
+    """Schema 4: one random secret, made once, keying the client ids of Chat messages.
+
+    Ids derived from it cannot be guessed, so nobody can create a message under the id of a
+    forum post's copy before the bridge does (origin.ClientIds). It never changes: the ids of
+    messages already written are derived from it again on a retry.
+    """
+    conn.execute(
+        "CREATE TABLE client_id_key ("
+        " id INTEGER PRIMARY KEY CHECK (id = 1),"
+        " key BLOB NOT NULL,"
+        " created_at TEXT NOT NULL)"
+    )
+    conn.execute(
+        "INSERT INTO client_id_key (id, key, created_at) VALUES (1, ?, ?)",
+        (secrets.token_bytes(32), _ts(_utcnow())),
+    )
+
+
 # Ordered (version, description, step): a step is SQL, or a function run on the connection in
 # the migration's transaction (for data SQL cannot parse). Append only: never edit a released
 # step, add a new one.
 MIGRATIONS: tuple[tuple[int, str, str | Callable[[sqlite3.Connection], None]], ...] = (
     (1, "links, users, cursors, inbox, failures and status", _SCHEMA_V1),
     (2, "typed sync state instead of the cursor table, pruned with its links", _move_cursor_rows),
+    (
+        3,
+        "the Discourse time of each post's last mirrored edit (older edits are skipped)",
+        "ALTER TABLE post_version ADD COLUMN discourse_updated_at TEXT;",
+    ),
+    (4, "a secret key for the client-assigned ids of Chat messages", _add_client_id_key),
 )
 
 
@@ -488,6 +526,15 @@ class InboxEvent:
     next_attempt_at: datetime
     last_error: str | None
     finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class InboxExpiry:
+    """What one ``Store.expire_inbox`` did."""
+
+    wiped: int  # handled rows whose body was cleared
+    deleted: int  # handled rows deleted
+    dead_deleted: tuple[str, ...]  # dedupe keys of the dead letters deleted unretried
 
 
 @dataclass(frozen=True, slots=True)
@@ -652,6 +699,22 @@ _USER = _LinkTable(
 )
 
 
+def _create_private(path: str) -> None:
+    """Create the database file 0600 before SQLite would create it by the umask (often 0644).
+
+    SQLite gives its -wal and -shm files the main file's permissions (unix VFS,
+    `findCreateFileMode`), so these are private too. An existing file is left as it is
+    (`check` warns about one others may read); a failure is left to `sqlite3.connect` to report.
+    """
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:
+        return  # exists already, or cannot be created: sqlite3.connect says why
+    os.close(fd)
+
+
 # --------------------------------------------------------------------------------------------
 # Store
 # --------------------------------------------------------------------------------------------
@@ -671,6 +734,7 @@ class Store:
         self._path = str(path)
         self._clock = clock
         self._lock = threading.RLock()
+        _create_private(self._path)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves (the sqlite3 module's implicit
         # transactions would otherwise open them at surprising points).
         try:
@@ -689,6 +753,9 @@ class Store:
         try:
             self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_MS)}")
             self._conn.execute("PRAGMA foreign_keys = ON")
+            # Deleted and overwritten content (a wiped inbox body, a pruned row) is zeroed on
+            # disk, not left in free pages for anyone who reads the file.
+            self._conn.execute("PRAGMA secure_delete = ON")
             # WAL lets `status` read while the daemon writes; ":memory:" stays in "memory" mode.
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = NORMAL")
@@ -1330,8 +1397,23 @@ class Store:
         row = self._one("SELECT version FROM post_version WHERE discourse_post_id = ?", (post_id,))
         return None if row is None else int(row[0])
 
-    def set_post_version(self, post_id: int, version: int) -> None:
-        self._upsert("post_version", {"discourse_post_id": post_id}, {"version": version})
+    def set_post_version(
+        self, post_id: int, version: int, discourse_updated_at: datetime | None = None
+    ) -> None:
+        """Record the last mirrored edit: its version and Discourse's `updated_at` of it."""
+        moment = None if discourse_updated_at is None else _ts(discourse_updated_at)
+        self._upsert(
+            "post_version",
+            {"discourse_post_id": post_id},
+            {"version": version, "discourse_updated_at": moment},
+        )
+
+    def post_edited_at(self, post_id: int) -> datetime | None:
+        """Discourse's `updated_at` of the last edit of the post mirrored into Chat, if known."""
+        row = self._one(
+            "SELECT discourse_updated_at FROM post_version WHERE discourse_post_id = ?", (post_id,)
+        )
+        return None if row is None else _opt_dt(row[0])
 
     def topic_seen(self, topic_id: int) -> int:
         """The highest post number of the topic handled; 0 if none."""
@@ -1469,13 +1551,37 @@ class Store:
             (self._now(),),
         )
 
-    def prune_done_events(self, older_than: timedelta) -> int:
-        """Delete events handled more than ``older_than`` ago; returns how many.
+    def expire_inbox(self, retention: timedelta) -> InboxExpiry:
+        """Apply the inbox's retention; what it did.
 
-        Their dedupe keys are forgotten with them, so keep this longer than any redelivery.
+        - A handled row's body is wiped ``retention`` after it was handled: its keys stay, so a
+          late redelivery is still recognised, but the words are gone (zeroed on disk too,
+          ``secure_delete``).
+        - Handled rows are deleted ``ROW_LIFETIME_FACTOR`` times ``retention`` after that, and
+          so are dead letters nobody retried (their bodies are kept until then for ``retry``).
         """
-        cutoff = _ts(self._clock() - older_than)
-        return self._write("DELETE FROM inbox WHERE state = 'done' AND finished_at < ?", (cutoff,))
+        now = self._clock()
+        wipe_before = _ts(now - retention)
+        delete_before = _ts(now - retention * ROW_LIFETIME_FACTOR)
+        with self.transaction():
+            wiped = self._conn.execute(
+                "UPDATE inbox SET payload = '' WHERE state = 'done' AND finished_at < ? "
+                "AND payload != ''",
+                (wipe_before,),
+            ).rowcount
+            dead = [
+                str(row[0])
+                for row in self._conn.execute(
+                    "SELECT dedupe_key FROM inbox WHERE state = 'dead' AND finished_at < ? "
+                    "ORDER BY id",
+                    (delete_before,),
+                )
+            ]
+            deleted = self._conn.execute(
+                "DELETE FROM inbox WHERE state IN ('done', 'dead') AND finished_at < ?",
+                (delete_before,),
+            ).rowcount
+        return InboxExpiry(wiped=wiped, deleted=deleted - len(dead), dead_deleted=tuple(dead))
 
     # -- failures of single items (Chat -> Discourse and others) -------------------------------
 
@@ -1578,6 +1684,18 @@ class Store:
         """Item keys of unfinished creates, oldest first."""
         rows = self._all("SELECT item_key FROM write_intent ORDER BY started_at, item_key")
         return [str(row[0]) for row in rows]
+
+    # -- the client id key ----------------------------------------------------------------------
+
+    def client_id_key(self) -> bytes:
+        """The secret that keys the client-assigned ids of Chat messages (made by migration 4).
+
+        Never logged, never shown by `status`; it lives only in this file (mode 0600).
+        """
+        row = self._one("SELECT key FROM client_id_key WHERE id = 1")
+        if row is None:
+            raise StoreError(f"{self._path} has no client id key (a migration was undone?)")
+        return bytes(row[0])
 
     # -- status values (StatusKey) -------------------------------------------------------------
 

@@ -28,21 +28,27 @@ Invariants:
 - Auth failures (bad, revoked or wrong-user key; suspended acting user) raise
   `DiscourseAuthError` and are never retried. Response bodies are kept on exceptions, never
   logged whole; the API key is never logged.
+- Files cross in blocks, never whole in memory: `upload_file` streams from a file with its length
+  declared, `download_upload` writes into a sink under a hard byte cap (a declared length over
+  it is refused unread, a longer body cut off) as the acting user the caller names, and follows
+  a redirect to another host (a CDN) without any credential.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import random
 import re
+import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -60,6 +66,7 @@ __all__ = [
     "DiscoursePostEnqueued",
     "DiscourseRateLimited",
     "DiscourseRejected",
+    "DiscourseTooLarge",
     "DiscourseTopic",
     "DiscourseUnavailable",
     "DiscourseUpload",
@@ -83,6 +90,9 @@ _BAD_CREDENTIALS_TEXT = "API username or key is invalid"
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # Hops followed for an upload download (Discourse: one to the file or its CDN).
 _MAX_UPLOAD_REDIRECTS = 3
+# Bytes read (or sent) at a time when a file is streamed: the most a download reads past its
+# limit before it stops.
+_FILE_BLOCK = 64 * 1024
 _AUTH_ERROR_TYPES = frozenset({"invalid_access", "not_logged_in", "invalid_api_credentials"})
 
 
@@ -152,6 +162,17 @@ class DiscourseAuthError(DiscourseRejected):
         if self.status in (401, 302):
             return True
         return any(_BAD_CREDENTIALS_TEXT in message for message in self.errors)
+
+
+class DiscourseTooLarge(DiscourseRejected):
+    """A download over the caller's byte limit, refused after reading at most the limit plus one
+    block (or nothing at all, when the answer declared its length). `size` is the declared
+    length, None when the body was cut off."""
+
+    def __init__(self, message: str, *, limit: int, size: int | None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.limit = limit
+        self.size = size
 
 
 class DiscoursePostEnqueued(DiscourseRejected):
@@ -608,24 +629,30 @@ class DiscourseClient:
         *,
         params: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
         json: Any = None,
-        data: Mapping[str, Any] | None = None,
+        data: Any = None,
         files: Mapping[str, Any] | None = None,
         as_user: str | None = None,
         retry_transient: bool | None = None,
         redirect_ok: bool = False,
+        headers: Mapping[str, str] | None = None,
+        stream: bool = False,
     ) -> requests.Response:
         """Send one API call with budget, timeout and bounded retries; map status → exception.
 
         `retry_transient` defaults to True for GET/PUT/DELETE and False for POST (see the
         module docstring). With `redirect_ok`, a 3xx is returned to the caller instead of
         raising (redirects are never followed automatically, so each hop passes the budget).
+        With `stream`, a 2xx body is left unread for the caller (who closes the response); a
+        streamed request body (`data`) must be re-iterable, since an attempt may be repeated.
 
         Raises: DiscourseRateLimited, DiscourseUnavailable, DiscourseAuthError,
         DiscourseNotFound, DiscourseRejected.
         """
         if retry_transient is None:
             retry_transient = method in ("GET", "PUT", "DELETE", "HEAD")
-        headers = {"Api-Username": as_user} if as_user else None
+        sent = dict(headers or {})
+        if as_user:
+            sent["Api-Username"] = as_user
         url = self._url_for(path)
         attempt = 0
         while True:
@@ -639,8 +666,9 @@ class DiscourseClient:
                     json=json,
                     data=data,
                     files=files,
-                    headers=headers,
+                    headers=sent or None,
                     redirect_ok=redirect_ok,
+                    stream=stream,
                 )
             except DiscourseRateLimited as exc:
                 if attempt >= self._max_attempts:
@@ -691,6 +719,7 @@ class DiscourseClient:
         files: Any,
         headers: Mapping[str, str] | None,
         redirect_ok: bool,
+        stream: bool = False,
     ) -> requests.Response:
         self._budget.acquire()
         started = self._clock()
@@ -707,6 +736,7 @@ class DiscourseClient:
                 headers=headers,
                 timeout=self._timeout,
                 allow_redirects=False,
+                stream=stream,
             )
         except requests.RequestException as exc:
             logger.debug("%s %s -> %s", method, path, type(exc).__name__)
@@ -1128,47 +1158,77 @@ class DiscourseClient:
     def upload_file(
         self,
         filename: str,
-        data: bytes,
+        data: bytes | IO[bytes],
         content_type: str,
         *,
         as_user: str | None = None,
     ) -> DiscourseUpload:
-        """Upload a file for a post; embed `short_url` in raw. Retried: uploads dedupe by sha1."""
-        response = self._request(
-            "POST",
-            "/uploads.json",
+        """Upload a file for a post; embed `short_url` in raw. Retried: uploads dedupe by sha1.
+
+        `data` may be a seekable binary file: it is streamed in blocks (with its length
+        declared), never read into memory whole.
+        """
+        form = _StreamedForm(
             # `synchronous` is not sent: Discourse 3.1+ always answers with the upload.
             # `upload_type`, not `type`: `type` is deprecated since 3.4, removal due in 3.5
             # (uploads_controller.rb#create).
-            data={"upload_type": "composer"},
-            files={"file": (filename, data, content_type)},
+            {"upload_type": "composer"},
+            filename,
+            io.BytesIO(data) if isinstance(data, bytes) else data,
+            content_type,
+        )
+        response = self._request(
+            "POST",
+            "/uploads.json",
+            data=form,
+            headers={"Content-Type": form.content_type},
             as_user=as_user,
             retry_transient=True,
         )
         return DiscourseUpload.from_api(self._json(response, "POST", "/uploads.json"))
 
-    def download_upload(self, short_url: str, *, max_bytes: int | None = None) -> bytes:
-        """The bytes of an upload named by its `upload://…` short URL.
+    def download_upload(
+        self, short_url: str, sink: IO[bytes], *, max_bytes: int, as_user: str | None = None
+    ) -> int:
+        """Write the upload named by its `upload://…` short URL into `sink`; returns its size.
 
-        Discourse answers `/uploads/short-url/…` with a redirect: to a path of its own, or, on a
-        forum with external storage (S3, a CDN), to another host (`allow_other_host: true`).
-        A same-host hop goes through `_request` (budget, key); a foreign one is fetched with a
-        bare session: no `Api-Key`, no `Api-Username`, no cookie, outside the admin budget,
-        because credentials go only to the host they belong to.
+        `as_user`: whose view counts. Discourse checks a secure upload against the post that
+        controls it, as the acting user (403 when that user may not see it): fetched as a
+        post's author, a post cannot pull in a file its author could not open, as the admin
+        account could.
 
-        Raises: DiscourseNotFound, DiscourseRejected, DiscourseUnavailable (and the auth and
-        rate-limit errors of `_request` for the forum's own hops).
+        Streamed with a hard cap: an answer that declares a length over `max_bytes` is refused
+        before its body is read, and a body that runs past it is cut off after at most one more
+        block (`DiscourseTooLarge`); nothing is held in memory but one block.
+
+        Discourse answers `/uploads/short-url/…` with the file or a redirect: to a path of its
+        own, or, on a forum with external storage (S3, a CDN), to another host
+        (`allow_other_host: true`). A same-host hop goes through `_request` (budget, key, the
+        same acting user); a foreign one is fetched with a bare session: no `Api-Key`, no
+        `Api-Username`, no cookie, outside the admin budget, because credentials go only to the
+        host they belong to.
+
+        Raises: DiscourseTooLarge, DiscourseNotFound, DiscourseAuthError (403: the acting user
+        may not see it), DiscourseRejected, DiscourseUnavailable (and the rate-limit errors of
+        `_request` for the forum's own hops).
         """
         path = "/uploads/short-url/" + short_url.removeprefix("upload://")
-        response = self._request("GET", path, redirect_ok=True)
+        response = self._request("GET", path, redirect_ok=True, as_user=as_user, stream=True)
         for _hop in range(_MAX_UPLOAD_REDIRECTS):
-            if response.status_code not in _REDIRECT_STATUSES:
-                return _bounded_content(response, max_bytes, path)
-            target = _redirect_target(response, path)
-            if self._is_own_host(target):
-                response = self._request("GET", self._same_host_path(target), redirect_ok=True)
-            else:
-                return self._download_foreign(target, path, max_bytes)
+            with response:
+                if response.status_code not in _REDIRECT_STATUSES:
+                    return _copy_bounded(response, sink, max_bytes, path)
+                target = _redirect_target(response, path)
+            if not self._is_own_host(target):
+                return self._download_foreign(target, path, sink, max_bytes)
+            response = self._request(
+                "GET",
+                self._same_host_path(target),
+                redirect_ok=True,
+                as_user=as_user,
+                stream=True,
+            )
+        response.close()
         raise DiscourseUnavailable(f"GET {path}: too many redirects", method="GET", path=path)
 
     def _is_own_host(self, url: str) -> bool:
@@ -1178,7 +1238,7 @@ class DiscourseClient:
             self._base_parts.netloc.lower(),
         )
 
-    def _download_foreign(self, url: str, path: str, max_bytes: int | None) -> bytes:
+    def _download_foreign(self, url: str, path: str, sink: IO[bytes], max_bytes: int) -> int:
         """GET a file from another host (a CDN) without any of the forum's credentials."""
         host = urlsplit(url).netloc
         with requests.Session() as bare:
@@ -1188,7 +1248,7 @@ class DiscourseClient:
             bare.headers["User-Agent"] = "gchat-discourse-bridge"
             try:
                 # Further redirects stay credential-free: this session holds no secret at all.
-                response = bare.get(url, timeout=self._timeout, stream=max_bytes is not None)
+                response = bare.get(url, timeout=self._timeout, stream=True)
             except requests.RequestException as exc:
                 raise DiscourseUnavailable(
                     f"GET {path} via {host}: {type(exc).__name__}", method="GET", path=path
@@ -1212,7 +1272,7 @@ class DiscourseClient:
                         method="GET",
                         path=path,
                     )
-                return _bounded_content(response, max_bytes, path)
+                return _copy_bounded(response, sink, max_bytes, path)
 
     # ---- chat -------------------------------------------------------------------------------
 
@@ -1380,23 +1440,92 @@ def _redirect_target(response: requests.Response, path: str) -> str:
     return urljoin(response.url, location)
 
 
-def _bounded_content(response: requests.Response, max_bytes: int | None, path: str) -> bytes:
-    """The body, refusing one larger than `max_bytes` without reading it all into memory."""
-    if max_bytes is None:
-        return bytes(response.content)
-    chunks: list[bytes] = []
+def _copy_bounded(response: requests.Response, sink: IO[bytes], max_bytes: int, path: str) -> int:
+    """Copy a streamed body into `sink` block by block; refuse one larger than `max_bytes`.
+
+    A declared length over the limit is refused before any of the body is read; a body that
+    grows past it (no length, or a false one) is cut off after at most one more block.
+    """
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise DiscourseTooLarge(
+            f"GET {path}: the file is {declared} bytes, over the limit of {max_bytes}",
+            limit=max_bytes,
+            size=int(declared),
+            status=response.status_code,
+            method="GET",
+            path=path,
+        )
     size = 0
-    for chunk in response.iter_content(chunk_size=65536):
-        size += len(chunk)
-        if size > max_bytes:
-            raise DiscourseRejected(
-                f"GET {path}: the file is larger than {max_bytes} bytes",
-                status=response.status_code,
-                method="GET",
-                path=path,
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        for block in response.iter_content(chunk_size=_FILE_BLOCK):
+            size += len(block)
+            if size > max_bytes:
+                raise DiscourseTooLarge(
+                    f"GET {path}: the file is larger than the limit of {max_bytes} bytes",
+                    limit=max_bytes,
+                    size=None,
+                    status=response.status_code,
+                    method="GET",
+                    path=path,
+                )
+            sink.write(block)
+    except requests.RequestException as exc:
+        raise DiscourseUnavailable(
+            f"GET {path}: the download broke off: {type(exc).__name__}", method="GET", path=path
+        ) from exc
+    return size
+
+
+class _StreamedForm:
+    """A multipart/form-data body (text fields, then one file) sent in blocks from the file.
+
+    Its length is known (`__len__`), so requests sends a Content-Length rather than chunked
+    encoding; every iteration starts from the top, so a retried attempt sends it whole again.
+    """
+
+    def __init__(
+        self, fields: Mapping[str, str], filename: str, file: IO[bytes], content_type: str
+    ) -> None:
+        boundary = secrets.token_hex(16)
+        self.content_type = f"multipart/form-data; boundary={boundary}"
+        head = b"".join(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{_quoted(name)}"\r\n\r\n'
+            f"{value}\r\n".encode()
+            for name, value in fields.items()
+        )
+        self._head = (
+            head
+            + (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                f'filename="{_quoted(filename)}"\r\nContent-Type: {content_type}\r\n\r\n'
+            ).encode()
+        )
+        self._tail = f"\r\n--{boundary}--\r\n".encode()
+        self._file = file
+        self._start = file.tell()
+        self._size = file.seek(0, io.SEEK_END) - self._start
+        file.seek(self._start)
+
+    def __len__(self) -> int:
+        return len(self._head) + self._size + len(self._tail)
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self._head
+        self._file.seek(self._start)
+        left = self._size
+        while left > 0:
+            block = self._file.read(min(_FILE_BLOCK, left))
+            if not block:
+                raise DiscourseUnavailable("the file to upload ended early", method="POST")
+            left -= len(block)
+            yield block
+        yield self._tail
+
+
+def _quoted(text: str) -> str:
+    """A form-data name or file name as browsers write it: quotes and line breaks escaped."""
+    return text.replace("\\", "\\\\").replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
 
 
 class _UnsentError(Exception):

@@ -21,6 +21,15 @@ Invariants:
   markup. Chat has no escape character, so literal text that Chat would read as markup is broken
   up with invisible characters (U+200B next to a marker, U+200B after ``<``); how real Chat
   treats those is not documented, see ``_escape_chat_literal``.
+- Only what the bridge means becomes markup on the other side (issue 17). Discourse -> Chat:
+  the mentions the lookup answered and the links of link syntax (to web or mail addresses) are
+  emitted as placeholders; one final pass, ``neutralise_chat``, then breaks every other
+  ``<users/…>`` and ``<scheme:…>`` (however entities, escapes or tags assembled it), and the
+  placeholders are swapped in last. Titles (``chat_title``) and DM messages take the same pass.
+  Chat -> Discourse: names and texts never become HTML, BBCode, quotes or ``@`` pings (an '@' is
+  neutralised wherever Discourse's boundary rule would read a mention: after blanks and any
+  punctuation); display names in attribution lines are escaped (``discourse_attribution``).
+- Every part of a long message carries the attribution line (``split_under_header``).
 
 Markup syntax. Both directions use Chat syntax (``MARKUP_SYNTAX_CHAT``), and the Chat client
 declares it on every call (``google_chat_client.MARKUP_SYNTAX``): messages are read with
@@ -52,6 +61,7 @@ Discourse -> Chat is the reverse table (``**b**`` -> ``*b*``, ``[l](u)`` -> ``<u
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import re
 import unicodedata
@@ -312,19 +322,24 @@ def _parse_chat_lines(chunk: str) -> list[ChatBlock]:
 # anywhere in a line. Every ASCII punctuation character may be backslash-escaped in CommonMark.
 _MD_INLINE_SPECIALS = set("\\`*_~[]<>|")
 _ENTITY_RE = re.compile(r"&(?=#?[A-Za-z0-9]+;)")
-_AT_NAME_RE = re.compile(r"(?<![\w@.])@(?=\w)")
+# Discourse reads '@name' after any blank or punctuation ('.', '_', '@' included: its
+# text-post-process `allowedBoundary`), so only a letter or digit before '@' (an email) is safe.
+# An '@' that ends a piece of text is neutralised too: what follows it in the post (a URL, the
+# closing '_' of an emphasis CommonMark may not close) could make it '@name'.
+_AT_NAME_RE = re.compile(r"(?<![^\W_])@(?=\w|\Z)")
 _ORDERED_RE = re.compile(r"^(\d{1,9})([.)])")
 _MD_SAFE_URL_RE = re.compile(r"^(?:[A-Za-z0-9:/?#=&%.,;+!$'()@-]|[^\x00-\x7f])+$")
 
 
 def _escape_md_text(s: str) -> str:
+    # '@name' of someone we could not map must show literally and never ping a Discourse user.
+    # Judged on the text as typed: '@_x' escaped is '@\_x', which still reads '@_x' once cooked.
+    s = _AT_NAME_RE.sub("@" + WORD_JOINER, s)
     out = []
     for c in s:
         out.append("\\" + c if c in _MD_INLINE_SPECIALS else c)
     escaped = "".join(out)
-    escaped = _ENTITY_RE.sub("\\\\&", escaped)
-    # '@name' of someone we could not map must show literally and never ping a Discourse user.
-    return _AT_NAME_RE.sub("@" + WORD_JOINER, escaped)
+    return _ENTITY_RE.sub("\\\\&", escaped)
 
 
 def _md_url(url: str) -> str:
@@ -378,7 +393,11 @@ def _render_md_inlines(
         elif isinstance(node, ChatCode):
             rendered = _md_code_span(node.code)
         elif isinstance(node, ChatLink):
-            if node.label is None or node.label == node.url:
+            if not _CHAT_LINK_SCHEME_RE.match(node.url):
+                # `<javascript:…|label>`: Chat syntax, but no link a forum should carry.
+                shown = node.url if node.label is None else f"{node.label} ({node.url})"
+                rendered = _escape_md_text(shown)
+            elif node.label is None or node.label == node.url:
                 rendered = _md_url(node.url)
             else:
                 if parts and parts[-1].endswith("!") and not parts[-1].endswith("\\!"):
@@ -643,6 +662,48 @@ def discourse_mentions(text: str) -> frozenset[str]:
 
 
 _CHAT_OPENING_LT_RE = re.compile(r"<(users/|[A-Za-z][A-Za-z0-9+.-]*:)")
+# The final pass (`neutralise_chat`): a '<' that Chat could read as the start of a mention
+# (`<users/…>`) or a link (`<scheme:…|…>`), also with blanks or characters that show nothing in
+# between (in case Chat skips them), case-insensitively; unless a ZWSP already follows it.
+_SHOWS_NOTHING = (
+    "\\s\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+    "\u2060-\u206f\ufe00-\ufe0f\ufeff"
+)
+_CHAT_MARKUP_OPEN_RE = re.compile(
+    f"<(?!{ZWSP})(?=[{_SHOWS_NOTHING}]*(?:users/|[a-z][a-z0-9+.-]*:))", re.IGNORECASE
+)
+# Placeholders for the markup the converter means; these characters never come from the input.
+_PLACEHOLDER_OPEN = "\ue000"
+_PLACEHOLDER_CLOSE = "\ue001"
+_PLACEHOLDER_RE = re.compile(f"{_PLACEHOLDER_OPEN}(\\d+){_PLACEHOLDER_CLOSE}")
+_NO_PLACEHOLDERS = str.maketrans({_PLACEHOLDER_OPEN: "\ufffd", _PLACEHOLDER_CLOSE: "\ufffd"})
+# Link targets the converter writes as Chat links; anything else stays visible text.
+_CHAT_LINK_SCHEME_RE = re.compile(r"(?:https?|ftp)://|mailto:", re.IGNORECASE)
+
+
+def neutralise_chat(text: str) -> str:
+    """The final pass of every Discourse -> Chat text: no `<users/…>` and no `<scheme:…>` left.
+
+    A ZWSP after each '<' that could open a Chat mention or link, wherever it came from: a
+    converter that escapes one markdown token at a time cannot see `&lt;users/all&gt;`,
+    `\\<users/all>` or `<b>&lt;</b>users/all>` form one, and Chat has no escape character. Code
+    is not exempt: where Chat's code spans end is undocumented, and an invisible character in
+    code costs less than a ping of a whole space. Real mentions and links are not in the text
+    yet when this runs (`discourse_to_gchat_text` swaps them in last), so none is touched.
+    """
+    return _CHAT_MARKUP_OPEN_RE.sub("<" + ZWSP, text)
+
+
+def _swap_in(text: str, emitted: Sequence[str]) -> str:
+    return _PLACEHOLDER_RE.sub(lambda m: emitted[int(m.group(1))], text)
+
+
+def chat_title(title: str) -> str:
+    """A Discourse topic title as one bold Chat line that shows the title literally."""
+    plain = " ".join("".join(c if c.isprintable() else " " for c in title).split())
+    return neutralise_chat(_wrap("*", _escape_chat_literal(plain, after_opener=True)))
+
+
 # A comment left open hides the rest of its HTML block in Discourse too.
 _HTML_COMMENT_RE = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)
 _HTML_TAG_RE = re.compile(r"<[^>]*>")
@@ -655,17 +716,25 @@ class _Ctx:
     base_url: str
     mention_lookup: Callable[[str], str | None]
     emoji: Mapping[str, str]
+    # The mentions and links this conversion means to write, shared by every copy of the
+    # context; the text holds placeholders for them until `_swap_in` (see `neutralise_chat`).
+    emitted: list[str]
     active: frozenset[str] = frozenset()
     # True right after an opening marker we emitted: the next literal must not disable it.
     after_opener: bool = False
 
     def with_active(self, marker: str) -> _Ctx:
-        return _Ctx(self.base_url, self.mention_lookup, self.emoji, self.active | {marker}, True)
+        return dataclasses.replace(self, active=self.active | {marker}, after_opener=True)
 
     def plain(self) -> _Ctx:
         if not self.after_opener:
             return self
-        return _Ctx(self.base_url, self.mention_lookup, self.emoji, self.active, False)
+        return dataclasses.replace(self, after_opener=False)
+
+    def emit(self, markup: str) -> str:
+        """A placeholder for Chat markup the converter means (a mention, a labelled link)."""
+        self.emitted.append(markup)
+        return f"{_PLACEHOLDER_OPEN}{len(self.emitted) - 1}{_PLACEHOLDER_CLOSE}"
 
 
 _BBCODE_ANY_TAG_RE = re.compile(
@@ -857,7 +926,7 @@ def _convert_text(text: str, ctx: _Ctx) -> str:
                 out.append(_wrap(marker, inner))
         elif m.group(3):
             url = _chat_url(_absolute_url(m.group(3), ctx.base_url))
-            out.append(_chat_link(url, m.group(4)))
+            out.append(_chat_link(url, m.group(4), ctx))
         else:
             out.append(_absolute_url(m.group(5), ctx.base_url))
         pos = m.end()
@@ -883,7 +952,7 @@ def _convert_plain_text(text: str, ctx: _Ctx) -> str:
         user = _safe_call(ctx.mention_lookup, m.group(1))
         if user and re.fullmatch(r"users/[A-Za-z0-9_.-]+", user) and user != "users/all":
             out.append(_escape_chat_literal(text[pos : m.start()], ctx.after_opener and pos == 0))
-            out.append(f"<{user}>")
+            out.append(ctx.emit(f"<{user}>"))
             pos = m.end()
     out.append(_escape_chat_literal(text[pos:], ctx.after_opener and pos == 0))
     return "".join(out)
@@ -939,7 +1008,7 @@ def _render_inline(nodes: Sequence[SyntaxTreeNode], ctx: _Ctx) -> str:
         elif t == "image":
             src = _absolute_url(str(node.attrs.get("src", "")), ctx.base_url)
             label = _image_label(node) or "image"
-            out.append(_chat_link(_chat_url(src), label))
+            out.append(_chat_link(_chat_url(src), label, ctx))
         elif t == "html_inline":
             i = _render_html_inline(nodes, i, ctx, out)
         else:
@@ -972,13 +1041,15 @@ def _render_html_inline(nodes: Sequence[SyntaxTreeNode], i: int, ctx: _Ctx, out:
     return i
 
 
-def _chat_link(url: str, label: str) -> str:
+def _chat_link(url: str, label: str, ctx: _Ctx) -> str:
+    """A labelled Chat link (emitted, see `neutralise_chat`), or visible text for a label Chat
+    cannot hold or a target that is not a web or mail address (`users/all`, `javascript:`)."""
     label = " ".join(label.split())
     if not label or label == url:
         return url
-    if any(c in label for c in "|<>"):
+    if any(c in label for c in "|<>") or not _CHAT_LINK_SCHEME_RE.match(url):
         return f"{_escape_chat_literal(label)} ({url})"
-    return f"<{url}|{label}>"
+    return ctx.emit(f"<{url}|{label}>")
 
 
 def _render_link(node: SyntaxTreeNode, ctx: _Ctx) -> str:
@@ -993,7 +1064,7 @@ def _render_link(node: SyntaxTreeNode, ctx: _Ctx) -> str:
         # A bare URL: only whitespace would end it early in Chat.
         bare = _absolute_url(label.strip(), ctx.base_url)
         return re.sub(r"\s", lambda m: f"%{ord(m.group(0)):02X}", bare)
-    return _chat_link(url, label)
+    return _chat_link(url, label, ctx)
 
 
 def _prefix_lines(text: str, first: str, rest: str) -> str:
@@ -1111,15 +1182,20 @@ def discourse_to_gchat_text(
 
     ``mention_lookup(discourse_username)`` returns a Chat user name ("users/123") to mention, or
     None to leave a plain ``@name``. Origin markers and other HTML comments are removed.
+
+    Only the mentions the lookup answered and the links of markdown/BBCode link syntax become
+    Chat markup: they are emitted as placeholders, the text is neutralised (`neutralise_chat`),
+    then they are swapped in.
     """
     table: dict[str, str] = dict(BUILTIN_EMOJI)
     if emoji:
         table.update(emoji)
-    ctx = _Ctx(base_url=base_url, mention_lookup=mention_lookup, emoji=table)
-    tokens: list[Token] = _MD.parse(raw.replace("\r\n", "\n").replace("\x00", "\ufffd"))
+    ctx = _Ctx(base_url=base_url, mention_lookup=mention_lookup, emoji=table, emitted=[])
+    raw = raw.replace("\r\n", "\n").replace("\x00", "\ufffd").translate(_NO_PLACEHOLDERS)
+    tokens: list[Token] = _MD.parse(raw)
     tree = SyntaxTreeNode(tokens)
-    text = _render_blocks(tree.children, ctx)
-    return _collapse_blank_lines(text).strip("\n")
+    text = _collapse_blank_lines(_render_blocks(tree.children, ctx)).strip("\n")
+    return _swap_in(neutralise_chat(text), ctx.emitted)
 
 
 def _collapse_blank_lines(text: str) -> str:
@@ -1206,6 +1282,27 @@ def split_for_limit(text: str, max_bytes: int) -> list[str]:
     if rest.strip() or not parts:
         parts.append(rest)
     return parts
+
+
+def split_under_header(header: str, body: str, max_bytes: int) -> list[str]:
+    """``header`` and ``body`` on lines of their own, in parts of at most ``max_bytes`` UTF-8
+    bytes, every part beginning with ``header``.
+
+    A reader of any part sees who wrote it, and a later part cannot begin with text that passes
+    for someone else's header. The body's share is ``max_bytes`` less the header's line; a
+    header longer than a quarter of ``max_bytes`` is cut to that (a header is one short line).
+    Raises ValueError if ``max_bytes`` < 32 and there is a header.
+    """
+    if not header:
+        return split_for_limit(body, max_bytes)
+    if max_bytes < 32:
+        raise ValueError("max_bytes must be at least 32 with a header")
+    if len(header.encode("utf-8")) > max_bytes // 4:
+        header = split_for_limit(header, max_bytes // 4 - 3)[0] + "…"
+    if not body.strip():
+        return [header]
+    head = header + "\n"
+    return [head + part for part in split_for_limit(body, max_bytes - len(head.encode("utf-8")))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1328,3 +1425,15 @@ def attribution_line(display_name: str | None, username: str, template: str | No
     if not name or name.lower() == user.lower():
         return f"*{user}* on Discourse:"
     return f"*{name}* (@{user}) on Discourse:"
+
+
+def discourse_literal(text: str) -> str:
+    """``text`` (a Chat display name) as one line of Discourse markdown that shows it literally:
+    no markup, BBCode, HTML, entity or ``@`` mention (line breaks and controls become spaces)."""
+    flat = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return _escape_md_text(flat)
+
+
+def discourse_attribution(display_name: str) -> str:
+    """Discourse header naming a Chat author, e.g. "**Ada Lovelace** (Google Chat):"."""
+    return f"**{discourse_literal(display_name) or 'someone'}** (Google Chat):"

@@ -14,13 +14,18 @@ Invariants:
   `write_interval_seconds` (Chat's per-space quota is 1 write/s, shared by everyone writing in the
   space). Pacing is per space and thread-safe: a writer only ever waits for its own space.
 - Message creates are retried only because they carry a client-assigned id (`client-...`): a
-  repeat is answered ALREADY_EXISTS, and we then fetch and return the message that exists.
+  repeat is answered ALREADY_EXISTS, and we then fetch the message that exists and return it
+  only if it is ours (its sender: anyone may create a message under an unused id first);
+  someone else's is never adopted, and the create moves on to the caller's fallback ids.
 - `api_endpoint` redirects every call, uploads and downloads included. googleapiclient's
   `client_options.api_endpoint` leaves uploads on https, so we rewrite the bundled discovery
   document's `rootUrl`/`baseUrl` instead (see reference/google-chat-api.md §1.4).
 - The token file's `token_uri` is honoured (google-auth's `from_authorized_user_file` would replace
   it with Google's), and a refreshed access token is written back atomically with mode 0600.
 - Secrets (access/refresh tokens, client secret) are never logged.
+- Media cross in blocks, never whole in memory: uploads are resumable, streamed from a file;
+  downloads are ranged reads into a sink, refused after the first block when the file is over
+  the caller's cap (`ChatTooLarge`).
 - Markup syntax is always explicit (`MARKUP_SYNTAX`), never the app's console default: every
   `messages.list`/`messages.get` asks for `formattedText` in Chat syntax, and every create/patch
   body declares that its `text` is Chat syntax. Why Chat syntax and not Markdown:
@@ -42,6 +47,7 @@ Invariants:
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import logging
 import os
@@ -54,7 +60,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import quote, urlencode, urlsplit
 
 import google.auth.credentials
@@ -65,7 +71,7 @@ import google_auth_httplib2
 import httplib2
 from googleapiclient import discovery, discovery_cache
 from googleapiclient.errors import HttpError, MediaUploadSizeError
-from googleapiclient.http import HttpRequest, MediaInMemoryUpload
+from googleapiclient.http import HttpRequest, MediaIoBaseDownload, MediaIoBaseUpload
 from googleapiclient.model import JsonModel
 
 logger = logging.getLogger(__name__)
@@ -485,6 +491,28 @@ class ChatPermissionDenied(ChatRejected):
     """403 PERMISSION_DENIED for this resource (e.g. the user is not a member of the space)."""
 
 
+class ChatIdTaken(ChatRejected):
+    """Every client-assigned id offered for a create is held by a message that is not ours.
+
+    `holders` are those messages (someone created them first, perhaps on purpose): never
+    adopted, never edited or deleted as if they were ours.
+    """
+
+    def __init__(self, message: str, *, holders: Sequence[ChatMessage], **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.holders = tuple(holders)
+
+
+class ChatTooLarge(ChatRejected):
+    """A download over the caller's byte limit (reason TOO_LARGE), refused after the first
+    block showed its size; `size` is that size, when known."""
+
+    def __init__(self, message: str, *, limit: int, size: int | None, **kw: Any) -> None:
+        super().__init__(message, reason="TOO_LARGE", **kw)
+        self.limit = limit
+        self.size = size
+
+
 class ChatAuthError(ChatError):
     """The token is missing, revoked or insufficient; the operator must re-authorize.
 
@@ -785,6 +813,82 @@ class _WritePacer:
 
 
 # --------------------------------------------------------------------------------------------
+# Media downloads
+# --------------------------------------------------------------------------------------------
+
+# Bytes asked for per ranged media read: the most a download holds in memory, and the most it
+# reads of a file that turns out to be over its limit.
+MEDIA_BLOCK = 1024 * 1024
+
+
+class _MediaDownload:
+    """A `media.download` read in ranged blocks into a sink, stopped as soon as the file is known
+    to be over `max_bytes`. `_call` executes it like an `HttpRequest` (method, uri, execute),
+    so the errors and retries are the client's usual ones; each attempt starts the sink over."""
+
+    def __init__(self, request: HttpRequest, sink: IO[bytes], max_bytes: int) -> None:
+        self._request = request
+        self._sink = sink
+        self._max_bytes = max_bytes
+        self.method = request.method
+        self.uri = request.uri
+
+    def execute(self, http: Any) -> int:
+        self._sink.seek(0)
+        self._sink.truncate()
+        self._request.http = http  # this thread's connection (httplib2 is not thread-safe)
+        limit = self._max_bytes
+        capped = _CappedSink(self._sink, limit, self._too_large)
+        # The first answer's Content-Range names the whole size: a file over the limit is
+        # refused after one block, which itself never goes past the limit.
+        block = max(1, min(MEDIA_BLOCK, limit))
+        downloader = MediaIoBaseDownload(capped, self._request, chunksize=block)
+        done = False
+        while not done:
+            status, done = downloader.next_chunk()
+            if status.total_size is not None and status.total_size > limit:
+                raise self._too_large(status.total_size)
+        return capped.written
+
+    def _too_large(self, size: int | None) -> ChatTooLarge:
+        said = f"{size} bytes" if size is not None else "more"
+        return ChatTooLarge(
+            f"{self.method} {urlsplit(str(self.uri)).path}: the file is {said}, over the "
+            f"limit of {self._max_bytes}",
+            limit=self._max_bytes,
+            size=size,
+            status=206,
+            method=str(self.method),
+            path=urlsplit(str(self.uri)).path,
+        )
+
+
+class _CappedSink(io.RawIOBase):
+    """Passes writes on to `sink` until `limit` bytes; past it raises (a server that ignored
+    the range, or sent no size)."""
+
+    def __init__(
+        self, sink: IO[bytes], limit: int, too_large: Callable[[int | None], ChatTooLarge]
+    ) -> None:
+        super().__init__()
+        self._sink = sink
+        self._limit = limit
+        self._too_large = too_large
+        self.written = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        size = len(data)
+        if self.written + size > self._limit:
+            raise self._too_large(None)
+        self._sink.write(data)
+        self.written += size
+        return size
+
+
+# --------------------------------------------------------------------------------------------
 # Client
 # --------------------------------------------------------------------------------------------
 
@@ -833,6 +937,7 @@ class GoogleChatClient:
         # httplib2.Http is not thread-safe: one authorized connection object per thread.
         self._local = threading.local()
         self._count_lock = threading.Lock()
+        self._own_user: str | None = None  # learnt from the sender of a created message
         self.request_count = 0  # HTTP attempts sent by this client (for logs and metrics)
         self.rate_limited_count = 0  # 429 answers received
         if api_endpoint:
@@ -1101,6 +1206,11 @@ class GoogleChatClient:
             self._call(lambda: self._messages().get(name=message_name, markupSyntax=MARKUP_SYNTAX))
         )
 
+    @property
+    def own_user(self) -> str | None:
+        """The Chat user this client writes as (`users/…`), once a create has shown it."""
+        return self._own_user
+
     def create_message(
         self,
         space_name: str,
@@ -1109,30 +1219,73 @@ class GoogleChatClient:
         message_id: str,
         thread_name: str | None = None,
         attachments: Sequence[AttachmentRef] = (),
+        is_own: Callable[[ChatMessage], bool] | None = None,
+        fallback_ids: Sequence[str] = (),
     ) -> ChatMessage:
         """Create a message (`text` in Chat markup) as the authorized user; idempotent by id.
 
         `message_id` must be a client-assigned id (`client-` + up to 56 of `[a-z0-9-]`). If a
-        message with that id already exists (an earlier attempt, perhaps before a crash), that
-        message is returned instead of a second one. With `thread_name` the message replies in
-        that thread (falling back to a new thread if it is gone); without, it starts a thread.
+        message with that id already exists, it is returned instead of a second one only when
+        `is_own` accepts it (an earlier attempt of ours, perhaps before a crash; by default:
+        one whose sender is `own_user`). Anyone in a space may create a message under an id
+        nobody used yet, so a message that is not ours is never adopted: the next of
+        `fallback_ids` is tried instead (deterministic ones, so that a retry finds its own
+        earlier write among them). With `thread_name` the message replies in that thread
+        (falling back to a new thread if it is gone); without, it starts a thread. The id the
+        message got is its `client_assigned_message_id`.
 
         Raises:
-            ValueError: `message_id` is not a valid client-assigned id.
+            ValueError: an id is not a valid client-assigned id.
+            ChatIdTaken: every id offered is held by a message that is not ours.
             ChatRejected, ChatUnavailable, ChatAuthError: see the module docstring.
         """
-        if not _CLIENT_MESSAGE_ID.match(message_id):
-            raise ValueError(f"not a client-assigned message id: {message_id!r}")
+        candidates = (message_id, *fallback_ids)
+        for candidate in candidates:
+            if not _CLIENT_MESSAGE_ID.match(candidate):
+                raise ValueError(f"not a client-assigned message id: {candidate!r}")
+        own = is_own or self._sent_by_me
         # `text` is Chat markup (formatting.discourse_to_gchat_text): say so, or an app whose
         # default is Markdown would show `*bold*` in italics and `<users/…>` literally.
         body: dict[str, Any] = {"text": text, "markupSyntax": MARKUP_SYNTAX}
-        params: dict[str, Any] = {"parent": space_name, "messageId": message_id}
+        params: dict[str, Any] = {"parent": space_name}
         if thread_name:
             body["thread"] = {"name": thread_name}
             # The default reply option ignores `thread` and starts a new thread.
             params["messageReplyOption"] = "REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD"
         if attachments:
             body["attachment"] = [{"attachmentDataRef": ref.to_api()} for ref in attachments]
+        holders: list[ChatMessage] = []
+        for candidate in candidates:
+            created, message = self._create_or_find(
+                space_name, body, {**params, "messageId": candidate}
+            )
+            if created:
+                return message
+            if own(message):
+                logger.info("message %s already existed in %s; reusing it", candidate, space_name)
+                return message
+            logger.warning(
+                "client id %s in %s is held by %s, not by the bridge: not adopted",
+                candidate,
+                space_name,
+                message.sender.name or "an unknown sender",
+            )
+            holders.append(message)
+        raise ChatIdTaken(
+            f"every client id offered in {space_name} is held by another sender's message "
+            f"({', '.join(m.name for m in holders)})",
+            reason="ALREADY_EXISTS",
+            holders=holders,
+        )
+
+    def _sent_by_me(self, message: ChatMessage) -> bool:
+        return self._own_user is not None and message.sender.name == self._own_user
+
+    def _create_or_find(
+        self, space_name: str, body: dict[str, Any], params: dict[str, Any]
+    ) -> tuple[bool, ChatMessage]:
+        """Create under `params["messageId"]`: (True, the new message), or (False, the message
+        that already holds the id)."""
         try:
             data = self._call(
                 lambda: self._messages().create(body=body, **params), write_space=space_name
@@ -1146,14 +1299,14 @@ class GoogleChatClient:
             ):
                 raise
             try:
-                existing = self.get_message(f"{space_name}/messages/{message_id}")
+                return False, self.get_message(f"{space_name}/messages/{params['messageId']}")
             except ChatNotFound:
                 raise exc from None
-            logger.info("message %s already existed in %s; reusing it", message_id, space_name)
-            return existing
         message = ChatMessage.from_api(data)
-        logger.debug("created %s (%s)", message.name, message_id)
-        return message
+        if message.sender.name:
+            self._own_user = message.sender.name  # the sender of a create is the caller
+        logger.debug("created %s (%s)", message.name, params["messageId"])
+        return True, message
 
     def update_message_text(self, message_name: str, text: str) -> ChatMessage:
         """Replace a message's text, given in Chat markup (PATCH updateMask=text)."""
@@ -1181,32 +1334,49 @@ class GoogleChatClient:
 
     # ---- media ------------------------------------------------------------------------------
 
-    def download_attachment(self, resource_name: str) -> bytes:
-        """The content of an uploaded attachment (`ChatAttachment.resource_name`)."""
-        content = self._call(
-            lambda: self._resources.media.download_media(resourceName=resource_name)
+    def download_attachment(self, resource_name: str, sink: IO[bytes], *, max_bytes: int) -> int:
+        """Write an uploaded attachment's content (`ChatAttachment.resource_name`) into `sink`;
+        returns its size.
+
+        Read in ranged blocks (`MediaIoBaseDownload`): the first answer's `Content-Range` tells
+        the whole size, so a file over `max_bytes` is refused after one block (`ChatTooLarge`),
+        and no more than one block is ever held in memory. A retried attempt starts `sink` over.
+        """
+        return int(
+            self._call(
+                lambda: _MediaDownload(
+                    self._resources.media.download_media(resourceName=resource_name),
+                    sink,
+                    max_bytes,
+                )
+            )
         )
-        return bytes(content)
 
     def upload_attachment(
-        self, space_name: str, filename: str, data: bytes, content_type: str
+        self, space_name: str, filename: str, data: bytes | IO[bytes], content_type: str
     ) -> AttachmentRef:
         """Upload a file into a space; returns the reference to pass to `create_message`.
 
         Use it as `create_message(..., attachments=[ref])`, in the same space. A retried upload
-        can leave an unreferenced upload behind, which is harmless.
+        can leave an unreferenced upload behind, which is harmless. `data` may be a seekable
+        binary file (positioned at its start): it is sent as a resumable upload, streamed from
+        the file in one request, never read into memory whole.
 
         Raises:
             ChatError: BAD_RESPONSE if the answer holds no usable `attachmentDataRef`.
         """
-        result = self._call(
-            lambda: self._resources.media.upload(
-                parent=space_name,
-                body={"filename": filename},
-                media_body=MediaInMemoryUpload(data, mimetype=content_type, resumable=False),
-            ),
-            write_space=space_name,
-        )
+        file = io.BytesIO(data) if isinstance(data, bytes) else data
+
+        def upload() -> HttpRequest:
+            file.seek(0)
+            # Resumable: the simple (multipart) form builds its whole body in memory.
+            media = MediaIoBaseUpload(file, mimetype=content_type, chunksize=-1, resumable=True)
+            request: HttpRequest = self._resources.media.upload(
+                parent=space_name, body={"filename": filename}, media_body=media
+            )
+            return request
+
+        result = self._call(upload, write_space=space_name)
         data_ref = (result or {}).get("attachmentDataRef")
         try:
             return AttachmentRef.from_api(data_ref if isinstance(data_ref, Mapping) else {})

@@ -17,21 +17,27 @@ Invariants:
 - A pulled post is stored as a reference (ids only): the typed record the pull read is handed to
   the handler from memory, and read again from Discourse only when the process restarted before
   handling it. Nothing is dressed up as a webhook body.
+- Scope before storage (`Scope`, `post_refusal`): an event of a private message, of a category
+  no mapping names (a topic moved out of one included), or of a chat channel not linked to a
+  Chat DM is never stored; the catch-up pull drops such posts by the same rule. Decided from
+  the config and the store, without a request.
 - A transient failure is retried with backoff, a bad credential waits without counting against
   the event, anything refused is dead-lettered with its reason (`status`, `retry`).
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from config_loader import SpaceMapping
 from db import InboxEvent, Store
 from discourse_client import (
     DiscourseAuthError,
@@ -86,6 +92,8 @@ class TopicEvent:
     kind: TopicKind
     topic_id: int
     title: str | None
+    category_id: int | None = None  # the topic's category now (None for a private message)
+    archetype: str | None = None  # "regular" or "private_message"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,22 +137,42 @@ class Parsed:
 def parse_webhook(event_name: str, body: Mapping[str, Any]) -> Parsed:
     """The typed event and inbox keys of a webhook body.
 
+    The signature covers the body only; the event name comes from an unsigned header. So the name
+    must agree with the body: its object (`post`, `topic`, `chat_message`, the one root key
+    Discourse writes, emit_web_hook_event.rb `build_webhook_body`), and the state the body shows
+    where Discourse's payload pins it (`_check_state`). What a body cannot show (a
+    `topic_created` body is a live topic, and so is an older forum's `topic_destroyed` body) is
+    checked against Discourse itself before anything is deleted or restored.
+
     Raises:
         ValueError: an event name the bridge does not handle, or a body that lacks what the
-            event needs (the listener answers 422; a stored row is dead-lettered).
+            event needs or contradicts it (the listener answers 422; a stored row is
+            dead-lettered).
     """
+    kind = _OBJECT_OF.get(event_name.split("_", 1)[0])
+    others = [key for key in _OBJECT_OF.values() if key != kind and key in body]
+    if kind is not None and others:
+        raise ValueError(f"a {event_name} body has a {others[0]} object")
     try:
         if event_name in _POST_KINDS:
             payload = _object(body, "post")
             post = DiscoursePost.from_api(payload)
+            _check_state(event_name, deleted=post.deleted_at is not None, by=post.user_deleted)
             return Parsed(PostEvent(_POST_KINDS[event_name], post), *_post_keys(event_name, post))
         if event_name in _TOPIC_KINDS:
             payload = _object(body, "topic")
             topic_id = _int(payload, "id")
+            _check_state(event_name, deleted=payload.get("deleted_at") is not None)
             title = payload.get("title")
             # Two title edits may leave every counter as it was: key by the whole payload.
             return Parsed(
-                TopicEvent(_TOPIC_KINDS[event_name], topic_id, str(title) if title else None),
+                TopicEvent(
+                    _TOPIC_KINDS[event_name],
+                    topic_id,
+                    str(title) if title else None,
+                    _opt_int(payload, "category_id"),
+                    str(payload["archetype"]) if payload.get("archetype") else None,
+                ),
                 f"{event_name}:{topic_id}:{_digest(payload)}",
                 f"topic:{topic_id}",
             )
@@ -225,6 +253,7 @@ def _parse_chat(event_name: str, payload: Mapping[str, Any]) -> Parsed:
         raise ValueError("chat_message needs message and channel objects")
     channel_id = _int(channel, "id")
     parsed = DiscourseChatMessage.from_api(message, channel_id=channel_id)
+    _check_state(event_name, deleted=parsed.deleted_at is not None)
     user = message.get("user")
     name = user.get("name") if isinstance(user, Mapping) else None
     event = ChatMessageEvent(
@@ -235,6 +264,44 @@ def _parse_chat(event_name: str, payload: Mapping[str, Any]) -> Parsed:
         return Parsed(event, f"chat_message_created:{parsed.id}", ordering)
     # `edited` is a mere flag: a second edit must not pass for a redelivery of the first.
     return Parsed(event, f"{event_name}:{parsed.id}:{_digest(message)}", ordering)
+
+
+# The object a webhook body carries, by the event name's group (`X-Discourse-Event-Type`).
+_OBJECT_OF = {"post": "post", "topic": "topic", "chat": "chat_message"}
+# Events whose body is serialized after the change, so it shows the object's state then:
+# a post is created live and recovered live (012-web_hook_events.rb builds those payloads when
+# the event fires, after `recover!`); a topic is created, edited (never while trashed) and
+# recovered live; a chat message is trashed before `chat_message_trashed` fires and live in the
+# others (Chat::TrashMessage / RestoreMessage trigger after the change). `post_destroyed` and
+# `topic_destroyed` are serialized before the deletion on older forums and after it on newer
+# ones (lib/post_destroyer.rb), so their bodies pin nothing.
+_MUST_BE_LIVE = frozenset(
+    {
+        "post_created",
+        "post_recovered",
+        "topic_created",
+        "topic_edited",
+        "topic_recovered",
+        "chat_message_created",
+        "chat_message_edited",
+        "chat_message_restored",
+    }
+)
+_MUST_BE_DELETED = frozenset({"chat_message_trashed"})
+
+
+def _check_state(event_name: str, *, deleted: bool, by: bool = False) -> None:
+    """Refuse a body whose object's state contradicts its event name.
+
+    `by`: a post deleted by its author (`user_deleted`), which only a new post cannot be (a staff
+    recovery of such a post may leave the flag on older forums).
+    """
+    if event_name in _MUST_BE_LIVE and deleted:
+        raise ValueError(f"a {event_name} body shows a deleted object")
+    if event_name == "post_created" and by:
+        raise ValueError("a post_created body shows a post deleted by its author")
+    if event_name in _MUST_BE_DELETED and not deleted:
+        raise ValueError(f"a {event_name} body shows a live message")
 
 
 def _object(body: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
@@ -253,6 +320,11 @@ def _digest(payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def _opt_int(payload: Mapping[str, Any], key: str) -> int | None:
+    value = payload.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def _int(payload: Mapping[str, Any], key: str) -> int:
     value = payload.get(key)
     if isinstance(value, bool) or not isinstance(value, int):
@@ -260,11 +332,89 @@ def _int(payload: Mapping[str, Any], key: str) -> int:
     return value
 
 
+# ---------------------------------------------------------------------------- scope
+
+
+def mapped_categories(mappings: Iterable[SpaceMapping], store: Store) -> dict[int, str]:
+    """Category id → Chat space of every room mapping: the category the config names, or the
+    subcategory the bridge created under the configured parent (stored). No request."""
+    spaces: dict[int, str] = {}
+    for mapping in mappings:
+        category = mapping.discourse_category_id
+        if category is None and mapping.discourse_parent_category_id is not None:
+            category = store.category_for_space(mapping.google_space_id)
+        if category is not None:
+            spaces[category] = mapping.google_space_id
+    return spaces
+
+
+def post_refusal(post: DiscoursePost, categories: Mapping[int, str]) -> str | None:
+    """Why a post is out of the bridge's scope (a private message, a category not mapped), or
+    None. `category_id` is its topic's category now (webhook bodies and `/posts.json` alike)."""
+    if post.topic_archetype == "private_message":
+        return "private message"
+    if post.category_id is None or post.category_id not in categories:
+        return f"category {post.category_id} is not mapped"
+    return None
+
+
+def refusal(
+    event: DiscourseEvent, categories: Mapping[int, str], channel_linked: Callable[[int], bool]
+) -> str | None:
+    """Why an event must not even be stored, or None: posts and topics of private messages and
+    of categories not mapped, and messages of chat channels not linked to a Chat DM. A pulled
+    row holds ids only; the pulls apply the same rule to what they read (`post_refusal`)."""
+    if isinstance(event, PostEvent):
+        return post_refusal(event.post, categories)
+    if isinstance(event, TopicEvent):
+        if event.archetype == "private_message":
+            return "private message"
+        if event.category_id is None or event.category_id not in categories:
+            return f"category {event.category_id} is not mapped"
+        return None
+    if isinstance(event, ChatMessageEvent) and not channel_linked(event.channel_id):
+        return f"chat channel {event.channel_id} is not linked to a Chat DM"
+    return None
+
+
+class Scope:
+    """What the bridge takes in, from the config's mappings and the store: no request per event.
+
+    A post or topic event of a category that is not mapped (a moved topic's included: the body
+    names the topic's category now), of a private message, or a chat message of a channel that
+    is not linked, is never stored, so the database never holds its words.
+    """
+
+    def __init__(self, mappings: Iterable[SpaceMapping], store: Store) -> None:
+        self._mappings = tuple(mappings)
+        self._store = store
+
+    def space_for_category(self) -> dict[int, str]:
+        return mapped_categories(self._mappings, self._store)
+
+    def refusal(self, event: DiscourseEvent) -> str | None:
+        return refusal(event, self.space_for_category(), self._channel_linked)
+
+    def _channel_linked(self, channel_id: int) -> bool:
+        return self._store.space_for_channel(channel_id) is not None
+
+
 # ---------------------------------------------------------------------------- the inbox
 
 
+class Intake(enum.StrEnum):
+    """What became of a webhook delivery (the listener answers with it)."""
+
+    QUEUED = "queued"
+    DUPLICATE = "duplicate"
+    IGNORED = "ignored"  # out of scope (a PM, an unmapped category): never stored
+
+
 class Inbox:
-    """Stores typed events durably and wakes the worker."""
+    """Stores typed events durably and wakes the worker.
+
+    With a `scope`, a webhook event outside it is dropped before anything is written.
+    """
 
     def __init__(
         self,
@@ -272,19 +422,25 @@ class Inbox:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         wake: threading.Event | None = None,
+        scope: Scope | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self.wake = wake or threading.Event()
+        self.scope = scope
 
     def put_webhook(
         self, parsed: Parsed, *, raw_body: str, event_id: str, event_type: str
-    ) -> bool:
-        """Store a verified webhook delivery; False if it was a duplicate."""
+    ) -> Intake:
+        """Store a verified webhook delivery; say if it was new, a duplicate or out of scope."""
+        if self.scope is not None and (why := self.scope.refusal(parsed.event)):
+            logger.debug("inbox %s not stored: %s", parsed.dedupe_key, why)
+            return Intake.IGNORED
         name = _event_name(parsed.event)
-        return self._put(
+        stored = self._put(
             parsed, event_name=name, payload=raw_body, event_id=event_id, type_=event_type
         )
+        return Intake.QUEUED if stored else Intake.DUPLICATE
 
     def put_pulled(self, parsed: Parsed) -> bool:
         """Store what a catch-up pull found (ids only); False if a webhook brought it already."""

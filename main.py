@@ -9,15 +9,17 @@ messages, so nothing is half-done beyond what the store's pending writes cover).
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import logging.handlers
+import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -36,6 +38,7 @@ from inbox import (
     Inbox,
     InboxWorker,
     PulledChatMessage,
+    Scope,
 )
 from metrics import BridgeMetrics
 from spaces import SpaceListing
@@ -47,9 +50,6 @@ from webhook_listener import Readiness, WebhookConfigError, WebhookServer, creat
 
 logger = logging.getLogger("gchat_discourse")
 
-# Handled inbox rows are kept this long for their dedupe keys (Discourse redelivers only by hand,
-# and a post's creation is also guarded by its stored link), then deleted so the table stays small.
-INBOX_RETENTION = timedelta(days=7)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -71,12 +71,30 @@ class Runtime:
     worker: InboxWorker
 
 
+class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A rotating log whose files are created 0600: the log names people, posts and spaces.
+
+    Each file the handler opens (the first, and the fresh one after every rollover) is created
+    with mode 0600 whatever the umask; an existing file keeps its mode (`check` warns).
+    """
+
+    def _open(self) -> io.TextIOWrapper:
+        def private(path: str, flags: int) -> int:
+            return os.open(path, flags, 0o600)
+
+        # logging.FileHandler._open with an opener that sets the mode (a rotating handler
+        # always appends).
+        return open(  # noqa: SIM115 - the handler owns and closes the stream
+            self.baseFilename, "a", encoding=self.encoding, errors=self.errors, opener=private
+        )
+
+
 def setup_logging(config: Config) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if config.sync.log_file is not None:
         config.sync.log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(
-            logging.handlers.RotatingFileHandler(
+            PrivateRotatingFileHandler(
                 config.sync.log_file, maxBytes=10 * 1024 * 1024, backupCount=5, encoding="utf-8"
             )
         )
@@ -119,7 +137,9 @@ def build_runtime(config: Config, stop: threading.Event) -> Runtime:
         create_users=config.sync.create_users,
         new_user_trust_level=config.sync.new_user_trust_level,
     )
-    inbox = Inbox(store)
+    # Events of private messages, unmapped categories and unlinked chat channels are dropped
+    # before they are stored (config + store, no request per delivery).
+    inbox = Inbox(store, scope=Scope(config.mappings, store))
     deps = Deps(config, store, chat, discourse, users, inbox, stop=stop)
     g2d = GchatToDiscourse(deps)
     dms = DmSync(deps)
@@ -193,13 +213,26 @@ def poll_job(runtime: Runtime) -> None:
         step("Discourse catch-up pull", runtime.discourse_to_gchat.catch_up)
         step("Chat poll of DM spaces", dms)
         step("Discourse chat catch-up pull", runtime.dms.catch_up)
-        step("inbox pruning", lambda: runtime.store.prune_done_events(INBOX_RETENTION))
+        step("inbox retention", lambda: expire_inbox(runtime))
     if failures:
         # For /readyz: a failing catch-up (e.g. Discourse refusing the key) leaves the room
         # poll's own result "ok" when there was nothing to mirror.
         runtime.store.set_status(StatusKey.CYCLE_ERROR, failures[0][:500])
     elif runtime.store.get_status(StatusKey.CYCLE_ERROR):
         runtime.store.set_status(StatusKey.CYCLE_ERROR, "")
+
+
+def expire_inbox(runtime: Runtime) -> None:
+    """Wipe handled events' bodies past `inbox_retention_days`; delete old rows (db.py)."""
+    expiry = runtime.store.expire_inbox(runtime.config.sync.inbox_retention)
+    if expiry.wiped or expiry.deleted:
+        logger.info(
+            "inbox retention: %d bodies wiped, %d handled rows deleted",
+            expiry.wiped,
+            expiry.deleted,
+        )
+    for key in expiry.dead_deleted:
+        logger.warning("inbox retention: dead letter %s deleted, never retried", key)
 
 
 def readiness(runtime: Runtime) -> Readiness:
@@ -268,6 +301,7 @@ def run(config: Config, *, once: bool) -> int:
         dm_result = runtime.dms.poll_once(listing)
         runtime.dms.catch_up()
         runtime.worker.drain()
+        expire_inbox(runtime)  # cron runs of --once keep to the retention too
         runtime.store.close()
         return cli.EXIT_OK if result.ok and dm_result.ok else cli.EXIT_FAILED
     try:

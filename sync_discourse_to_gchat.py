@@ -9,15 +9,27 @@ Invariants (DESIGN §3):
   catch-up pull finding a post a webhook already brought, is processed once. The inbox worker
   hands out only the oldest pending event of each topic, so replies keep their order.
 - Only real content crosses: regular posts (`post_type` 1) in mapped categories, not private
-  messages, hidden or deleted posts, not posts carrying the origin marker of a Chat message
-  (those came from Chat in the first place).
-- Every Chat message the bridge writes has the client-assigned id `client-dp-<post id>` (forms
-  in `origin.py`), so a repeat after a crash is answered ALREADY_EXISTS and linked, never
-  duplicated, and the Chat → Discourse poll knows it as ours.
+  messages, hidden or deleted posts, not the bridge's own copies of Chat messages (linked, or
+  ending with the origin marker of a message the bridge is writing as the post's author; a
+  marker anyone else types is text).
+- Scope: a post crosses only while its topic's category now (the event's `category_id`) maps
+  to its thread's space; a topic moved to an unmapped (say staff-only) category, or another
+  space's, stops crossing. Events outside the mapped categories are not even stored
+  (`inbox.Scope`); the catch-up pull drops them by the same rule.
+- Uploads a post embeds are fetched as its author, never as the admin account, and streamed
+  under `max_attachment_bytes`.
+- Every Chat message the bridge writes has a client-assigned id keyed from the post id with
+  the store's secret (`origin.ClientIds`: `client-dp-<post id>-k<tag>`), so a repeat after a
+  crash is answered ALREADY_EXISTS and linked, never duplicated, and the Chat → Discourse poll
+  knows it as ours. An existing message under the id is adopted only if the bridge wrote it;
+  someone else's (the id was taken first) is left alone, and the copy takes a stand-in id.
 - A reply goes into its topic's Chat thread; if the topic's first post was never bridged it is
   bridged first, so the thread exists; earlier replies the bridge never handled go first.
 - An edit never becomes a new message, and a Chat user's message is never rewritten by the
-  bridge's account.
+  bridge's account; an edit older than the last one mirrored (by version, else by `updated_at`)
+  is skipped.
+- A webhook's kind is an unsigned header and its body may be a replay: a deletion or a recovery
+  is carried out only when Discourse, read just before (`deleted_now`), shows it so.
 """
 
 from __future__ import annotations
@@ -26,28 +38,40 @@ import dataclasses
 import logging
 import mimetypes
 import re
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import formatting
 import origin
-from db import MessageLink, PostParts
+from db import MessageLink, PostParts, StatusKey
 from deps import Deps
 from discourse_client import (
+    DiscourseAuthError,
     DiscourseNotFound,
     DiscoursePost,
     DiscourseRejected,
+    DiscourseTooLarge,
 )
 from google_chat_client import (
+    MEDIA_BLOCK,
     AttachmentRef,
     ChatMessage,
     ChatNotFound,
     ChatPermissionDenied,
     ChatRejected,
 )
-from inbox import PostEvent, PulledPost, TopicEvent, pulled_post
+from inbox import (
+    PostEvent,
+    PulledPost,
+    TopicEvent,
+    mapped_categories,
+    post_refusal,
+    pulled_post,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +83,12 @@ GAP_FILL_LIMIT = 50
 
 @dataclass(frozen=True, slots=True)
 class RenderSettings:
-    """How a post is written in Chat (from the config)."""
+    """How a post is written in Chat (from the config; the client ids keyed by the store's key)."""
 
     base_url: str
     long_messages: str = "split"  # "split" or "truncate"
     attribution_format: str | None = None
+    ids: origin.ClientIds = dataclasses.field(kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +100,20 @@ class PostContext:
     link: MessageLink | None = None  # the post's link (for a topic edit: its first post's)
     parts: Mapping[int, PostParts] = dataclasses.field(default_factory=dict)  # by post id
     version_seen: int | None = None  # the last version of the post mirrored into Chat
+    edited_seen: datetime | None = None  # `updated_at` of the post's last edit mirrored into Chat
     topic_seen: int = 0  # highest post number of the topic handled so far
     topic_links: tuple[MessageLink, ...] = ()  # the topic's links, oldest post first
     mentions: Mapping[str, str] = dataclasses.field(default_factory=dict)  # username → users/…
     first_post: DiscoursePost | None = None  # for a topic edit: its first post, as it is now
+    # What Discourse shows now, read before a deletion or a recovery is carried out: True deleted
+    # (or gone), False live, None not read. The event's kind is an unsigned header and its body
+    # may be a replay: only Discourse's present state may delete or bring back a message.
+    deleted_now: bool | None = None
+    # The forum accounts the bridge writes the Chat message named by the post's trailing origin
+    # marker as (its sender's linked account, the API user); empty when that message cannot be
+    # this post's (it has its copy elsewhere). Only a marker at the end of a post by one of them
+    # makes the post a copy of a Chat message; a marker anyone else types is text.
+    origin_authors: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,9 +170,13 @@ Action = FillGap | CreateMessage | EditMessage | DeleteMessages | Skip
 Event = PostEvent | TopicEvent
 
 
-def default_parts(post_id: int) -> PostParts:
-    """The usual case: one Chat message with the post's client-assigned id."""
-    return PostParts(origin.client_message_id_for_post(post_id), 1)
+def default_parts(post_id: int, ids: origin.ClientIds) -> PostParts:
+    """The usual case: one Chat message, later parts (if it grows) named after the post's id.
+
+    A post without a parts row written before the ids were keyed keeps its legacy first id in
+    its link; its later parts, all written after it grew, are named from the keyed id.
+    """
+    return PostParts(ids.for_post(post_id), 1)
 
 
 def plan(event: Event, ctx: PostContext, settings: RenderSettings) -> tuple[Action, ...]:
@@ -146,25 +185,27 @@ def plan(event: Event, ctx: PostContext, settings: RenderSettings) -> tuple[Acti
         return _plan_topic(event, ctx, settings)
     post = event.post
     if event.kind == "created":
-        return _plan_create(post, ctx, origin.client_message_id_for_post(post.id))
+        return _plan_create(post, ctx, settings.ids.for_post(post.id))
     if event.kind == "edited":
         return _plan_edit(post, ctx, settings)
     if event.kind == "destroyed":
-        return _plan_delete(post, ctx)
+        return _plan_delete(post, ctx, settings.ids)
     if ctx.link is not None:
         return (Skip("recovered, but its deletion never reached Chat"),)
+    if ctx.deleted_now is not False:
+        return (_unconfirmed(f"recovery of post {post.id}", ctx.deleted_now),)
     # A deleted client-assigned id is not reusable: the copy gets a new, deterministic one.
     stamp = int((post.updated_at or post.created_at).timestamp())
     recovered = dataclasses.replace(post, deleted_at=None, user_deleted=False)
-    return _plan_create(
-        recovered, ctx, origin.client_message_id_for_recovered_post(post.id, stamp)
-    )
+    return _plan_create(recovered, ctx, settings.ids.for_recovered_post(post.id, stamp))
 
 
 def _plan_create(post: DiscoursePost, ctx: PostContext, client_id: str) -> tuple[Action, ...]:
-    """Echoes are recognised by origin (the stored link, the marker in `raw`), never by author:
-    an account the bridge created may be claimed by its person (a password reset), whose own
-    posts must then cross like anyone's.
+    """Echoes are recognised by origin (the stored link, the marker the bridge writes), never by
+    author alone: an account the bridge created may be claimed by its person (a password
+    reset), whose own posts must then cross like anyone's. A marker counts only at the end of
+    a post by an account the bridge writes its Chat message as (`ctx.origin_authors`): one a
+    forum user types is text.
     """
     if ctx.link is not None:
         return (Skip("already in Chat"),)
@@ -174,25 +215,41 @@ def _plan_create(post: DiscoursePost, ctx: PostContext, client_id: str) -> tuple
         return (Skip("private message"),)
     if post.hidden or post.user_deleted or post.deleted_at is not None:
         return (Skip("hidden or deleted"),)
-    if post.raw and origin.find_origin_marker(post.raw):
+    if origin.copied_from(post.raw, post.username, ctx.origin_authors) is not None:
         return (Skip("came from Chat"),)
     thread = ctx.thread_for_topic
+    if thread is not None and (moved := _moved_away(post, ctx, space_of_thread(thread))):
+        return (moved,)
     space = ctx.space_for_category.get(post.category_id) if post.category_id is not None else None
-    if space is None and thread is None:
+    if space is None:
         return (Skip(f"category {post.category_id} is not mapped"),)
     if post.post_number == 1:
         if thread is not None:
             return (Skip("topic already has a Chat thread"),)
-        return (CreateMessage(post, space or "", None, client_id),)
+        return (CreateMessage(post, space, None, client_id),)
     actions: list[Action] = []
     if ctx.topic_seen < post.post_number - 1:
         # Webhooks arrive unordered and may be lost: earlier replies go first.
         actions.append(FillGap(post))
     if thread is None:
-        actions.append(CreateMessage(post, space or "", None, client_id, first_post_needed=True))
+        actions.append(CreateMessage(post, space, None, client_id, first_post_needed=True))
     else:
-        actions.append(CreateMessage(post, space or space_of_thread(thread), thread, client_id))
+        actions.append(CreateMessage(post, space, thread, client_id))
     return tuple(actions)
+
+
+def _moved_away(post: DiscoursePost, ctx: PostContext, thread_space: str) -> Skip | None:
+    """Scope: a post of a topic with a Chat thread crosses only while the topic's category now
+    (the event's `category_id`, the topic's current one) is mapped to the thread's space. A
+    moderator who moves a bridged topic to a staff-only category, or to another space's, ends
+    its bridging; the thread stays as it was."""
+    space = ctx.space_for_category.get(post.category_id) if post.category_id is not None else None
+    where = f"topic {post.topic_id} is in category {post.category_id} now"
+    if space is None:
+        return Skip(f"{where}, which is not mapped", notable=True)
+    if space != thread_space:
+        return Skip(f"{where}, mapped to {space}, not to its thread's space", notable=True)
+    return None
 
 
 def _plan_edit(
@@ -204,6 +261,8 @@ def _plan_edit(
         return (Skip("edit of a post not in Chat"),)
     if post.user_deleted or post.deleted_at is not None:
         return (Skip("the author's deletion arrives as an edit first; post_destroyed follows"),)
+    if moved := _moved_away(post, ctx, space_of_thread(link.gchat_message_name)):
+        return (moved,)
     if link.origin == "gchat":
         if origin.content_hash(origin.text_part_of_raw(post.raw or "")) != link.content_hash:
             # A Chat user's message cannot be rewritten by the bridge's account.
@@ -213,6 +272,11 @@ def _plan_edit(
         return (Skip("the bridge's own copy of a Chat message, unchanged"),)
     if ctx.version_seen is not None and post.version < ctx.version_seen:
         return (Skip(f"stale edit (version {post.version} < {ctx.version_seen})", notable=True),)
+    # Edits within Discourse's grace period keep the version; their time still orders them.
+    seen, updated = ctx.edited_seen, post.updated_at
+    if seen is not None and updated is not None and updated < seen:
+        when = f"{updated.isoformat()} < {seen.isoformat()}"
+        return (Skip(f"stale edit (updated {when})", notable=True),)
     lookup = ctx.mentions.get
     whole = render_message(
         post,
@@ -232,16 +296,20 @@ def _plan_edit(
             link.gchat_thread_name,
             tuple(parts),
             new_hash,
-            ctx.parts.get(post.id) or default_parts(post.id),
+            ctx.parts.get(post.id) or default_parts(post.id, settings.ids),
         ),
     )
 
 
-def _plan_delete(post: DiscoursePost, ctx: PostContext) -> tuple[Action, ...]:
+def _plan_delete(
+    post: DiscoursePost, ctx: PostContext, ids: origin.ClientIds
+) -> tuple[Action, ...]:
     link = ctx.link
     if link is None:
         return (Skip("deletion of a post not in Chat"),)
-    names = _later_parts(link, ctx) + (link.gchat_message_name,)
+    if ctx.deleted_now is not True:
+        return (_unconfirmed(f"deletion of post {post.id}", ctx.deleted_now),)
+    names = _later_parts(link, ctx, ids) + (link.gchat_message_name,)
     is_root = bool(ctx.topic_links) and (
         ctx.topic_links[0].gchat_message_name == link.gchat_message_name
     )
@@ -259,9 +327,11 @@ def _plan_topic(
     if thread is None:
         return (Skip(f"topic {event.topic_id} is not in Chat"),)
     if event.kind == "destroyed":
+        if ctx.deleted_now is not True:
+            return (_unconfirmed(f"deletion of topic {event.topic_id}", ctx.deleted_now),)
         names: tuple[str, ...] = ()
         for link in ctx.topic_links:
-            names += _later_parts(link, ctx)
+            names += _later_parts(link, ctx, settings.ids)
         if ctx.topic_links:
             # Last, and forced: the thread's replies go with its first message.
             names += (ctx.topic_links[0].gchat_message_name,)
@@ -269,16 +339,29 @@ def _plan_topic(
     first = ctx.first_post
     if first is None:
         return (Skip(f"topic {event.topic_id} has no first post"),)
-    titled = dataclasses.replace(first, topic_title=event.title or first.topic_title)
+    # A post read by number carries no category: the topic event's is the topic's current one.
+    titled = dataclasses.replace(
+        first,
+        topic_title=event.title or first.topic_title,
+        category_id=event.category_id if event.category_id is not None else first.category_id,
+    )
     return _plan_edit(titled, ctx, settings)
 
 
-def _later_parts(link: MessageLink, ctx: PostContext) -> tuple[str, ...]:
+def _unconfirmed(what: str, deleted_now: bool | None) -> Skip:
+    """A deletion or recovery that Discourse's present state does not bear out (a replayed or
+    re-labelled delivery, or one overtaken by a later change)."""
+    shows = {True: "shows it deleted", False: "shows it live", None: "was not asked"}
+    return Skip(f"{what} not carried out: Discourse {shows[deleted_now]}", notable=True)
+
+
+def _later_parts(link: MessageLink, ctx: PostContext, ids: origin.ClientIds) -> tuple[str, ...]:
     """Names of a post's second and later Chat messages (a long post is split)."""
-    parts = ctx.parts.get(link.discourse_post_id) or default_parts(link.discourse_post_id)
+    post_id = link.discourse_post_id
+    parts = ctx.parts.get(post_id) or default_parts(post_id, ids)
     space = space_of_thread(link.gchat_message_name)
     return tuple(
-        f"{space}/messages/{origin.client_message_id_for_part(parts.client_id, index)}"
+        f"{space}/messages/{ids.for_part(parts.client_id, index)}"
         for index in range(2, parts.count + 1)
     )
 
@@ -286,14 +369,13 @@ def _later_parts(link: MessageLink, ctx: PostContext) -> tuple[str, ...]:
 def _parts(
     post: DiscoursePost, settings: RenderSettings, lookup: Callable[[str], str | None]
 ) -> list[str]:
-    text = render_message(
+    return render_parts(
         post,
         base_url=settings.base_url,
         mention_lookup=lookup,
         long_messages=settings.long_messages,
         attribution_format=settings.attribution_format,
     )
-    return formatting.split_for_limit(text, formatting.CHAT_MAX_BYTES)
 
 
 _UPLOAD_REF_RE = re.compile(
@@ -330,18 +412,10 @@ def render_message(
     """The Chat text for `post`: attribution, the title for a first post, then the body.
 
     With `long_messages="split"` the text is returned whole (the caller sends it in parts of
-    `split_for_limit`); with "truncate" a text over Chat's limit is cut, with a link to the post.
+    `render_parts`); with "truncate" a text over Chat's limit is cut, with a link to the post.
     """
-    lines = [formatting.attribution_line(post.display_name, post.username, attribution_format)]
-    if post.post_number == 1 and post.topic_title:
-        lines.append(f"*{post.topic_title}*")
-    body = formatting.discourse_to_gchat_text(
-        origin.strip_origin_marker(post.raw or ""),
-        base_url=base_url,
-        mention_lookup=mention_lookup,
-    )
-    lines.append(body)
-    text = "\n".join(line for line in lines if line)
+    header, body = _header_and_body(post, base_url, mention_lookup, attribution_format)
+    text = "\n".join(line for line in (header, body) if line)
     if long_messages == "split":
         return text
     parts = formatting.split_for_limit(text, formatting.CHAT_MAX_BYTES)
@@ -351,6 +425,51 @@ def render_message(
         parts = formatting.split_for_limit(text, formatting.CHAT_MAX_BYTES - len(link.encode()))
         return parts[0] + link
     return text
+
+
+def render_parts(
+    post: DiscoursePost,
+    *,
+    base_url: str,
+    mention_lookup: Callable[[str], str | None],
+    long_messages: str = "split",
+    attribution_format: str | None = None,
+) -> list[str]:
+    """The Chat messages for `post`: with "split", as many as its length needs, each beginning
+    with the attribution line, so that no part is anonymous and none can begin with a forged
+    one; with "truncate", the one message of `render_message`."""
+    if long_messages != "split":
+        return [
+            render_message(
+                post,
+                base_url=base_url,
+                mention_lookup=mention_lookup,
+                long_messages=long_messages,
+                attribution_format=attribution_format,
+            )
+        ]
+    header, body = _header_and_body(post, base_url, mention_lookup, attribution_format)
+    return formatting.split_under_header(header, body, formatting.CHAT_MAX_BYTES)
+
+
+def _header_and_body(
+    post: DiscoursePost,
+    base_url: str,
+    mention_lookup: Callable[[str], str | None],
+    attribution_format: str | None,
+) -> tuple[str, str]:
+    """The attribution line, and the rest: a first post's title (shown literally), the body."""
+    header = formatting.attribution_line(post.display_name, post.username, attribution_format)
+    lines = []
+    if post.post_number == 1 and post.topic_title:
+        lines.append(formatting.chat_title(post.topic_title))
+    body = formatting.discourse_to_gchat_text(
+        origin.strip_origin_marker(post.raw or ""),
+        base_url=base_url,
+        mention_lookup=mention_lookup,
+    )
+    lines.append(body)
+    return header, "\n".join(line for line in lines if line)
 
 
 # ---------------------------------------------------------------------------- I/O
@@ -366,10 +485,12 @@ class DiscourseToGchat:
         self._chat = deps.chat
         self._discourse = deps.discourse
         self._inbox = deps.inbox
+        self._ids = origin.ClientIds(deps.store.client_id_key())
         self._settings = RenderSettings(
             base_url=config.discourse.url,
             long_messages=config.sync.long_messages,
             attribution_format=config.sync.attribution_format,
+            ids=self._ids,
         )
         # Posts the catch-up pull read, by id, until the worker handles their inbox rows: the
         # row holds ids only, so the typed record is handed over here, not through JSON.
@@ -407,7 +528,11 @@ class DiscourseToGchat:
             # before the oldest seen, and dropping ids already found, loses none under either.
             page = self._discourse.latest_posts(before=oldest)
         added = 0
-        for post in sorted(found.values(), key=lambda p: p.id):
+        # The webhook intake's rule (inbox.Scope): posts of private messages and of categories
+        # not mapped, a moved topic's included, are not stored; the mark passes them all the same.
+        categories = self._space_for_category()
+        in_scope = [p for p in found.values() if post_refusal(p, categories) is None]
+        for post in sorted(in_scope, key=lambda p: p.id):
             with self._pulled_lock:
                 self._pulled[post.id] = post
             if self._inbox.put_pulled(pulled_post(post)):
@@ -473,13 +598,29 @@ class DiscourseToGchat:
         post = event.post
         thread = self._store.thread_for_topic(post.topic_id)
         link = self._store.message_link_by_post(post.id)
-        if event.kind == "created" or event.kind == "recovered":
+        if event.kind == "created":
             seen = self._store.topic_seen(post.topic_id)
-            return event, PostContext(spaces, thread, link, topic_seen=seen)
+            authors = self._origin_authors(post) if link is None else frozenset()
+            return event, PostContext(
+                spaces, thread, link, topic_seen=seen, origin_authors=authors
+            )
+        if event.kind == "recovered":
+            seen = self._store.topic_seen(post.topic_id)
+            # Only a recovery that would write asks Discourse.
+            now = self._post_deleted_now(post.id) if link is None else None
+            authors = self._origin_authors(post) if link is None else frozenset()
+            return event, PostContext(
+                spaces, thread, link, topic_seen=seen, deleted_now=now, origin_authors=authors
+            )
         parts = self._parts_of([link] if link else [])
         if event.kind == "destroyed":
-            links = tuple(self._store.message_links_in_topic(post.topic_id)) if link else ()
-            return event, PostContext(spaces, thread, link, parts, topic_links=links)
+            if link is None:
+                return event, PostContext(spaces, thread, link, parts)
+            links = tuple(self._store.message_links_in_topic(post.topic_id))
+            now = self._post_deleted_now(post.id)
+            return event, PostContext(
+                spaces, thread, link, parts, topic_links=links, deleted_now=now
+            )
         first_untitled = post.post_number == 1 and not post.topic_title
         if link is not None and link.origin == "discourse" and first_untitled:
             # Webhook payloads carry the title; a plain post read does not.
@@ -492,8 +633,36 @@ class DiscourseToGchat:
             link,
             parts,
             version_seen=self._store.post_version(post.id),
+            edited_seen=self._store.post_edited_at(post.id),
             mentions=self._mentions(post.raw or ""),
         )
+
+    def _origin_authors(self, post: DiscoursePost) -> frozenset[str]:
+        """The forum accounts the bridge writes the Chat message named by the post's trailing
+        marker as (`PostContext.origin_authors`); asked only for a post that is not linked.
+
+        A message linked to another post has its copy: a marker naming it here was typed. One
+        not linked yet (its copy is being written, the link is not stored yet) is read once:
+        its copy is by its sender's forum account, or by the API user. One gone from Chat (its
+        copy deleted with it, perhaps restored in Discourse since) has an unknown sender: any
+        account the bridge writes Chat users as, or the API user.
+        """
+        name = origin.trailing_origin_marker(post.raw or "")
+        if name is None:
+            return frozenset()
+        link = self._store.message_link_by_message(name)
+        if link is not None:
+            return frozenset({post.username}) if link.discourse_post_id == post.id else frozenset()
+        api_user = self._config.discourse.api_username
+        try:
+            sender = self._chat.get_message(name).sender.name
+        except ChatNotFound:
+            bridged = self._store.user_for_discourse(post.username) is not None
+            return frozenset({api_user, post.username} if bridged else {api_user})
+        except ChatRejected:
+            return frozenset()  # not a message the bridge can read, so none it wrote
+        user = self._store.user_for_gchat(sender)
+        return frozenset({api_user, user.discourse_username} if user else {api_user})
 
     def _resolve_topic(self, event: TopicEvent, spaces: Mapping[int, str]) -> PostContext:
         thread = self._store.thread_for_topic(event.topic_id)
@@ -501,7 +670,13 @@ class DiscourseToGchat:
             return PostContext(spaces, thread)
         if event.kind == "destroyed":
             links = tuple(self._store.message_links_in_topic(event.topic_id))
-            return PostContext(spaces, thread, parts=self._parts_of(links), topic_links=links)
+            return PostContext(
+                spaces,
+                thread,
+                parts=self._parts_of(links),
+                topic_links=links,
+                deleted_now=self._topic_deleted_now(event.topic_id),
+            )
         try:
             first = self._discourse.get_post_by_number(event.topic_id, 1)
         except DiscourseNotFound:
@@ -513,9 +688,36 @@ class DiscourseToGchat:
             link,
             self._parts_of([link] if link else []),
             version_seen=self._store.post_version(first.id),
+            edited_seen=self._store.post_edited_at(first.id),
             mentions=self._mentions(first.raw or ""),
             first_post=first,
         )
+
+    def _post_deleted_now(self, post_id: int) -> bool:
+        """Whether Discourse shows the post deleted now (by staff or its author) or gone.
+
+        The API user is an admin: staff read a deleted post with `deleted_at` set, others get
+        404 (posts_controller.rb `find_post_using`); an author's deletion only sets
+        `user_deleted` (lib/post_destroyer.rb `mark_for_deletion`).
+        """
+        try:
+            post = self._discourse.get_post(post_id)
+        except DiscourseNotFound:
+            return True
+        return post.deleted_at is not None or post.user_deleted
+
+    def _topic_deleted_now(self, topic_id: int) -> bool:
+        """Whether Discourse shows the topic deleted now, judged by its first post.
+
+        Discourse deletes a topic by deleting its first post (TopicsController#destroy goes
+        through PostDestroyer), and sends `topic_destroyed` when the author withdraws it too
+        (`user_deleted`, the topic merely closed): both count, as they always did here.
+        """
+        try:
+            first = self._discourse.get_post_by_number(topic_id, 1)
+        except DiscourseNotFound:
+            return True
+        return first.deleted_at is not None or first.user_deleted
 
     def _parts_of(self, links: Iterable[MessageLink]) -> dict[int, PostParts]:
         found: dict[int, PostParts] = {}
@@ -534,14 +736,7 @@ class DiscourseToGchat:
         return found
 
     def _space_for_category(self) -> dict[int, str]:
-        spaces: dict[int, str] = {}
-        for mapping in self._config.mappings:
-            category = mapping.discourse_category_id
-            if category is None and mapping.discourse_parent_category_id is not None:
-                category = self._store.category_for_space(mapping.google_space_id)
-            if category is not None:
-                spaces[category] = mapping.google_space_id
-        return spaces
+        return mapped_categories(self._config.mappings, self._store)
 
     # -- apply
 
@@ -621,29 +816,37 @@ class DiscourseToGchat:
             long_messages=self._settings.long_messages,
             attribution_format=self._settings.attribution_format,
         )
-        parts = formatting.split_for_limit(text, formatting.CHAT_MAX_BYTES)
+        parts = _parts(post, self._settings, self._mention_lookup)
         attachments, notes = self._attachments_for(post, action.gchat_space_name)
         first = parts[0]
         if notes:
-            note = "\n".join(notes)
+            # The notes name uploads as the post's author named them: neutralised like a body.
+            note = formatting.neutralise_chat("\n".join(notes))
             if len((first + "\n" + note).encode()) <= formatting.CHAT_MAX_BYTES:
                 first = f"{first}\n{note}"
             else:
-                parts.append(note)
+                header = formatting.attribution_line(
+                    post.display_name, post.username, self._settings.attribution_format
+                )
+                parts += formatting.split_under_header(header, note, formatting.CHAT_MAX_BYTES)
         message = self._create_chat_message(
             action.gchat_space_name,
             first,
             message_id=client_id,
             thread_name=action.gchat_thread_name,
             attachments=attachments,
+            # Someone else's message under the id: the copy takes a stand-in id, deterministic
+            # so that a retry after a crash finds it again.
+            fallback_ids=self._ids.alternates(client_id),
         )
+        client_id = message.client_assigned_message_id or client_id
         thread = message.thread_name or message.name
         for index, part in enumerate(parts[1:], start=2):
             # Later parts follow in the same thread; found again through their ids (PostParts).
             self._create_chat_message(
                 action.gchat_space_name,
                 part,
-                message_id=origin.client_message_id_for_part(client_id, index),
+                message_id=self._ids.for_part(client_id, index),
                 thread_name=thread,
             )
         self._remember_parts(post.id, PostParts(client_id, len(parts)))
@@ -666,8 +869,16 @@ class DiscourseToGchat:
         parts, previous = action.parts, action.previous
         self._chat.update_message_text(action.gchat_message_name, parts[0])
         space = space_of_thread(action.gchat_message_name)
+        if len(parts) > previous.count and origin.is_legacy_client_id(previous.client_id):
+            # A post bridged before the ids were keyed grows: a new part must not get a
+            # predictable id (someone could hold it already), so its later parts move to keyed
+            # ids. The old ones are the bridge's own (it wrote them; `count` says how many).
+            for index in range(2, previous.count + 1):
+                old = self._ids.for_part(previous.client_id, index)
+                self._delete_chat_message(f"{space}/messages/{old}")
+            previous = PostParts(self._ids.rebased(previous.client_id), 1)
         for index in range(2, max(previous.count, len(parts)) + 1):
-            part_id = origin.client_message_id_for_part(previous.client_id, index)
+            part_id = self._ids.for_part(previous.client_id, index)
             name = f"{space}/messages/{part_id}"
             if index <= len(parts):
                 try:
@@ -683,11 +894,11 @@ class DiscourseToGchat:
                 self._delete_chat_message(name)
         self._remember_parts(action.post.id, PostParts(previous.client_id, len(parts)))
         self._store.update_content_hash(action.gchat_message_name, action.content_hash)
-        self._store.set_post_version(action.post.id, action.post.version)
+        self._store.set_post_version(action.post.id, action.post.version, action.post.updated_at)
         logger.info("mirrored edit of post %d -> %s", action.post.id, action.gchat_message_name)
 
     def _remember_parts(self, post_id: int, parts: PostParts) -> None:
-        if parts == default_parts(post_id) and self._store.post_parts(post_id) is None:
+        if parts == default_parts(post_id, self._ids) and self._store.post_parts(post_id) is None:
             return  # the usual case costs no row
         self._store.set_post_parts(post_id, parts)
 
@@ -715,27 +926,53 @@ class DiscourseToGchat:
         """Chat attachments for the uploads a post embeds, and notes for those that failed.
 
         The text keeps a link to every upload, so a failed attachment is never lost; the note
-        says why it is not attached.
+        says why it is not attached. Each upload is fetched as the post's author: any post may
+        name any `upload://` URL, and a secure upload of a category (or message) its author
+        cannot see answers 403 to the author where the admin account would have read it. It is
+        streamed through a spooled file under `max_attachment_bytes` (at most one block held in
+        memory, a larger file refused before it is read through).
         """
         attachments: list[AttachmentRef] = []
         notes: list[str] = []
+        limit = self._config.sync.max_attachment_bytes
         for short_url, filename in uploads_in_raw(post.raw or ""):
-            try:
-                data = self._discourse.download_upload(short_url)
-                if len(data) > self._config.sync.max_attachment_bytes:
+            with tempfile.SpooledTemporaryFile(max_size=MEDIA_BLOCK) as file:
+                try:
+                    self._discourse.download_upload(
+                        short_url, file, max_bytes=limit, as_user=post.username
+                    )
+                    content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+                    ref = self._chat.upload_attachment(
+                        gchat_space_name, filename, file, content_type
+                    )
+                except DiscourseTooLarge as exc:
+                    logger.info("upload %s of post %d not attached: %s", short_url, post.id, exc)
                     notes.append(f"_({filename} is too large to attach; see the link above)_")
                     continue
-                content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
-                ref = self._chat.upload_attachment(gchat_space_name, filename, data, content_type)
-            except (DiscourseRejected, ChatRejected) as exc:
-                logger.warning("upload %s of post %d not attached: %s", short_url, post.id, exc)
-                notes.append(f"_({filename} could not be attached; see the link above)_")
-                continue
+                except (DiscourseRejected, ChatRejected) as exc:
+                    if isinstance(exc, DiscourseAuthError) and exc.credentials_invalid:
+                        raise  # the key, not the upload: the event waits for a working key
+                    logger.warning(
+                        "upload %s of post %d not attached: %s", short_url, post.id, exc
+                    )
+                    notes.append(f"_({filename} could not be attached; see the link above)_")
+                    continue
             attachments.append(ref)
         return attachments, notes
 
     def _create_chat_message(self, gchat_space_name: str, text: str, **kw: Any) -> ChatMessage:
-        return self._chat.create_message(gchat_space_name, text, **kw)
+        """Create as the bridge: an existing message under the id is adopted only if the bridge
+        wrote it (`origin.is_bridge_origin`); the sender of what it wrote is its account."""
+        bridge = self._bridge()
+        message = self._chat.create_message(gchat_space_name, text, is_own=bridge.wrote, **kw)
+        if message.sender.name and message.sender.name not in bridge.senders:
+            self._store.set_status(StatusKey.BRIDGE_ACCOUNT, message.sender.name)
+            logger.info("the bridge runs as Google user %s", message.sender.name)
+        return message
+
+    def _bridge(self) -> origin.BridgeIdentity:
+        account = self._store.get_status(StatusKey.BRIDGE_ACCOUNT)
+        return origin.BridgeIdentity.running_as(self._ids, account)
 
     def _mention_lookup(self, discourse_username: str) -> str | None:
         link = self._store.user_for_discourse(discourse_username)
@@ -775,5 +1012,6 @@ __all__ = [
     "Skip",
     "plan",
     "render_message",
+    "render_parts",
     "uploads_in_raw",
 ]

@@ -20,12 +20,17 @@ Invariants:
   message is in flight at a time per process, at most one such message can exist; the one
   ambiguity left is the author typing the identical text in Discourse at the same moment.
 - Discourse → Chat: `chat_message_created/edited/trashed` events of linked channels go through
-  the inbox; each Chat copy has the client-assigned id `client-dc-<chat message id>`, so a repeat
-  is ALREADY_EXISTS and linked, and neither Chat poll mirrors it back (`origin.is_bridge_origin`,
-  the one rule for rooms and DMs). Messages of bridge-created users, and messages linked as
-  coming from Chat, are never mirrored. While a Chat → Discourse write of the space is
+  the inbox; each Chat copy has a client-assigned id keyed from the chat message id
+  (`origin.ClientIds.for_chat_message`), so a repeat is ALREADY_EXISTS and linked (only if the
+  bridge wrote the message holding the id; someone else's is left alone and the copy takes a
+  stand-in id), and neither Chat poll mirrors it back (`origin.is_bridge_origin`, the one rule
+  for rooms and DMs: the bridge's id form and the bridge's sender). The bridge's own account is
+  learnt from the sender of what it creates, never from a message someone else wrote.
+  Messages of bridge-created users, and messages linked as coming from Chat, are never
+  mirrored. While a Chat → Discourse write of the space is
   unconfirmed, events of its channel wait (a transient error), so a message the bridge just sent
-  cannot be taken for a human's.
+  cannot be taken for a human's. A copy is deleted only when Discourse, read as a member just
+  before, shows the message trashed (a trash event may be a replay, or older than a restore).
 - One lock per process is held around "check link → write → link" in both directions.
 - Catch-up: each linked channel has a high-water chat message id (set to the channel's newest
   message when it is linked, so old history is not replayed); newer messages are enqueued into
@@ -115,14 +120,16 @@ class SkipMessage:
 DmAction = SendToChannel | SkipMessage
 
 
-def plan_dm(messages: Sequence[ChatMessage], *, linked: Iterable[str]) -> list[DmAction]:
+def plan_dm(
+    messages: Sequence[ChatMessage], *, linked: Iterable[str], bridge: origin.BridgeIdentity
+) -> list[DmAction]:
     """What to do with each listed DM message, oldest first. No I/O."""
     done = set(linked)
     actions: list[DmAction] = []
     for message in sorted(messages, key=lambda m: m.create_time):
         if message.name in done:
             continue
-        if origin.is_bridge_origin(message):
+        if origin.is_bridge_origin(message, bridge):
             actions.append(SkipMessage(message, "written by the bridge"))
         elif message.delete_time is not None:
             actions.append(SkipMessage(message, "deleted in Chat"))
@@ -196,6 +203,7 @@ class DmSync:
         self._users = deps.users
         self._clock = deps.clock
         self._stop = deps.stop
+        self._ids = origin.ClientIds(store.client_id_key())
         # Held around "check link -> write -> link" in both directions (webhook worker, poll).
         self._lock = threading.RLock()
         self._display_names: dict[str, str | None] = {}
@@ -213,7 +221,11 @@ class DmSync:
         """The Google user the bridge runs as, once learnt (the sender of its own messages)."""
         return self._store.get_status(StatusKey.BRIDGE_ACCOUNT)
 
+    def _bridge(self) -> origin.BridgeIdentity:
+        return origin.BridgeIdentity.running_as(self._ids, self.bridge_account())
+
     def _learn_bridge_account(self, message: ChatMessage) -> None:
+        """From a message the bridge created (or adopted as its own): its sender is the bridge."""
         sender = message.sender.name
         if sender and sender != self.bridge_account():
             self._store.set_status(StatusKey.BRIDGE_ACCOUNT, sender)
@@ -295,13 +307,19 @@ class DmSync:
         after = format_rfc3339(parse_rfc3339(cursor) - CURSOR_OVERLAP) if cursor else None
         result.spaces_read += 1
         messages = list(self._chat.list_messages(space.name, created_after=after))
-        for message in messages:
-            if origin.is_bridge_origin(message):
-                self._learn_bridge_account(message)
-        linked = [
-            m.name for m in messages if self._store.chat_message_for_message(m.name) is not None
-        ]
-        actions = plan_dm(messages, linked=linked)
+        links = {
+            m.name: link
+            for m in messages
+            if (link := self._store.chat_message_link_by_message(m.name)) is not None
+        }
+        if self.bridge_account() is None:
+            # Not learnt yet: a message the store links as the bridge's own write tells it
+            # (the next create confirms or corrects it); never one that merely looks like it.
+            for m in messages:
+                if m.sender.name and m.name in links and links[m.name].origin == "discourse":
+                    self._learn_bridge_account(m)
+                    break
+        actions = plan_dm(messages, linked=links.keys(), bridge=self._bridge())
         channel_id: int | None = None
         for action in actions:
             if self._stop.is_set():
@@ -533,8 +551,13 @@ class DmSync:
             # It may be the copy of a Chat message whose link is not stored yet (a crash).
             raise _Waiting(f"waiting for an unconfirmed write of {space}")
         text = self._text_for(event)
+        client_id = self._ids.for_chat_message(message.id)
         created = self._chat.create_message(
-            space, text, message_id=origin.client_message_id_for_chat_message(message.id)
+            space,
+            text,
+            message_id=client_id,
+            is_own=self._bridge().wrote,
+            fallback_ids=self._ids.alternates(client_id),
         )
         self._learn_bridge_account(created)
         self._store.link_chat_message(
@@ -563,6 +586,14 @@ class DmSync:
         link = self._store.chat_message_link_by_chat_message(event.message.id)
         if link is None or link.origin != "discourse":
             return
+        # The event may be a replay, or older than a restore: Discourse's present state decides.
+        if not self._trashed_now(event.channel_id, event.message.id):
+            logger.info(
+                "chat message %d is not trashed in Discourse: %s stays",
+                event.message.id,
+                link.gchat_message_name,
+            )
+            return
         try:
             self._chat.delete_message(link.gchat_message_name)
         except ChatNotFound:
@@ -571,6 +602,24 @@ class DmSync:
         logger.info(
             "deleted %s (chat message %d trashed)", link.gchat_message_name, event.message.id
         )
+
+    def _trashed_now(self, channel_id: int, message_id: int) -> bool:
+        """Whether Discourse shows the chat message trashed (or gone) now.
+
+        Read as a channel member, the same way as the pull (newest page, then into the past):
+        a trashed message is listed only for staff, with `deleted_at` (messages_query.rb
+        `with_deleted if guardian.can_moderate_chat?`). Without a member to read as, nothing is
+        known, and nothing is deleted.
+        """
+        reader = self._store.dm_channel_state(channel_id).reader
+        if reader is None:
+            return False
+        try:
+            later = self._messages_after(channel_id, message_id - 1, reader)
+        except DiscourseNotFound:
+            return True  # the channel itself is gone
+        found = next((m for m in later if m.id == message_id), None)
+        return found is None or found.deleted_at is not None
 
     def _text_for(self, event: ChatMessageEvent) -> str:
         username = event.message.username

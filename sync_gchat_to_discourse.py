@@ -9,8 +9,12 @@ Invariants (DESIGN §3):
   write found on the next attempt means a crash may have left the post behind, so the topic is
   looked up by `external_id`, or the topic's last posts are scanned for the origin marker, before
   anything is created again. Without a pending write no lookup is spent.
-- Messages the bridge wrote into Chat (client-assigned ids of ours, `origin.is_bridge_origin`)
-  are never mirrored back.
+- Messages the bridge wrote into Chat (a client-assigned id of its forms and a sender it writes
+  as, `origin.is_bridge_origin`) are never mirrored back. A message of anyone else is a human
+  message, whatever id it holds (someone may take an id of the bridge's forms first).
+- Crash reconciliation adopts only what the bridge could have written: a topic found by its
+  `external_id`, or a post of the topic's last ones, counts only when its raw ends with the
+  message's marker and its author is the account the message is posted as (or the API user).
 - Edits and deletions: a space active within `edit_window` is asked for the message edits and
   deletions since its last scan (`spaces.spaceEvents.list`, at most every
   `edit_scan_interval_seconds`); the mirrored ones are fetched as they are now. A linked
@@ -31,11 +35,13 @@ Invariants (DESIGN §3):
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import IO
 
 import formatting
 import origin
@@ -47,11 +53,13 @@ from discourse_client import (
     DiscourseCategory,
     DiscourseError,
     DiscourseNotFound,
+    DiscoursePost,
     DiscourseRejected,
     DiscourseUnavailable,
     DiscourseUpload,
 )
 from google_chat_client import (
+    MEDIA_BLOCK,
     ChatAttachment,
     ChatAuthError,
     ChatError,
@@ -60,6 +68,7 @@ from google_chat_client import (
     ChatNotFound,
     ChatRejected,
     ChatSpace,
+    ChatTooLarge,
     format_rfc3339,
     parse_rfc3339,
 )
@@ -142,14 +151,15 @@ def fallback_title(space_label: str, message: ChatMessage) -> str:
 def needs_rendering(message: ChatMessage, link: MessageLink) -> bool:
     """Whether `plan` compares the linked `message`'s text, as rendered now, with its link.
 
-    Only live messages mirrored from Chat that were edited: the bridge's own messages change
-    only through Discourse, a never-edited one has nothing to compare (so no author is looked
-    up for it), and a first post replaced by the deletion note stays so.
+    Only live messages mirrored from Chat that were edited: the bridge's own messages (linked
+    with origin "discourse") change only through Discourse, a never-edited one has nothing to
+    compare (so no author is looked up for it), and a first post replaced by the deletion note
+    stays so. What a message's link says it is was decided when it was linked: a human's
+    message under an id of the bridge's forms (a squatter's) is compared like any other.
     """
     return (
         message.delete_time is None
         and link.origin == "gchat"
-        and not origin.is_bridge_origin(message)
         and message.last_update_time is not None
         and link.content_hash != DELETED_HASH
     )
@@ -161,6 +171,7 @@ def plan(
     linked_messages: Container[str],
     linked_threads: Container[str],
     space_label: str,
+    bridge: origin.BridgeIdentity,
     mirror_app_messages: bool = False,
     links: Mapping[str, MessageLink] | None = None,
     rendered: Mapping[str, str] | None = None,
@@ -169,7 +180,8 @@ def plan(
     """Decide what to do with each Chat message read, oldest first. No I/O: data in, data out.
 
     `linked_messages` holds message names already mirrored; `linked_threads` thread names that
-    already have a topic; `space_label` names the space in fallback titles. `links` turns linked
+    already have a topic; `space_label` names the space in fallback titles; `bridge` tells the
+    bridge's own messages (`origin.is_bridge_origin`) from everyone's. `links` turns linked
     messages into edits and deletions: `rendered` must hold, for each linked message for which
     `needs_rendering` holds, the text part of its post as it would be rendered now (resolved
     by the caller beforehand); one that hashes differently from what its link says was written
@@ -198,7 +210,7 @@ def plan(
             fallback=fallback_title(space_label, message),
             display_name_lookup=message.mention_display_name,
         )
-        if origin.is_bridge_origin(message):
+        if origin.is_bridge_origin(message, bridge):
             actions.append(Skip(message, "written by the bridge"))
         elif message.delete_time is not None:
             actions.append(Skip(message, "deleted in Chat"))
@@ -345,6 +357,7 @@ class GchatToDiscourse:
         self._users = deps.users
         self._clock = deps.clock
         self._stop = deps.stop
+        self._ids = origin.ClientIds(deps.store.client_id_key())
         # When each space's recent history was last re-read for edits (in memory: after a
         # restart the first cycle scans once more, which is harmless).
         self._edit_scans: dict[str, datetime] = {}
@@ -468,6 +481,7 @@ class GchatToDiscourse:
             linked_messages=links.keys(),
             linked_threads=threads,
             space_label=space.display_name or space.name,
+            bridge=self._bridge(messages, links),
             links=links,
             rendered=self._render_for_comparison(messages, links, space),
             new_after=parse_rfc3339(after) if after is not None else None,
@@ -485,6 +499,31 @@ class GchatToDiscourse:
             # Google gives a space without messages no lastActiveTime (None); that is remembered
             # too, so that idle cycles do not read it again (a first message sets the time).
             self._store.mark_chat_poll_read(space.name, "room", space.last_active_time)
+
+    def _bridge(
+        self, messages: Iterable[ChatMessage], links: Mapping[str, MessageLink]
+    ) -> origin.BridgeIdentity:
+        """Who the bridge is in Chat: its keyed ids and the account its creates showed.
+
+        Not learnt yet (after an upgrade: only the DM sync learnt it before), a listed message
+        that the store links as the bridge's own write (origin "discourse") tells it, so that
+        the unlinked later parts of old long posts are still known as the bridge's; the
+        bridge's next create confirms or corrects it.
+        """
+        account = self._store.get_status(StatusKey.BRIDGE_ACCOUNT)
+        if account is None:
+            account = next(
+                (
+                    m.sender.name
+                    for m in messages
+                    if m.sender.name and m.name in links and links[m.name].origin == "discourse"
+                ),
+                None,
+            )
+            if account is not None:
+                self._store.set_status(StatusKey.BRIDGE_ACCOUNT, account)
+                logger.info("the bridge runs as Google user %s (its linked messages say)", account)
+        return origin.BridgeIdentity.running_as(self._ids, account)
 
     def _changed_messages(self, space: ChatSpace, since: datetime) -> list[ChatMessage]:
         """Mirrored messages of `space` edited or deleted after `since`, as they are now.
@@ -713,9 +752,20 @@ class GchatToDiscourse:
         if self._store.has_pending_write(message.name):
             topic = self._discourse.find_topic_by_external_id(external_id)
             if topic is not None and topic.post_ids:
-                logger.info("reconciled %s with existing topic %d", message.name, topic.id)
-                self._link(message, action.gchat_thread_name, topic.id, topic.post_ids[0], raw)
-                return
+                first = self._discourse.get_post(topic.post_ids[0])
+                if self._is_copy(first, message.name, author):
+                    logger.info("reconciled %s with existing topic %d", message.name, topic.id)
+                    self._link(message, action.gchat_thread_name, topic.id, first.id, raw)
+                    return
+                # Not what the bridge writes: never adopted (creating under the same
+                # external_id is then refused and parked, for an operator to look at).
+                logger.warning(
+                    "topic %d holds the external_id of %s but is not its copy (post %d by @%s)",
+                    topic.id,
+                    message.name,
+                    first.id,
+                    first.username,
+                )
         self._store.begin_write(message.name)
         post = self._discourse.create_topic(
             title=action.title,
@@ -732,7 +782,7 @@ class GchatToDiscourse:
         self, message: ChatMessage, gchat_thread_name: str, topic_id: int, author: Author, raw: str
     ) -> None:
         if self._store.has_pending_write(message.name):
-            post_id = self._find_marked_post(topic_id, message.name)
+            post_id = self._find_marked_post(topic_id, message.name, author)
             if post_id is not None:
                 logger.info("reconciled %s with existing post %d", message.name, post_id)
                 self._link(message, gchat_thread_name, topic_id, post_id, raw)
@@ -747,7 +797,10 @@ class GchatToDiscourse:
         self._link(message, gchat_thread_name, topic_id, post.id, raw)
         logger.info("mirrored %s -> post %d in topic %d", message.name, post.id, topic_id)
 
-    def _find_marked_post(self, topic_id: int, gchat_message_name: str) -> int | None:
+    def _find_marked_post(
+        self, topic_id: int, gchat_message_name: str, author: Author
+    ) -> int | None:
+        """The post among the topic's last ones that is the copy of the message (`_is_copy`)."""
         try:
             topic = self._discourse.get_topic(topic_id)
         except DiscourseNotFound:
@@ -756,9 +809,16 @@ class GchatToDiscourse:
         if not recent:
             return None
         for post in self._discourse.get_topic_posts(topic_id, recent):
-            if post.raw and origin.find_origin_marker(post.raw) == gchat_message_name:
+            if self._is_copy(post, gchat_message_name, author):
                 return post.id
         return None
+
+    def _is_copy(self, post: DiscoursePost, gchat_message_name: str, author: Author) -> bool:
+        """Whether `post` is what the bridge writes for the message: the raw ends with its
+        marker, and the post is by `author` or by the API user (an attribution, or a refused
+        author's fallback). Anyone can type a marker; nobody else writes as these accounts."""
+        expected = (author.discourse_username, self._config.discourse.api_username)
+        return origin.copied_from(post.raw, post.username, expected) == gchat_message_name
 
     def _link(
         self, message: ChatMessage, gchat_thread_name: str, topic_id: int, post_id: int, raw: str
@@ -854,6 +914,10 @@ class GchatToDiscourse:
     def _attachment_markdown(self, attachment: ChatAttachment, author: Author) -> str:
         """The embed of one attachment, or a visible note saying why it is missing.
 
+        The file is streamed through a spooled file under `max_attachment_bytes`: read from
+        Chat in ranged blocks (a larger file is refused after the first), sent to Discourse
+        from the file; never held in memory whole.
+
         Raises the transient errors (the message is retried as a whole; Discourse dedupes
         uploads by content) and credential errors.
         """
@@ -861,26 +925,31 @@ class GchatToDiscourse:
             return drive_markdown(attachment)
         if not attachment.resource_name:
             return failure_note(attachment, "no downloadable content")
+        with tempfile.SpooledTemporaryFile(max_size=MEDIA_BLOCK) as file:
+            return self._copy_attachment(attachment, attachment.resource_name, file, author)
+
+    def _copy_attachment(
+        self, attachment: ChatAttachment, resource_name: str, file: IO[bytes], author: Author
+    ) -> str:
+        limit = self._config.sync.max_attachment_bytes
         try:
-            data = self._chat.download_attachment(attachment.resource_name)
+            self._chat.download_attachment(resource_name, file, max_bytes=limit)
+        except ChatTooLarge as exc:
+            logger.warning("attachment %s too large: %s", attachment.name, exc)
+            size = f"{exc.size / 1048576:.1f} MB" if exc.size is not None else "the file"
+            return failure_note(attachment, f"{size} is over the {limit / 1048576:g} MB limit")
         except ChatRejected as exc:
             logger.warning("cannot download %s: %s", attachment.name, exc)
             return failure_note(attachment, "Google refused the download")
-        limit = self._config.sync.max_attachment_bytes
-        if len(data) > limit:
-            logger.warning("attachment %s too large (%d bytes)", attachment.name, len(data))
-            return failure_note(
-                attachment,
-                f"{len(data) / 1048576:.1f} MB is over the {limit / 1048576:g} MB limit",
-            )
         filename = attachment.content_name or "attachment"
         content_type = attachment.content_type or "application/octet-stream"
         error: DiscourseRejected | None = None
         # As the author where Discourse allows it (TL0 users may not attach files), else as
         # the API user.
         for as_user in (author.discourse_username, None):
+            file.seek(0)
             try:
-                upload = self._discourse.upload_file(filename, data, content_type, as_user=as_user)
+                upload = self._discourse.upload_file(filename, file, content_type, as_user=as_user)
             except DiscourseAuthError as exc:
                 if exc.credentials_invalid:
                     raise

@@ -24,6 +24,7 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import formatting
 from db import Store, UserLink
 from discourse_client import DiscourseClient, DiscourseError, DiscourseRejected, DiscourseUser
 from google_chat_client import ChatError, ChatUser, GoogleChatClient
@@ -299,4 +300,6 @@ class UserDirectory:
 
 
 def _attribution(person: ChatUser) -> str:
-    return f"**{person.display_name or person.name}** (Google Chat):"
+    # The name is the Chat user's to choose: escaped, it is never markup in a post the API
+    # user writes (`[quote="admin, …"]`, `@group`, HTML).
+    return formatting.discourse_attribution(person.display_name or person.name)

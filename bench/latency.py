@@ -17,6 +17,7 @@ listener (a loopback hop of about a millisecond, counted in the figure). The Cha
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from datetime import datetime
@@ -29,6 +30,7 @@ from emulators._server import serve_in_thread
 from tests.e2e.harness import BridgeProcess, wait_for
 
 SPACES = 50
+_COPY_OF = re.compile(r"client-dp-(\d+)(?:-k[0-9a-f]{16})?")
 
 
 class Relay:
@@ -131,12 +133,10 @@ def run(bench: Bench, per_space: int) -> dict[str, Any]:
     created: dict[int, tuple[str, float]] = {}
     for space, messages in bench.chat.control.state()["messages"].items():
         for message in messages:
-            client_id = message.get("clientAssignedMessageId") or ""
-            if client_id.startswith("client-dp-"):
-                created[int(client_id.removeprefix("client-dp-"))] = (
-                    space,
-                    _epoch(message["createTime"]),
-                )
+            # The copy of post N: `client-dp-N-k<tag>` (keyed; `client-dp-N` before).
+            copy_of = _COPY_OF.fullmatch(message.get("clientAssignedMessageId") or "")
+            if copy_of:
+                created[int(copy_of.group(1))] = (space, _epoch(message["createTime"]))
     free = [created[p][1] - relay.received[p] for p in free_ids if p in relay.received]
     # The catch-up pull (every poll) may bridge a post before its webhook arrives: then the
     # figure above is negative. Measured from the post's creation it is an upper bound.

@@ -978,6 +978,8 @@ def create_app(emu: Emulator) -> Flask:  # noqa: C901 - one route table, kept to
                 width=width,
                 height=height,
                 created_at=state.now(),
+                # UploadSecurity#uploading_in_composer_check: secure until a post decides.
+                secure=bool(s["secure_uploads"]),
             )
             state.uploads[upload.id] = upload
             return jsonify(upload_json(upload))
@@ -1005,15 +1007,37 @@ def create_app(emu: Emulator) -> Flask:  # noqa: C901 - one route table, kept to
         if state.settings["prevent_anons_from_downloading_files"] and current_user() is None:
             raise not_found()
         stem = name.split(".", 1)[0]
-        if state.settings["external_storage_cdn"]:
-            with state.lock:
-                upload = next(
-                    (u for u in state.uploads.values() if base62(bytes.fromhex(u.sha1)) == stem),
-                    None,
+        with state.lock:
+            upload = next(
+                (u for u in state.uploads.values() if base62(bytes.fromhex(u.sha1)) == stem),
+                None,
+            )
+            secure = upload is not None and upload.secure and state.settings["secure_uploads"]
+            if secure and upload is not None:
+                # check_secure_upload_permission: the acting user must see the access control
+                # post (403 InvalidAccess), or at least be logged in when there is none (404).
+                viewer = current_user()
+                control = (
+                    state.posts.get(upload.access_control_post_id)
+                    if upload.access_control_post_id is not None
+                    else None
                 )
+                if upload.access_control_post_id is not None:
+                    if control is None or not emu.forum.can_see_post(control, viewer):
+                        raise invalid_access()
+                elif viewer is None:
+                    raise not_found()
+        if state.settings["external_storage_cdn"] or secure:
+            with state.lock:
                 if upload is None:
                     raise not_found()
-                emu.cdn.put(upload.sha1, upload.extension, upload.data, _mime(upload.extension))
+                emu.cdn.put(
+                    upload.sha1,
+                    upload.extension,
+                    upload.data,
+                    _mime(upload.extension),
+                    declare_length=not state.settings["external_storage_chunked"],
+                )
                 location = emu.cdn.url_for(upload.sha1, upload.extension)
             return Response("", 302, headers={"Location": location})
         return _serve_upload(lambda u: base62(bytes.fromhex(u.sha1)) == stem)

@@ -39,6 +39,7 @@ from emulators.discourse_model import (
     Post,
     Topic,
     User,
+    base62,
     body_quality_ok,
     clean_title,
     count_attachments,
@@ -443,6 +444,7 @@ class Forum:
             version_raw=raw,
         )
         self.state.posts[post.id] = post
+        self._link_uploads(post)
         if post_type in (1, 4):
             topic.last_posted_at = max(topic.last_posted_at, created_at)
             topic.bumped_at = max(topic.bumped_at, created_at)
@@ -521,6 +523,26 @@ class Forum:
             if post is None or not self.can_see_post(post, viewer):
                 raise not_found()
             return post
+
+    def _link_uploads(self, post: Post) -> None:
+        """`Post#link_post_uploads`: under `secure_uploads`, an upload's first post becomes its
+        access control post, and that post decides whether it is secure (UploadSecurity: a
+        private message or a read-restricted category)."""
+        if not self.state.settings["secure_uploads"]:
+            return
+        stems = set(re.findall(r"upload://([A-Za-z0-9]+)", post.raw))
+        for upload in self.state.uploads.values():
+            if base62(bytes.fromhex(upload.sha1)) not in stems:
+                continue
+            if upload.access_control_post_id is None:
+                upload.access_control_post_id = post.id
+            control = self.state.posts.get(upload.access_control_post_id)
+            topic = self.state.topics.get(control.topic_id) if control else None
+            if topic is not None:
+                category = self.state.categories.get(topic.category_id or 0)
+                upload.secure = topic.archetype == "private_message" or bool(
+                    category is not None and category.allowed_user_ids is not None
+                )
 
     def can_see_post(self, post: Post, viewer: User | None) -> bool:
         staff = bool(viewer and viewer.staff)
@@ -619,6 +641,7 @@ class Forum:
                 post.raw = raw
                 post.last_editor_id = user.id
                 post.updated_at = now
+                self._link_uploads(post)
             if topic_changed:
                 if new_title is not None:
                     topic.title = new_title

@@ -115,6 +115,16 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     # Uploads live on an external store: `/uploads/short-url/...` answers 302 to a second server
     # (another host:port) that records the headers it receives (`/_emulator/cdn/requests`).
     "external_storage_cdn": False,
+    # ...and serves files without a Content-Length (chunked), as a CDN compressing on the fly
+    # does: a client must count what it reads to keep to a size limit.
+    "external_storage_chunked": False,
+    # `SiteSetting.secure_uploads` (needs an external store, so secure uploads are always served
+    # through the CDN stand-in): composer uploads are secure until linked to a post; an upload's
+    # first post (`access_control_post_id`, Post#link_post_uploads) decides: secure in a private
+    # message or a read-restricted category (UploadSecurity), and `/uploads/short-url/...` of a
+    # secure upload answers 403 to a user who cannot see that post
+    # (SecureUploadEndpointHelpers#check_secure_upload_permission).
+    "secure_uploads": False,
 }
 
 GROUP_NAMES = ("admins", "moderators", "staff", "everyone") + tuple(
@@ -438,6 +448,8 @@ class Upload:
     width: int | None
     height: int | None
     created_at: float
+    access_control_post_id: int | None = None  # the first post that embedded it
+    secure: bool = False
 
 
 @dataclass(slots=True)

@@ -271,7 +271,7 @@ def create_app(
         g.user = user
         return None
 
-    def _log(status: int) -> None:
+    def _log(status: int, response_bytes: int = 0) -> None:
         rule = request.url_rule.rule if request.url_rule is not None else request.path
         entry = LogEntry(
             method=request.method,
@@ -280,6 +280,7 @@ def create_app(
             status=status,
             user=g.get("user"),
             template=_template(rule),
+            response_bytes=response_bytes,
         )
         with state.lock:
             state.log.append(entry)
@@ -300,7 +301,7 @@ def create_app(
             except ApiError as err:
                 resp = _json_response(err.body(), err.code)
         if g.get("api") and not g.get("logged"):
-            _log(resp.status_code)
+            _log(resp.status_code, resp.calculate_content_length() or 0)
         return resp
 
     @app.errorhandler(ApiError)
@@ -974,6 +975,7 @@ def _register_control(app: Flask, state: ChatState) -> None:
                     "query": e.query,
                     "status": e.status,
                     "user": e.user,
+                    "response_bytes": e.response_bytes,
                 }
                 for e in state.log
             ]

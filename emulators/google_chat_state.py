@@ -362,6 +362,8 @@ class LogEntry:
     status: int
     user: str | None
     template: str
+    # Bytes of the response body (media downloads: what a ranged read actually fetched).
+    response_bytes: int = 0
 
 
 class ChatState:

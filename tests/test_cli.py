@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import google_chat_client
 from config_loader import Config, SpaceMapping, load_config
 from db import Store
 from discourse_client import DiscourseWebhook
-from main import parse_args
+from main import PrivateRotatingFileHandler, parse_args
 from webhook_listener import CHAT_EVENTS, HANDLED_EVENTS, POST_EVENTS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,3 +208,74 @@ def test_dockerfile_runs_as_non_root_with_a_volume_and_a_healthcheck() -> None:
     assert "FROM python:3.11-slim" in text
     assert "\nUSER bridge" in text and 'VOLUME ["/data"]' in text
     assert "HEALTHCHECK" in text and "/healthz" in text
+
+
+def test_check_warns_about_files_others_can_read_and_plain_http(tmp_path: Path) -> None:
+    config = make_config(tmp_path, log_file="bridge.log")
+    (tmp_path / "t.json").write_text("{}")
+    (tmp_path / "t.json").chmod(0o600)
+    (tmp_path / "c.json").write_text("{}")
+    (tmp_path / "c.json").chmod(0o644)
+    (tmp_path / "bridge.log").write_text("")
+    (tmp_path / "bridge.log").chmod(0o640)
+    config.path.chmod(0o600)
+    Store(config.sync.database).close()  # created by the store: private
+    results = list(cli.check_exposure(config))
+    assert all(r.ok and r.warning for r in results)
+    assert [r.what for r in results] == [
+        f"Google OAuth client file {tmp_path / 'c.json'} can be read by others (mode 0644)",
+        f"log file {tmp_path / 'bridge.log'} can be read by others (mode 0640)",
+    ]
+    assert results[0].fix == f"chmod 600 {tmp_path / 'c.json'}"
+    out = io.StringIO()
+    cli.print_result(results[0], out)
+    assert out.getvalue().startswith("! Google OAuth client file")
+    assert "fix: chmod 600" in out.getvalue()
+
+    def url_warnings(url: str) -> list[str]:
+        changed = dataclasses.replace(
+            config, discourse=dataclasses.replace(config.discourse, url=url)
+        )
+        return [r.what for r in cli.check_exposure(changed) if "discourse.url" in r.what]
+
+    for quiet in (
+        "https://forum.example",
+        "http://127.0.0.1:9",
+        "http://localhost:8",
+        "http://[::1]",
+    ):
+        assert url_warnings(quiet) == [], quiet
+    (said,) = url_warnings("http://forum.example")
+    assert "plain http" in said and "API key" in said
+
+
+def test_check_warns_when_the_webhook_url_is_plain_http_off_this_machine(
+    tmp_path: Path,
+) -> None:
+    def said(**sync: object) -> list[str]:
+        return [r.what for r in cli.check_webhook_transport(make_config(tmp_path, **sync))]
+
+    assert said() == []  # the listener's own loopback address
+    assert said(webhook_host="0.0.0.0") == []  # Discourse on this machine reaches 127.0.0.1
+    assert said(public_webhook_url="https://bridge.example.com/discourse-webhook") == []
+    assert said(public_webhook_url="http://localhost:5123/discourse-webhook") == []
+    (warned,) = list(
+        cli.check_webhook_transport(
+            make_config(tmp_path, public_webhook_url="http://bridge.example.com/discourse-webhook")
+        )
+    )
+    assert warned.ok and warned.warning
+    assert "plain http" in warned.what and "replayed" in warned.what
+    assert "https" in warned.fix
+
+
+def test_the_log_and_its_rotations_are_created_private(tmp_path: Path) -> None:
+    log = tmp_path / "bridge.log"
+    handler = PrivateRotatingFileHandler(log, maxBytes=64, backupCount=2, encoding="utf-8")
+    try:
+        for n in range(6):
+            handler.emit(logging.makeLogRecord({"msg": f"line {n} " + "x" * 40}))
+    finally:
+        handler.close()
+    made = {p.name: oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()}
+    assert made == dict.fromkeys(("bridge.log", "bridge.log.1", "bridge.log.2"), "0o600")

@@ -64,6 +64,7 @@ def test_shipped_example_loads_with_the_documented_values(tmp_path: Path) -> Non
     assert cfg.sync.database == ROOT / "sync_db.sqlite"
     assert cfg.sync.log_file == ROOT / "sync_service.log"
     assert cfg.sync.initial_history == InitialHistory(mode="all")
+    assert cfg.sync.inbox_retention == timedelta(days=7)
     assert cfg.mappings == (
         SpaceMapping("spaces/AAAAAAAAAAA", discourse_category_id=12),
         SpaceMapping("spaces/BBBBBBBBBBB", discourse_parent_category_id=12),
@@ -412,3 +413,14 @@ def test_refused_authors_and_edit_scan_defaults_and_checks(tmp_path: Path) -> No
     found = problems(tmp_path, data)
     assert any("refused_authors" in p and '"park" or "post_as_bridge"' in p for p in found)
     assert any("edit_scan_interval_seconds" in p and "0 or more" in p for p in found)
+
+
+def test_inbox_retention_default_fractions_and_checks(tmp_path: Path) -> None:
+    assert load(tmp_path, base_config()).sync.inbox_retention == timedelta(days=7)
+    data = base_config()
+    data["sync_settings"]["inbox_retention_days"] = 0.5
+    assert load(tmp_path, data).sync.inbox_retention == timedelta(hours=12)
+    for bad, said in ((0, "above 0"), (-1, "above 0"), ("7d", "a number"), (4000, "at most")):
+        data["sync_settings"]["inbox_retention_days"] = bad
+        (found,) = problems(tmp_path, data)
+        assert found.startswith("sync_settings.inbox_retention_days:") and said in found, found

@@ -108,6 +108,18 @@ def test_file_db_keeps_version_and_data_across_opens(tmp_path: Path) -> None:
         conn.close()
 
 
+def test_the_client_id_key_is_made_once_and_kept_private(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    with Store(path) as first:
+        key = first.client_id_key()
+        assert len(key) == 32
+    with Store(path) as second:
+        assert second.client_id_key() == key  # ids derived from it stay the same (retries)
+        assert key.hex() not in repr(second.all_status())  # `status` never shows it
+    with Store(tmp_path / "other.sqlite") as other:
+        assert other.client_id_key() != key  # another bridge's ids cannot be told from ours
+
+
 def test_unopenable_file_is_named(tmp_path: Path) -> None:
     path = tmp_path / "missing-dir" / "state.sqlite"
     with pytest.raises(StoreError, match="missing-dir"):
@@ -800,22 +812,51 @@ def test_mark_unknown_event_raises(store: Store) -> None:
             call()
 
 
-def test_prune_done_events(store: Store, clock: Clock) -> None:
-    enqueue(store, "old", "A")
-    enqueue(store, "new", "B")
-    enqueue(store, "pending", "A")
+def test_retention_wipes_handled_bodies_then_deletes_rows(store: Store, clock: Clock) -> None:
+    week = timedelta(days=7)
+    for key, order in (("old", "A"), ("new", "B"), ("dead", "C"), ("pending", "A")):
+        enqueue(store, key, order)
     events = {e.dedupe_key: e for e in store.due_events(T0)}
     store.mark_done(events["old"].id)
+    store.mark_dead(events["dead"].id, "refused")
     clock.advance(days=5)
     store.mark_done(events["new"].id)
     clock.advance(days=3)
-    assert store.prune_done_events(timedelta(days=7)) == 1
-    assert store.get_event(events["old"].id) is None
-    new = store.get_event(events["new"].id)
-    assert new is not None and new.state == "done"
+    assert store.expire_inbox(week) == db.InboxExpiry(wiped=1, deleted=0, dead_deleted=())
+
+    def payload(key: str) -> str | None:
+        event = store.get_event(events[key].id)
+        return None if event is None else event.payload
+
+    assert payload("old") == ""  # handled 8 days ago: the words are gone, the key stays
+    assert enqueue(store, "old", "A") is False  # so a late redelivery is still dropped
+    assert payload("new") == '{"post": {}}'  # handled 3 days ago
+    assert payload("dead") == '{"post": {}}'  # kept for `retry`
+    (pending,) = [e for e in store.due_events(clock.now) if e.dedupe_key == "pending"]
+    assert pending.payload == '{"post": {}}'  # never touched before it is handled
+    clock.advance(days=7 * db.ROW_LIFETIME_FACTOR - 7)  # "old" and "dead" ended 29 days ago
+    assert store.expire_inbox(week) == db.InboxExpiry(wiped=1, deleted=1, dead_deleted=("dead",))
+    assert payload("old") is None and payload("dead") is None
+    assert payload("new") == ""
     assert enqueue(store, "old", "A") is True  # forgotten with its row
-    assert enqueue(store, "new", "B") is False
     assert store.inbox_depth() == 2
+
+
+def test_the_database_and_its_wal_are_created_private(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    with Store(path) as s:
+        enqueue(s, "a", "A")
+        created = {
+            p.name: oct(p.stat().st_mode & 0o777)
+            for p in tmp_path.iterdir()
+            if p.name.startswith("state.sqlite")
+        }
+    assert created == {
+        "state.sqlite": "0o600", "state.sqlite-wal": "0o600", "state.sqlite-shm": "0o600"
+    }  # fmt: skip
+    path.chmod(0o640)  # an operator's choice for an existing file is left alone (check warns)
+    Store(path).close()
+    assert oct(path.stat().st_mode & 0o777) == "0o640"
 
 
 def test_oldest_pending_received_at(store: Store) -> None:

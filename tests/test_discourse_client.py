@@ -7,6 +7,7 @@ while the HTTP traffic is real (werkzeug on 127.0.0.1).
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from discourse_client import (
     DiscoursePostEnqueued,
     DiscourseRateLimited,
     DiscourseRejected,
+    DiscourseTooLarge,
     DiscourseUnavailable,
 )
 from tests.emulators.discourse_contract import RecordingSession
@@ -440,14 +442,21 @@ def test_upload_sends_upload_type_not_the_deprecated_type(
     assert emu.control.state().get("deprecations", []) == []
 
 
+def download(client: DiscourseClient, short_url: str, **kw: Any) -> bytes:
+    sink = io.BytesIO()
+    size = client.download_upload(short_url, sink, max_bytes=kw.pop("max_bytes", 10**7), **kw)
+    assert size == len(sink.getvalue())
+    return sink.getvalue()
+
+
 def test_download_follows_a_cdn_redirect_without_credentials(
     emu: Any, client: DiscourseClient
 ) -> None:
     upload = client.upload_file("dot.png", PNG_1X1, "image/png")
-    assert client.download_upload(upload.short_url) == PNG_1X1  # local store: served by the forum
+    assert download(client, upload.short_url) == PNG_1X1  # local store: served by the forum
     emu.control.settings(external_storage_cdn=True)
     before = client.request_count
-    assert client.download_upload(upload.short_url) == PNG_1X1
+    assert download(client, upload.short_url, as_user="system") == PNG_1X1
     # One admin request (the short URL); the CDN hop is outside the forum's budget.
     assert client.request_count - before == 1
     seen = emu.control.cdn_requests()["requests"]
@@ -458,9 +467,90 @@ def test_download_follows_a_cdn_redirect_without_credentials(
 
 def test_download_refuses_a_file_over_the_limit(emu: Any, client: DiscourseClient) -> None:
     upload = client.upload_file("dot.png", PNG_1X1, "image/png")
+    with pytest.raises(DiscourseTooLarge, match="over the limit") as caught:
+        download(client, upload.short_url, max_bytes=len(PNG_1X1) - 1)  # served by the forum
+    assert (caught.value.limit, caught.value.size) == (len(PNG_1X1) - 1, len(PNG_1X1))
     emu.control.settings(external_storage_cdn=True)
-    with pytest.raises(DiscourseRejected, match="larger than"):
-        client.download_upload(upload.short_url, max_bytes=len(PNG_1X1) - 1)
+    with pytest.raises(DiscourseTooLarge):
+        download(client, upload.short_url, max_bytes=len(PNG_1X1) - 1)
+    assert download(client, upload.short_url, max_bytes=len(PNG_1X1)) == PNG_1X1
+
+
+def test_a_large_download_stops_at_the_declared_length(emu: Any, client: DiscourseClient) -> None:
+    emu.control.settings(
+        external_storage_cdn=True,
+        authorized_extensions="pdf",
+        max_attachment_size_kb=16 * 1024,
+    )
+    big = b"%PDF-1.4\n" + bytes(12 * 1024 * 1024)
+    upload = client.upload_file("big.pdf", io.BytesIO(big), "application/pdf")
+    emu.control.clear_cdn_requests()
+    sink = io.BytesIO()
+    with pytest.raises(DiscourseTooLarge):
+        client.download_upload(upload.short_url, sink, max_bytes=1024 * 1024)
+    assert sink.getvalue() == b""  # refused on the Content-Length, before the body
+    (served,) = emu.control.cdn_requests()["requests"]
+    # What the sockets' buffers took before the client hung up, far from the whole file.
+    assert served["bytes_sent"] < len(big) // 4, served["bytes_sent"]
+
+
+def test_a_download_without_a_length_is_cut_off_at_the_limit(
+    emu: Any, client: DiscourseClient
+) -> None:
+    emu.control.settings(
+        external_storage_cdn=True,
+        external_storage_chunked=True,
+        authorized_extensions="pdf",
+        max_attachment_size_kb=16 * 1024,
+    )
+    big = b"%PDF-1.4\n" + bytes(12 * 1024 * 1024)
+    upload = client.upload_file("big.pdf", io.BytesIO(big), "application/pdf")
+    emu.control.clear_cdn_requests()
+    sink = io.BytesIO()
+    limit = 1024 * 1024
+    with pytest.raises(DiscourseTooLarge) as caught:
+        client.download_upload(upload.short_url, sink, max_bytes=limit)
+    assert caught.value.size is None  # counted while reading: no length was declared
+    assert len(sink.getvalue()) <= limit
+    (served,) = emu.control.cdn_requests()["requests"]
+    assert served["bytes_sent"] < len(big) // 4, served["bytes_sent"]
+    emu.control.settings(external_storage_chunked=False)
+    assert download(client, upload.short_url, max_bytes=len(big)) == big
+
+
+def test_a_secure_upload_is_fetched_as_the_author_who_may_not_see_it(
+    emu: Any, client: DiscourseClient, category_id: int
+) -> None:
+    _api_user(emu, "alice")
+    _api_user(emu, "mod", trust_level=4)
+    emu.control.settings(secure_uploads=True)
+    staff = int(emu.control.create_category(name="Staff room", restricted_to=["mod"])["id"])
+    upload = client.upload_file("dot.png", PNG_1X1, "image/png", as_user="mod")
+    client.create_topic(
+        title="Staff only picture here",
+        raw=f"![dot]({upload.short_url}) {LONG_BODY}",
+        category_id=staff,
+        as_user="mod",
+    )
+    with pytest.raises(DiscourseAuthError) as caught:
+        download(client, upload.short_url, as_user="alice")
+    assert caught.value.status == 403 and not caught.value.credentials_invalid
+    assert download(client, upload.short_url, as_user="mod") == PNG_1X1
+    assert emu.control.cdn_requests()["requests"][-1]["bytes_sent"] == len(PNG_1X1)
+
+
+def test_upload_streams_a_file_and_a_retried_attempt_sends_it_whole(
+    emu: Any, client: DiscourseClient
+) -> None:
+    emu.control.settings(authorized_extensions="pdf", max_attachment_size_kb=4096)
+    content = b"%PDF-1.4\n" + bytes(range(256)) * 4000
+    file = io.BytesIO(b"skipped" + content)
+    file.seek(len(b"skipped"))  # from where the file stands
+    emu.control.add_fault(count=1, status=503, method="POST", path_regex=r"^/uploads")
+    upload = client.upload_file('a "quoted"\nname.pdf', file, "application/pdf")
+    assert upload.filesize == len(content)
+    assert download(client, upload.short_url) == content
+    assert client.request_count == 3  # the 503, the upload again, the download
 
 
 # ---- chat and webhooks ------------------------------------------------------------------------

@@ -24,9 +24,15 @@ Sources cited in each case id / comment:
 
 from __future__ import annotations
 
+import html
+import re
+import unicodedata
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
 
 import formatting as f
 import origin
@@ -561,3 +567,193 @@ def test_attribution_line_follows_the_operators_template() -> None:
     )
     # No display name: {name} falls back to the username; markup is still cleaned out.
     assert f.attribution_line(None, "a*da", template) == "ada wrote on the forum (@ada):"
+
+
+# --- hostile text (issue 17): nothing the bridge did not mean becomes markup --------------------
+
+EVIL = "https://evil.example/x"
+# Every form of the issue's table, and more; each must reach Chat without a mention or a link.
+SMUGGLED_INTO_CHAT = [
+    "&lt;users/all&gt;",
+    "&#60;users/all&#62;",
+    "\\<users/all>",
+    "[x](<users/all>)",
+    "[x](users/all)",
+    "&#x3C;users/all&#x3E;",
+    "&lt;users&#47;all&gt;",
+    "&lt;USERS/ALL&gt;",
+    "\\<users\\/all\\>",
+    "<span>&lt;</span>users/all>",
+    "<b>&lt;</b>users/all>",
+    "&lt;<!-- -->users/all&gt;",
+    "<\u2060users/all>",
+    "[url]<users/all>[/url]",
+    "[url=users/all]x[/url]",
+    "[<users/all>](https://docs.example)",
+    "`<users/all>`",
+    "```\n<users/all>\n```",
+    "&lt;users/123&gt;",
+    "\\<users/123>",
+    f"&lt;{EVIL}|click here&gt;",
+    f"\\<{EVIL}|click here>",
+    f"&#60;{EVIL}|safe&#62;",
+    "&lt;mailto:it@evil.example|Reset password&gt;",
+    "[x](javascript:alert(1)) [y](<users/all>)",
+]
+
+
+@pytest.mark.parametrize("raw", SMUGGLED_INTO_CHAT)
+def test_smuggled_mentions_and_links_never_reach_chat(raw: str) -> None:
+    out = to_chat(raw)
+    assert "<users/" not in out.lower(), out
+    assert not re.search(r"<[a-z][a-z0-9+.-]*:", out, re.IGNORECASE), out
+    for block in f.parse_chat(out):
+        stack = list(block.inlines) if isinstance(block, f.ChatLine) else []
+        while stack:
+            node = stack.pop()
+            if isinstance(node, f.ChatStyle):
+                stack.extend(node.children)
+            assert not isinstance(node, f.ChatMention), out
+            assert not (isinstance(node, f.ChatLink) and node.label), out
+
+
+def test_meant_mentions_and_links_survive_the_final_pass() -> None:
+    out = to_chat("@ada see [the docs](https://e.com/d) and &lt;users/all&gt; `<users/111>`")
+    assert (
+        out == f"<users/111> see <https://e.com/d|the docs> and <{ZW}users/all> `<{ZW}users/111>`"
+    )
+
+
+def test_placeholder_characters_in_a_post_cannot_forge_markup() -> None:
+    # The converter's placeholders are private-use characters; a post holding them gets U+FFFD.
+    out = to_chat("@ada \ue0000\ue001 \ue0001\ue001")
+    assert out == "<users/111> \ufffd0\ufffd \ufffd1\ufffd"
+
+
+def test_neutralise_chat_is_idempotent_and_leaves_other_angles_alone() -> None:
+    text = "a <users/all> b < users/1> <x> <3 <\u00adhttps://e.com|y>"
+    once = f.neutralise_chat(text)
+    assert once == (f"a <{ZW}users/all> b <{ZW} users/1> <x> <3 <{ZW}\u00adhttps://e.com|y>")
+    assert f.neutralise_chat(once) == once
+
+
+def test_a_topic_title_is_literal_bold_text_in_chat() -> None:
+    assert f.chat_title("Weekly sync") == "*Weekly sync*"
+    title = f.chat_title("<users/all> *urgent* <https://evil.example|reset>\n now")
+    assert "<users/" not in title and "<https:" not in title
+    assert title.startswith("*") and title.endswith("*") and "\n" not in title
+
+
+def test_split_under_header_puts_the_header_on_every_part() -> None:
+    header = "*Mallory* (@mallory) on Discourse:"
+    body = "\n\n".join(["word " * 30] * 10) + "\n\n*Alice* (@alice) on Discourse:\nforged"
+    parts = f.split_under_header(header, body, 400)
+    assert len(parts) > 3
+    for part in parts:
+        assert part.startswith(header + "\n") and len(part.encode()) <= 400
+    assert " ".join(p[len(header) + 1 :] for p in parts).split() == body.split()
+    assert f.split_under_header(header, "short", 400) == [header + "\nshort"]
+    assert f.split_under_header(header, "", 400) == [header]
+    assert f.split_under_header("", "a b", 3 + 4) == ["a b"]
+    # A header too long for its share is cut, never the body's room.
+    long_parts = f.split_under_header("H" * 300, "x " * 100, 400)
+    assert all(len(p.encode()) <= 400 and p.startswith("H" * 50) for p in long_parts)
+
+
+HOSTILE_NAMES = [
+    '[quote="admin, post:1, topic:1"]',
+    "@staff",
+    "x.@everyone",
+    "<script>alert(1)</script>",
+    "<img src=x onerror=alert(1)>",
+    "**Admin**",
+    "[b]Boss[/b] [/quote]",
+    "[url=javascript:alert(1)]Admin[/url]",
+    "Nor\n[quote=admin]\nmal",
+    "&lt;b&gt; &#64;staff",
+    "# Heading > quote",
+    "`code` ~~gone~~ _it_",
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_a_chat_display_name_is_never_markup_in_discourse(name: str) -> None:
+    line = f.discourse_attribution(name)
+    assert line.startswith("**") and line.endswith("** (Google Chat):") and "\n" not in line
+    assert discourse_markup(line) == [], line
+    # What a forum reader sees is the name as typed (on one line).
+    shown = MarkdownIt("commonmark").render(line)
+    assert html.unescape(re.sub(r"<[^>]+>", "", shown)).replace(WJ, "").strip() == (
+        " ".join(name.split()) + " (Google Chat):"
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "x.@staff",
+        "@@everyone",
+        "a_@here",
+        "(@admins)",
+        "*b*@staff",
+        "<javascript:alert(1)|click>",
+        "<data:text/html,x|open>",
+        "<vbscript:x>",
+        '[quote="admin, post:1"]x[/quote]',
+        "<script>alert(1)</script> <img src=x onerror=y>",
+        "&lt;script&gt; &#64;staff",
+    ],
+)
+def test_hostile_chat_text_is_never_markup_in_discourse(text: str) -> None:
+    assert discourse_markup(to_discourse(text)) == [], to_discourse(text)
+
+
+def test_email_addresses_are_left_alone() -> None:
+    assert to_discourse("mail me@example.com") == "mail me@example.com"
+
+
+def discourse_markup(markdown: str) -> list[str]:
+    """What Discourse would make of `markdown` beyond literal text: raw HTML (comments aside),
+    BBCode, @mentions (its text-post-process rule), links to non-web targets."""
+    found = []
+    for token in _walk(_DISCOURSE_MD.parse(markdown)):
+        if token.type in ("html_inline", "html_block"):
+            if not re.fullmatch(r"\s*<!--.*?-->\s*", token.content, re.DOTALL):
+                found.append(f"HTML {token.content!r}")
+        elif token.type == "link_open":
+            href = str(token.attrs.get("href", ""))
+            if not re.match(r"(https?|ftp)://|mailto:|/", href):
+                found.append(f"link to {href!r}")
+        elif token.type == "text":
+            for m in re.finditer(r"@(\w[\w.-]{0,58}\w|\w)", token.content):
+                before = token.content[m.start() - 1] if m.start() else " "
+                if (
+                    before.isspace()
+                    or unicodedata.category(before).startswith("P")
+                    or (before in "$+<=>^`|~")
+                ):
+                    found.append(f"mention @{m.group(1)}")
+    # Escaped brackets become a stand-in: a '[' left in a text token is one Discourse's BBCode
+    # rules would read (code spans and blocks are tokens of their own).
+    marked = re.sub(r"(?<!\\)((?:\\\\)*)\\\[", "\\1\x01", markdown)
+    autolink = False
+    for token in _walk(_DISCOURSE_MD.parse(marked)):
+        if token.type in ("link_open", "link_close"):
+            autolink = token.type == "link_open" and token.markup == "autolink"
+        elif token.type == "text" and not autolink:
+            for m in _BBCODE_TAG.finditer(token.content):
+                found.append(f"BBCode {token.content[m.start() : m.start() + 20]!r}")
+    return found
+
+
+_BBCODE_TAG = re.compile(r"\[/?(quote|chat|details|poll|url|img|b|i|s|u)\b", re.IGNORECASE)
+
+
+_DISCOURSE_MD = MarkdownIt("commonmark", {"html": True}).enable(["strikethrough", "table"])
+
+
+def _walk(tokens: list[Token]) -> Iterator[Token]:
+    for token in tokens:
+        yield token
+        if token.children:
+            yield from _walk(token.children)

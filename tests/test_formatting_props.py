@@ -14,11 +14,12 @@ from __future__ import annotations
 import re
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import formatting as f
 import origin
+from emulators import google_chat_markup as chat_markup
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -143,6 +144,9 @@ CHAT_TEXT = st.lists(st.one_of(LINE, LINE, LINE, CODE_BLOCK, st.just("")), min_s
 @SETTINGS
 @given(CHAT_TEXT.map("\n".join))
 def test_chat_discourse_chat_keeps_meaning(chat_text: str) -> None:
+    # A literal marker next to the same marker ('_0__', '~~~') is an open bug, pinned by the
+    # strict xfail below; the property covers everything else.
+    assume(not re.search(r"([*_~])\1", chat_text))
     raw = to_discourse(chat_text)
     back = to_chat(raw)
     assert meaning(back) == meaning(chat_text), (chat_text, raw, back)
@@ -231,8 +235,76 @@ def test_title_always_acceptable(text: str, fallback: str) -> None:
     strict=True,
     reason="open bug found by the property above: Chat '~~~' (a strike of '~') comes back from "
     "Discourse as '~~\\u200b~', which Chat reads as plain text; the zero-width-space escape of a "
-    "literal marker inside a span of the same marker lands on the wrong side",
+    "literal marker inside a span of the same marker lands on the wrong side (also '_0__': "
+    "'_0\\__' comes back as '_0\\u200b_\\u200b_')",
 )
-def test_a_strike_of_a_tilde_survives_the_round_trip() -> None:
-    chat_text = "~~~"
+@pytest.mark.parametrize("chat_text", ["~~~", "_0__"])
+def test_a_strike_of_a_tilde_survives_the_round_trip(chat_text: str) -> None:
     assert meaning(to_chat(to_discourse(chat_text))) == meaning(chat_text)
+
+
+# --- hostile text (issue 17) -------------------------------------------------------------------
+
+SMUGGLING_ALPHABET = st.sampled_from(
+    ["<", ">", "&lt;", "&gt;", "&#60;", "&#x3C;", "&#62;", "&amp;", "&#47;", "\\", "/", "|"]
+    + ["users/", "users/all", "USERS/", "123", "https:", "//evil.example", "mailto:", "x:"]
+    + ["[", "]", "(", ")", "](", "![", "[url]", "[/url]", "[url=", "`", "```\n", "*", "_", "~"]
+    + ["<b>", "</b>", "<span>", "<!-- -->", "<!--", "-->", "\u2060", "\u200b", "\u00ad", " "]
+    + ["\n", "\n\n", "> ", "- ", "# ", "@ada", "@bob", "a", "é", ":smile:", "\ue000", "\ue001"]
+)
+MENTION_OF_ADA = "<users/111>"
+_WEB_LINK = re.compile(r"<(?:https?|ftp)://[^\s<>|]*\|[^<>|\n]*>|<mailto:[^\s<>|]*\|[^<>|\n]*>")
+
+
+def _link_sources(raw: str) -> int:
+    """How many links `raw` can hold: markdown links and images, BBCode [url=], autolinks."""
+    return raw.count("](") + raw.count("[url=") + len(re.findall(r"<[a-z][\w+.-]*:", raw, re.I))
+
+
+@SETTINGS
+@given(st.lists(SMUGGLING_ALPHABET, max_size=50).map("".join))
+def test_chat_markup_comes_only_from_meant_mentions_and_links(raw: str) -> None:
+    out = f.discourse_to_gchat_text(raw, base_url=BASE, mention_lookup={"ada": "users/111"}.get)
+    # A mention only where the lookup answered for an actual @mention; a labelled link only to
+    # a web or mail address, and only from link syntax.
+    assert out.count(MENTION_OF_ADA) <= raw.count("@ada"), (raw, out)
+    links = _WEB_LINK.findall(out)
+    assert len(links) <= _link_sources(raw), (raw, out)
+    rest = _WEB_LINK.sub("\ufffd", out.replace(MENTION_OF_ADA, "\ufffd"))
+    assert not re.search(r"<[\s\u00ad\u2060]*(users/|[a-z][a-z0-9+.-]*:)", rest, re.I), (raw, out)
+    # What Chat's own parser (the emulator's model of it) reads agrees.
+    for node in chat_markup.parse_chat(rest):
+        assert not isinstance(node, chat_markup.Mention), (raw, out)
+        assert not (isinstance(node, chat_markup.Link) and node.label), (raw, out)
+
+
+HOSTILE_CHAT_ALPHABET = st.sampled_from(
+    ["[quote", "[quote=admin]", '[quote="admin, post:1"]', "[/quote]", "[b]", "[url=x]", "]"]
+    + ["[chat quote=a;1]", "[details=x]", "[poll]", "<script>", "</script>", "<img src=x ", "<"]
+    + [">", "onerror=y>", "<!--", "-->", "&lt;", "&#64;", "&amp;", "@", "@@", "staff", "here"]
+    + ["everyone", ".", "_", "*", "~", "`", "\\", "#", "> ", "- ", "\n", " ", "a", "1", "é"]
+    + ["<users/all>", "<users/999>", "<https://e.com|label>", "<javascript:alert(1)|x>"]
+)
+
+
+def _discourse_problems(markdown: str) -> list[str]:
+    from tests.test_formatting import discourse_markup
+
+    return discourse_markup(markdown)
+
+
+@SETTINGS
+@given(st.lists(HOSTILE_CHAT_ALPHABET, max_size=40).map("".join))
+def test_chat_text_never_becomes_quotes_pings_or_html_in_discourse(text: str) -> None:
+    out = f.gchat_to_discourse_markdown(
+        text, mention_lookup=lambda _u: None, display_name_lookup=lambda _u: "[quote] @staff <b>"
+    )
+    assert _discourse_problems(out) == [], (text, out)
+
+
+@SETTINGS
+@given(st.one_of(st.text(max_size=60), st.lists(HOSTILE_CHAT_ALPHABET, max_size=20).map("".join)))
+def test_a_display_name_is_never_markup_in_discourse(name: str) -> None:
+    line = f.discourse_attribution(name)
+    assert "\n" not in line
+    assert _discourse_problems(line) == [], (name, line)

@@ -9,9 +9,11 @@ the emulator's `time_scale` so that its quota windows and our waits shrink toget
 from __future__ import annotations
 
 import base64
+import io
 import json
 import logging
 import stat
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -28,12 +30,15 @@ import requests
 
 from google_chat_client import (
     MARKUP_SYNTAX,
+    MEDIA_BLOCK,
     AttachmentRef,
     ChatAnnotation,
     ChatAuthError,
+    ChatIdTaken,
     ChatMessage,
     ChatNotFound,
     ChatRateLimited,
+    ChatTooLarge,
     ChatUnavailable,
     GoogleChatClient,
     parse_rfc3339,
@@ -476,6 +481,53 @@ def test_create_retried_after_5xx_that_took_effect_yields_one_message(world: Wor
     assert [r["status"] for r in posts] == [200, 503, 409]
 
 
+def squatter(world: World) -> GoogleChatClient:
+    """Another member of the space with API access: any id nobody used yet is theirs to take."""
+    token = world.control.token(world.other)["access_token"]
+    creds = google.oauth2.credentials.Credentials(token=token)
+    return GoogleChatClient(
+        creds, api_endpoint=world.url, sleep=world.time.sleep, clock=world.time.clock
+    )
+
+
+def test_a_message_someone_else_holds_under_the_id_is_never_adopted(world: World) -> None:
+    """Issue 17: a squatter pre-creates the id; the bridge's copy takes the first stand-in, a
+    retry finds that copy again (one message, never two), and the squatter's stays theirs."""
+    taken = squatter(world).create_message(world.space, "mine now", message_id="client-sq-1")
+    client = world.client()
+    mine = client.create_message(world.space, "hello", message_id="client-k-1")  # learns "me"
+    assert client.own_user == world.me and mine.sender.name == world.me
+
+    stand_ins = ("client-sq-1-a1", "client-sq-1-a2")
+    copy = client.create_message(
+        world.space, "the copy", message_id="client-sq-1", fallback_ids=stand_ins
+    )
+    assert copy.client_assigned_message_id == "client-sq-1-a1" and copy.name != taken.name
+    again = client.create_message(
+        world.space, "the copy", message_id="client-sq-1", fallback_ids=stand_ins
+    )
+    assert again.name == copy.name
+    texts = [m["text"] for m in world.control.messages(world.space)]
+    assert texts.count("the copy") == 1 and texts.count("mine now") == 1
+
+    # Without a stand-in left: refused, naming the holder; a caller's own rule decides too.
+    with pytest.raises(ChatIdTaken) as refused:
+        client.create_message(world.space, "x", message_id="client-sq-1")
+    assert [m.name for m in refused.value.holders] == [taken.name]
+    adopt_all = client.create_message(
+        world.space, "x", message_id="client-sq-1", is_own=lambda m: True
+    )
+    assert adopt_all.name == taken.name
+
+
+def test_a_client_that_never_wrote_adopts_nobodys_message_by_default(world: World) -> None:
+    squatter(world).create_message(world.space, "first", message_id="client-sq-2")
+    client = world.client()
+    assert client.own_user is None
+    with pytest.raises(ChatIdTaken):
+        client.create_message(world.space, "copy", message_id="client-sq-2")
+
+
 def test_reply_into_existing_thread(world: World) -> None:
     human = world.control.post(world.space, world.other, "a question from a human")
     thread_name = human["thread"]["name"]
@@ -510,11 +562,46 @@ def test_upload_then_attach_then_download(world: World) -> None:
     (attachment,) = fetched.attachments
     assert attachment.content_name == "blob.bin"
     assert attachment.resource_name == ref.resource_name
-    assert client.download_attachment(attachment.resource_name) == payload
+    assert download(client, attachment.resource_name) == payload
     log = world.control.requests()
+    # A resumable upload: the session, then the file streamed in one PUT.
     (upload,) = api_calls(log, "POST", f"/upload/v1/{world.space}/attachments:upload")
-    assert upload["status"] == 200
-    assert api_calls(log, "GET", "/v1/media/")[0]["status"] == 200
+    assert upload["status"] == 200 and upload["query"]["uploadType"] == "resumable"
+    (sent,) = api_calls(log, "PUT", f"/upload/v1/{world.space}/attachments:upload")
+    assert sent["status"] == 200
+    (read,) = api_calls(log, "GET", "/v1/media/")
+    assert read["status"] == 206 and read["response_bytes"] == len(payload)
+
+
+def download(client: GoogleChatClient, resource_name: str, max_bytes: int = 10**6) -> bytes:
+    sink = io.BytesIO()
+    size = client.download_attachment(resource_name, sink, max_bytes=max_bytes)
+    assert size == len(sink.getvalue())
+    return sink.getvalue()
+
+
+def test_a_file_streams_up_and_over_the_limit_is_refused_after_one_block(world: World) -> None:
+    client = world.client()
+    payload = bytes(range(256)) * (12 * 4096)  # 12 MiB, from a file, never bytes in hand
+    with tempfile.TemporaryFile() as file:
+        file.write(payload)
+        ref = client.upload_attachment(world.space, "big.bin", file, "application/octet-stream")
+    assert ref.resource_name is not None
+    world.control.clear_requests()
+    sink = io.BytesIO()
+    limit = 2 * 1024 * 1024
+    with pytest.raises(ChatTooLarge) as caught:
+        client.download_attachment(ref.resource_name, sink, max_bytes=limit)
+    assert (caught.value.size, caught.value.limit, caught.value.reason) == (
+        len(payload), limit, "TOO_LARGE"
+    )  # fmt: skip
+    reads = api_calls(world.control.requests(), "GET", "/v1/media/")
+    assert [r["response_bytes"] for r in reads] == [MEDIA_BLOCK]  # one block, then it stopped
+    # Under the limit it arrives whole, block by block, and a retry starts the sink over.
+    world.control.fault(count=1, status=503, method="GET", path_regex=r"^/v1/media/")
+    assert download(client, ref.resource_name, max_bytes=len(payload)) == payload
+    statuses = [r["status"] for r in api_calls(world.control.requests(), "GET", "/v1/media/")]
+    assert statuses[1] == 503 and statuses[2:] == [206] * 12
 
 
 def test_attach_by_upload_token_alone(world: World) -> None:
@@ -559,7 +646,7 @@ def test_download_of_a_human_attachment(world: World) -> None:
     (attachment,) = message.attachments
     assert attachment.content_type == "text/plain" and attachment.source == "UPLOADED_CONTENT"
     assert attachment.resource_name is not None
-    assert client.download_attachment(attachment.resource_name) == content
+    assert download(client, attachment.resource_name) == content
 
 
 # ------------------------------------------------------------------------------------------

@@ -33,6 +33,10 @@ from sync_gchat_to_discourse import Skip as ChatSkip
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 HUMAN = ChatUser("users/1", "Ada", None, "HUMAN")
 APP = ChatUser("users/app", "Bot", None, "BOT")
+# The bridge's own account: its messages carry its client ids (anyone else's may too).
+BRIDGE_SENDER = ChatUser("users/100", "Bridge", None, "HUMAN")
+IDS = origin.ClientIds(bytes(range(32)))
+BRIDGE = origin.BridgeIdentity(IDS, frozenset({BRIDGE_SENDER.name}))
 
 
 @st.composite
@@ -41,13 +45,17 @@ def chat_messages(draw: st.DrawFn) -> list[ChatMessage]:
     messages = []
     for n in range(count):
         thread = draw(st.integers(0, 4))
-        origin = draw(st.sampled_from([None, None, None, f"client-dp-{n}", f"client-dc-{n}"]))
+        origin = draw(
+            st.sampled_from(
+                [None, None, None, IDS.for_post(n), f"client-dp-{n}", f"client-dc-{n}"]
+            )
+        )
         messages.append(
             ChatMessage(
                 name=f"spaces/S/messages/m{n}",
                 space_name="spaces/S",
                 thread_name=f"spaces/S/threads/t{thread}",
-                sender=draw(st.sampled_from([HUMAN, HUMAN, APP])),
+                sender=draw(st.sampled_from([HUMAN, HUMAN, APP, BRIDGE_SENDER])),
                 text=draw(st.text(max_size=40)),
                 create_time=T0 + timedelta(seconds=draw(st.integers(0, 10_000))),
                 create_time_raw="",
@@ -77,6 +85,7 @@ def test_chat_plan_mirrors_each_new_human_message_once_and_starts_each_thread_on
         linked_messages=linked_names,
         linked_threads=thread_names,
         space_label="a test space",
+        bridge=BRIDGE,
     )
     touched = [a.message.name for a in actions]
     assert len(touched) == len(set(touched)), "a message planned twice"
@@ -91,9 +100,10 @@ def test_chat_plan_mirrors_each_new_human_message_once_and_starts_each_thread_on
                 or message.sender.type == "BOT"
             )
             continue
-        # Only live human messages that the bridge did not write cross.
+        # Only live human messages that the bridge did not write cross: an id of the bridge's
+        # forms from anyone else (a squatter's) is a human message like any other.
         assert message.delete_time is None and message.sender.type == "HUMAN"
-        assert message.client_assigned_message_id is None
+        assert not origin.is_bridge_origin(message, BRIDGE)
         assert isinstance(action, CreateTopic | CreateReply)  # (for mypy) what plan() returns
         assert 15 <= len(action.title) <= 255
         if isinstance(action, CreateTopic):
@@ -108,7 +118,7 @@ def test_chat_plan_mirrors_each_new_human_message_once_and_starts_each_thread_on
         if m.name not in linked_names
         and m.delete_time is None
         and m.sender.type == "HUMAN"
-        and m.client_assigned_message_id is None
+        and not origin.is_bridge_origin(m, BRIDGE)
     ]
     assert sorted(a.message.name for a in actions if not isinstance(a, ChatSkip)) == sorted(
         crossing
@@ -158,6 +168,7 @@ def test_chat_plan_edits_exactly_what_renders_differently_and_deletes_each_linke
         linked_messages=links.keys(),
         linked_threads=set(),
         space_label="a test space",
+        bridge=BRIDGE,
         links=links,
         rendered=rendered,
     )
@@ -178,7 +189,9 @@ def test_chat_plan_edits_exactly_what_renders_differently_and_deletes_each_linke
             expected = None  # unchanged, never edited, or the bridge's own (changes via Discourse)
         assert action == expected
         if isinstance(action, EditPost):
-            assert link.origin == "gchat" and not origin.is_bridge_origin(m)
+            # What the link says was decided when it was made: the bridge's own writes are
+            # linked with origin "discourse" and change only through Discourse.
+            assert link.origin == "gchat"
             assert m.last_update_time is not None
 
 
@@ -200,6 +213,7 @@ def test_chat_plan_is_deterministic_and_takes_data_only(
                 linked_messages=frozenset(links),
                 linked_threads=threads,
                 space_label="a test space",
+                bridge=BRIDGE,
                 links=MappingProxyType(links),
                 rendered=MappingProxyType(rendered),
                 new_after=T0 + timedelta(seconds=5_000),
@@ -245,9 +259,10 @@ def discourse_posts(draw: st.DrawFn) -> DiscoursePost:
     post=discourse_posts(),
     thread=st.sampled_from([None, "spaces/S/threads/t1"]),
     bridged=st.booleans(),
+    authors=st.sampled_from([frozenset(), frozenset({"bridged_ada"}), frozenset({"system"})]),
 )
 def test_discourse_plan_lets_only_real_public_content_of_mapped_categories_cross(
-    post: DiscoursePost, thread: str | None, bridged: bool
+    post: DiscoursePost, thread: str | None, bridged: bool, authors: frozenset[str]
 ) -> None:
     link = (
         _Link(
@@ -256,9 +271,11 @@ def test_discourse_plan_lets_only_real_public_content_of_mapped_categories_cross
         if bridged
         else None
     )
-    context = PostContext({10: "spaces/S"}, thread, link, topic_seen=post.post_number - 1)
+    context = PostContext(
+        {10: "spaces/S"}, thread, link, topic_seen=post.post_number - 1, origin_authors=authors
+    )
     actions = plan_discourse(
-        PostEvent("created", post), context, RenderSettings(base_url="https://f")
+        PostEvent("created", post), context, RenderSettings(base_url="https://f", ids=IDS)
     )
     creates = [a for a in actions if isinstance(a, CreateMessage)]
     if not creates:
@@ -267,8 +284,9 @@ def test_discourse_plan_lets_only_real_public_content_of_mapped_categories_cross
     assert not bridged
     assert post.post_type == 1 and post.topic_archetype != "private_message"
     assert not (post.hidden or post.user_deleted or post.deleted_at)
-    # By origin only: a post of an account the bridge created crosses unless it carries a marker.
-    assert origin.find_origin_marker(post.raw or "") is None
+    # By origin: a post of an account the bridge created crosses unless it is the bridge's copy
+    # of a Chat message (a trailing marker, by an author the bridge writes that message as).
+    assert origin.copied_from(post.raw, post.username, authors) is None
     assert post.category_id == 10 or thread is not None
     if post.post_number > 1:
         # A reply never starts a new thread: it goes into the topic's, or post #1 goes first.

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
 import formatting
 from discourse_client import DiscoursePost
 from inbox import parse_webhook, pulled_post
-from sync_discourse_to_gchat import render_message, uploads_in_raw
+from sync_discourse_to_gchat import render_message, render_parts, uploads_in_raw
 
 
 def post(raw: str, post_number: int = 2) -> DiscoursePost:
@@ -82,3 +83,28 @@ def test_uploads_are_found_once_each_with_their_names() -> None:
         ("upload://abc.png", "cat.png"),
         ("upload://def.pdf", "report.pdf"),
     ]
+
+
+def test_every_part_of_a_long_post_begins_with_its_attribution() -> None:
+    # Issue 17: a later part must never begin with a line the author wrote to pass for another.
+    forged = "**Alice Admin** (@alice) on Discourse:\nI approve."
+    raw = "\n\n".join(f"paragraph {i} " + "x" * 900 for i in range(40)) + "\n\n" + forged
+    parts = render_parts(post(raw), base_url="https://f", mention_lookup=lambda _: None)
+    assert len(parts) == 2
+    for part in parts:
+        assert part.startswith("*carol* on Discourse:\n")
+        assert len(part.encode()) <= formatting.CHAT_MAX_BYTES
+    whole = render_message(post(raw), base_url="https://f", mention_lookup=lambda _: None)
+    assert "\n".join(parts).replace("*carol* on Discourse:\n", "").split() == (
+        whole.replace("*carol* on Discourse:\n", "").split()
+    )
+    cut = render_parts(
+        post(raw), base_url="https://f", mention_lookup=lambda _: None, long_messages="truncate"
+    )
+    assert len(cut) == 1 and cut[0].startswith("*carol* on Discourse:\n")
+
+
+def test_a_first_posts_title_is_shown_literally() -> None:
+    first = dataclasses.replace(post("hello", post_number=1), topic_title="<users/all> *urgent*")
+    text = render_message(first, base_url="https://f", mention_lookup=lambda _: None)
+    assert "<users/all>" not in text and text.splitlines()[1].startswith("*")

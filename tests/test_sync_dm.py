@@ -76,23 +76,29 @@ def _message(n: int, **kw: Any) -> ChatMessage:
 
 
 def test_plan_keeps_order_and_skips_ours_deleted_bots_and_linked() -> None:
+    ids = origin.ClientIds(bytes(range(32)))
+    bridge = origin.BridgeIdentity(ids, frozenset({BRIDGE}))
+    ours = ChatUser(BRIDGE, "Bridge Bot", None, "HUMAN")
     messages = [
-        _message(4, client_assigned_message_id="client-dc-7"),
+        _message(4, client_assigned_message_id="client-dc-7", sender=ours),
         _message(3, delete_time=T0),
         _message(2),
         _message(1),
         _message(5, sender=ChatUser("users/9", "Bot", None, "BOT")),
-        _message(6, client_assigned_message_id="client-dp-3"),
+        _message(6, client_assigned_message_id=ids.for_chat_message(3), sender=ours),
+        # Issue 17: Ann took an id of the bridge's form; her message is hers.
+        _message(7, client_assigned_message_id="client-dc-8"),
     ]
-    actions = plan_dm(messages, linked={"spaces/D/messages/m1"})
+    actions = plan_dm(messages, linked={"spaces/D/messages/m1"}, bridge=bridge)
     assert [type(a) for a in actions] == [
         SendToChannel,
         SkipMessage,
         SkipMessage,
         SkipMessage,
         SkipMessage,
+        SendToChannel,
     ]
-    assert [a.message.name[-2:] for a in actions] == ["m2", "m3", "m4", "m5", "m6"]
+    assert [a.message.name[-2:] for a in actions] == ["m2", "m3", "m4", "m5", "m6", "m7"]
 
 
 @pytest.mark.parametrize(
@@ -313,13 +319,20 @@ def test_discourse_to_chat_create_edit_trash_with_attribution(rig: Rig) -> None:
     name = rig.store.message_for_chat_message(sent)
     copy = rig.chat_emu.control.state()["messages"]["spaces/dm1"][-1]
     assert copy["name"] == name
-    assert copy["clientAssignedMessageId"] == origin.client_message_id_for_chat_message(sent)
+    ids = origin.ClientIds(rig.store.client_id_key())
+    assert copy["clientAssignedMessageId"] == ids.for_chat_message(sent)
     # The poll does not mirror the bridge's own Chat message back, and learns its account.
     assert rig.sync.poll_once().mirrored == 0
     assert rig.sync.bridge_account() == BRIDGE
     body["chat_message"]["message"]["message"] = "edited"
     deliver(rig, "chat_message_edited", body)
     assert rig.chat_texts("spaces/dm1")[-1] == "*Ann Lee* (@ann) on Discourse:\nedited"
+    # A trash the forum does not bear out (a replay, or one overtaken by a restore): the
+    # message is live in Discourse, so its copy stays.
+    body["chat_message"]["message"]["deleted_at"] = "2024-05-01T12:05:00Z"
+    deliver(rig, "chat_message_trashed", body)
+    assert rig.chat_texts("spaces/dm1")[-1] == "*Ann Lee* (@ann) on Discourse:\nedited"
+    rig.discourse.trash_chat_message(channel, sent, as_user="ann")
     deliver(rig, "chat_message_trashed", body)
     assert rig.chat_texts("spaces/dm1") == ["hello"]
     assert rig.store.message_for_chat_message(sent) is None

@@ -11,6 +11,8 @@ from discourse_client import DiscourseUpload
 from google_chat_client import ChatAttachment, ChatMessage, ChatUser, parse_rfc3339
 from origin import (
     ATTACHMENTS_MARK,
+    BridgeIdentity,
+    ClientIds,
     attachments_part_of_raw,
     content_hash,
     find_origin_marker,
@@ -32,6 +34,8 @@ from sync_gchat_to_discourse import (
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 ADA = ChatUser("users/1", "Ada", "ada@example.com", "HUMAN")
+BRIDGE_USER = ChatUser("users/100", "Bridge", None, "HUMAN")
+BRIDGE = BridgeIdentity(ClientIds(bytes(range(32))), frozenset({BRIDGE_USER.name}))
 
 
 def msg(n: int, text: str = "hello", **kw: object) -> ChatMessage:
@@ -74,6 +78,7 @@ def run(messages: list[ChatMessage], links: dict[str, MessageLink], **kw: object
         linked_messages=links.keys(),
         linked_threads={"spaces/S/threads/t1"} if links else set(),
         space_label="a test space",
+        bridge=BRIDGE,
         links=links,
         rendered=rendered,
         **kw,  # type: ignore[arg-type]
@@ -100,8 +105,10 @@ def test_only_edited_live_chat_messages_are_rendered_for_comparison() -> None:
     assert not needs_rendering(msg(1), link(1))  # never edited: no author looked up
     assert not needs_rendering(msg(1, last_update_time=edited, delete_time=edited), link(1))
     assert not needs_rendering(msg(1, last_update_time=edited), link(1, origin="discourse"))
-    ours = msg(1, last_update_time=edited, client_assigned_message_id="client-dp-5")
-    assert not needs_rendering(ours, link(1))
+    # A message linked as mirrored from Chat is a person's, whatever id it holds (issue 17: a
+    # squatter may have taken an id of the bridge's forms): its edits are compared.
+    squatted = msg(1, last_update_time=edited, client_assigned_message_id="client-dp-5")
+    assert needs_rendering(squatted, link(1))
     noted = MessageLink(
         "spaces/S/messages/m1", 101, "spaces/S/threads/t1", 7, "gchat", DELETED_HASH
     )
@@ -117,6 +124,7 @@ def test_a_compared_message_without_its_rendering_is_an_error_not_a_lost_edit() 
             linked_messages=links.keys(),
             linked_threads=set(),
             space_label="a test space",
+            bridge=BRIDGE,
             links=links,
         )
 
@@ -150,8 +158,20 @@ def test_messages_read_only_for_the_edit_window_are_never_created() -> None:
 def test_discourse_origin_messages_are_not_edited_from_chat() -> None:
     ours = msg(1, "x", last_update_time=T0, client_assigned_message_id="client-dp-5")
     assert run([ours], {ours.name: link(1, origin="discourse")}) == []
-    assert is_bridge_origin(msg(2, client_assigned_message_id="client-dp-5-r17-p2"))
-    assert not is_bridge_origin(msg(2, client_assigned_message_id="client-mine"))
+    legacy_part = "client-dp-5-r17-p2"
+    assert is_bridge_origin(
+        msg(2, client_assigned_message_id=legacy_part, sender=BRIDGE_USER), BRIDGE
+    )
+    assert not is_bridge_origin(msg(2, client_assigned_message_id="client-mine"), BRIDGE)
+
+
+def test_a_squatters_message_under_the_bridges_ids_is_mirrored_like_anyone_elses() -> None:
+    """Issue 17: a member with API access took the ids `client-dp-1…`; the sender decides."""
+    squatted = [msg(n, f"squat {n}", client_assigned_message_id=f"client-dp-{n}") for n in (1, 2)]
+    ours = msg(3, "copy", client_assigned_message_id="client-dp-3", sender=BRIDGE_USER)
+    actions = run([*squatted, ours], {})
+    assert [type(a) for a in actions] == [CreateTopic, CreateReply, Skip]
+    assert [a.message for a in actions[:2]] == squatted
 
 
 def test_raw_layout_keeps_text_embeds_and_marker_apart() -> None:

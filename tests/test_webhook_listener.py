@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import json
+import logging
+import resource
+import socket
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from inbox import PostEvent, parse_webhook
 from metrics import BridgeMetrics
 from webhook_listener import (
+    CONNECTION_LIMIT,
     WEBHOOK_PATH,
     Readiness,
+    RejectionLog,
     WebhookConfigError,
     WebhookDelivery,
+    WebhookServer,
+    connection_limit,
     create_app,
     signature_for,
     signature_ok,
@@ -38,11 +47,11 @@ class Inbox:
     def __init__(self) -> None:
         self.items: list[WebhookDelivery] = []
 
-    def __call__(self, delivery: WebhookDelivery) -> bool:
+    def __call__(self, delivery: WebhookDelivery) -> str:
         if any(i.event_id == delivery.event_id and i.event_id for i in self.items):
-            return False
+            return "duplicate"
         self.items.append(delivery)
-        return True
+        return "queued"
 
 
 def make(inbox: Inbox | None = None, **kw: Any) -> tuple[Any, Inbox]:
@@ -133,7 +142,7 @@ def test_a_payload_without_what_its_event_needs_is_422(event: str, body: bytes) 
 
 
 def test_a_store_failure_is_503() -> None:
-    def broken(_delivery: WebhookDelivery) -> bool:
+    def broken(_delivery: WebhookDelivery) -> str:
         raise OSError("database is locked")
 
     client = create_app(secret=SECRET, enqueue=broken).test_client()
@@ -197,13 +206,168 @@ json_values = st.recursive(
     event=st.sampled_from(["post_created", "post_edited", "topic_created", "ping", "", "x" * 300]),
 )
 def test_no_input_makes_the_route_fail_with_5xx(body: bytes, signed: bool, event: str) -> None:
-    def strict_inbox(delivery: WebhookDelivery) -> bool:
+    def strict_inbox(delivery: WebhookDelivery) -> str:
         # Whatever reaches the inbox was parsed into a typed event at the door.
         assert delivery.parsed.event is not None
-        return True
+        return "queued"
 
     client = create_app(secret=SECRET, enqueue=strict_inbox).test_client()
     answer = send(client, body, event=event, signature="auto" if signed else None)
     assert answer.status_code < 500
     if not signed:
         assert answer.status_code == 401
+
+
+# ---------------------------------------------------------------------------- hostile senders
+
+LIVE_POST = POST_BODY["post"]
+DELETED_POST = {**LIVE_POST, "deleted_at": "2026-11-30T11:00:00.000Z"}
+LIVE_TOPIC = {"id": 3, "title": "Plans for the fair", "deleted_at": None}
+CHAT_MESSAGE = {"id": 5, "message": "hi", "created_at": "2026-11-30T10:00:00.000Z",
+                "user": {"id": 2, "username": "dora", "name": "Dora"}}  # fmt: skip
+CHANNEL = {"id": 8}
+
+
+def chat_body(**message: object) -> dict[str, Any]:
+    return {"chat_message": {"message": {**CHAT_MESSAGE, **message}, "channel": CHANNEL}}
+
+
+@pytest.mark.parametrize(
+    ("event", "body"),
+    [
+        # The signature covers the body, not the X-Discourse-Event header: a captured body under
+        # another name must fit that name.
+        ("post_destroyed", {"topic": LIVE_TOPIC}),
+        ("post_recovered", {"topic": LIVE_TOPIC}),
+        ("topic_destroyed", {"post": LIVE_POST}),
+        ("chat_message_trashed", {"post": LIVE_POST}),
+        ("post_destroyed", {"post": LIVE_POST, "topic": LIVE_TOPIC}),
+        # Discourse serializes these after the change: the body shows the state it brought.
+        ("post_created", {"post": DELETED_POST}),
+        ("post_created", {"post": {**LIVE_POST, "user_deleted": True}}),
+        ("post_recovered", {"post": DELETED_POST}),
+        ("topic_created", {"topic": {**LIVE_TOPIC, "deleted_at": "2026-11-30T11:00:00Z"}}),
+        ("topic_recovered", {"topic": {**LIVE_TOPIC, "deleted_at": "2026-11-30T11:00:00Z"}}),
+        ("chat_message_trashed", chat_body()),
+        ("chat_message_created", chat_body(deleted_at="2026-11-30T11:00:00.000Z")),
+        ("chat_message_restored", chat_body(deleted_at="2026-11-30T11:00:00.000Z")),
+    ],
+)
+def test_a_body_that_contradicts_its_event_name_is_422(event: str, body: dict[str, Any]) -> None:
+    client, inbox = make()
+    assert send(client, json.dumps(body).encode(), event=event).status_code == 422
+    assert inbox.items == []
+
+
+@pytest.mark.parametrize(
+    ("event", "body"),
+    [
+        # Older forums serialize a deletion's body before deleting, newer ones after: both pass,
+        # and Discourse is asked before anything is deleted (sync_discourse_to_gchat).
+        ("post_destroyed", {"post": LIVE_POST}),
+        ("post_destroyed", {"post": DELETED_POST}),
+        ("topic_destroyed", {"topic": LIVE_TOPIC}),
+        ("chat_message_trashed", chat_body(deleted_at="2026-11-30T11:00:00.000Z")),
+        ("chat_message_created", chat_body()),
+    ],
+)
+def test_a_body_that_fits_its_event_name_is_stored(event: str, body: dict[str, Any]) -> None:
+    client, inbox = make()
+    assert send(client, json.dumps(body).encode(), event=event).status_code == 200
+    assert [d.event_name for d in inbox.items] == [event]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rejected_requests_log_one_warning_a_minute_with_a_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    client, _ = make(rejections=RejectionLog(interval=60, clock=clock))
+    body = json.dumps(POST_BODY).encode()
+    with caplog.at_level(logging.WARNING, logger="webhook_listener"):
+        for _ in range(500):
+            assert send(client, body, signature="sha256=00").status_code == 401
+        clock.now += 59
+        assert send(client, b"{", signature=signature_for(SECRET, b"{")).status_code == 400
+        clock.now += 1
+        assert send(client, body, signature=None).status_code == 401
+    lines = [r.getMessage() for r in caplog.records if r.name == "webhook_listener"]
+    assert len(lines) == 2, lines
+    assert "with 401" in lines[0] and "(0 more rejected" in lines[0]
+    assert "(500 more rejected" in lines[1]
+
+
+# -- the server's limits (waitress, on a loopback port) -----------------------------------------
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[WebhookServer, Inbox]]:
+    inbox = Inbox()
+    app = create_app(secret=SECRET, enqueue=inbox, max_body_bytes=64 * 1024)
+    server = WebhookServer(app, "127.0.0.1", 0, max_body_bytes=64 * 1024, channel_timeout=1)
+    server.start()
+    try:
+        yield server, inbox
+    finally:
+        server.stop()
+
+
+def _open(server: WebhookServer) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=5)
+
+
+def test_a_body_over_the_limit_is_refused_from_its_content_length_before_it_is_read(
+    served: tuple[WebhookServer, Inbox],
+) -> None:
+    server, inbox = served
+    with _open(server) as sock:
+        sock.sendall(
+            f"POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {150 * 1024 * 1024}"
+            "\r\n\r\n".encode()
+        )
+        # Not a byte of the body sent: the answer comes anyway.
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:80]
+    # The limit itself still passes (Flask answers: the body is not signed).
+    body = b"x" * (64 * 1024)
+    url = f"http://127.0.0.1:{server.port}{WEBHOOK_PATH}"
+    assert requests.post(url, data=body, timeout=5).status_code == 401
+    assert inbox.items == []
+
+
+def test_healthz_answers_while_200_slow_clients_hold_connections_open(
+    served: tuple[WebhookServer, Inbox],
+) -> None:
+    server, inbox = served
+    slow = [_open(server) for _ in range(200)]
+    try:
+        for sock in slow:
+            sock.sendall(f"POST {WEBHOOK_PATH} HTTP/1.1\r\nContent-Length: 999\r\n\r\n{{".encode())
+        base = f"http://127.0.0.1:{server.port}"
+        assert requests.get(f"{base}/healthz", timeout=2).status_code == 200
+        body = json.dumps(POST_BODY).encode()
+        headers = {"X-Discourse-Event": "post_created",
+                   "X-Discourse-Event-Signature": signature_for(SECRET, body)}  # fmt: skip
+        assert requests.post(f"{base}{WEBHOOK_PATH}", data=body, headers=headers,
+                             timeout=2).status_code == 200  # fmt: skip
+        assert len(inbox.items) == 1
+        # Idle connections are closed after `channel_timeout` (1 s here, checked every 2 s).
+        slow[0].settimeout(10)
+        assert slow[0].recv(4096) == b""
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+def test_the_connection_limit_leaves_file_descriptors_for_the_rest() -> None:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert 1 <= connection_limit() <= CONNECTION_LIMIT
+    if soft != resource.RLIM_INFINITY:
+        assert connection_limit() <= max(1, soft // 2)

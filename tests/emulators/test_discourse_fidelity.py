@@ -331,6 +331,74 @@ def test_short_url_unknown_sha_and_anonymous_downloads(
     assert discourse_api.get(upload["short_path"]).content == data
 
 
+def test_secure_uploads_are_checked_against_the_access_control_post_as_the_acting_user(
+    discourse_api: DiscourseApi, forum: dict[str, Any]
+) -> None:
+    control = forum["control"]
+    control.settings(secure_uploads=True)
+    staff = control.create_category("Staff only", restricted_to=["bob"])["id"]
+    data = b"GIF89a\x04\x00\x04\x00" + b"\x02" * 20
+    secret = discourse_api.post(
+        "/uploads.json", data={"upload_type": "composer"}, files={"file": ("s.gif", data)},
+        user="bob",
+    ).json()  # fmt: skip
+    # Before any post embeds it a composer upload is secure with no access control post: any
+    # logged-in user may fetch it, an anonymous caller may not (404).
+    assert discourse_api.get(secret["short_path"], user="alice").status_code == 302
+    assert requests.get(discourse_api.url + secret["short_path"], timeout=10).status_code == 404
+    reply = discourse_api.post(
+        "/posts.json",
+        json={"title": "A picture for the staff", "category": staff,
+              "raw": f"{BODY} ![s]({secret['short_url']})"},
+        user="bob",
+    )  # fmt: skip
+    assert reply.status_code == 200, reply.text
+    denied = discourse_api.get(
+        secret["short_path"], user="alice", headers={"Accept": "application/json"}
+    )
+    assert denied.status_code == 403 and denied.json()["error_type"] == "invalid_access"
+    for allowed in ("bob", "system"):  # a member of the category, an admin
+        assert discourse_api.get(secret["short_path"], user=allowed).status_code == 302
+    # The first post decides: embedding it later in a public post changes nothing.
+    topic(discourse_api, forum["category"], "Public post embedding it", user="alice")
+    public = discourse_api.post(
+        "/posts.json",
+        json={"title": "Another public post here", "category": forum["category"],
+              "raw": f"{BODY} ![s]({secret['short_url']})"},
+        user="alice",
+    )  # fmt: skip
+    assert public.status_code == 200, public.text
+    assert discourse_api.get(secret["short_path"], user="alice").status_code == 403
+    # An upload whose first post is public is not secure: served to anyone, as before.
+    plain = discourse_api.post(
+        "/uploads.json", data={"upload_type": "composer"},
+        files={"file": ("p.gif", data + b"\x03")}, user="alice",
+    ).json()  # fmt: skip
+    discourse_api.post(
+        "/posts.json",
+        json={"title": "A public picture post", "category": forum["category"],
+              "raw": f"{BODY} ![p]({plain['short_url']})"},
+        user="alice",
+    )  # fmt: skip
+    assert requests.get(discourse_api.url + plain["short_path"], timeout=10).status_code == 200
+
+
+def test_the_store_stand_in_counts_what_it_sent_and_may_omit_the_length(
+    discourse_api: DiscourseApi, forum: dict[str, Any]
+) -> None:
+    control = forum["control"]
+    data = b"GIF89a\x05\x00\x05\x00" + b"\x04" * 200_000
+    upload = discourse_api.post(
+        "/uploads.json", data={"upload_type": "composer"}, files={"file": ("c.gif", data)}
+    ).json()
+    control.settings(external_storage_cdn=True, external_storage_chunked=True)
+    location = discourse_api.get(upload["short_path"]).headers["Location"]
+    served = requests.get(location, timeout=10)
+    assert served.content == data and "Content-Length" not in served.headers
+    (seen,) = control.cdn_requests()["requests"]
+    assert seen["bytes_sent"] == len(data)
+
+
 # --- 6. suspended, deactivated, silenced ---------------------------------------------------------
 
 

@@ -4,7 +4,8 @@ The checker reads only the two emulators' final state (never the bridge's databa
 what a user of either platform would see:
 - every human Chat message in a mapped space exists exactly once as a Discourse post (found by the
   origin marker in the post's raw), and every human Discourse post in a mapped category exists
-  exactly once as a Chat message (found by its `client-dp-<post id>` client-assigned id);
+  exactly once as a Chat message (found by its client-assigned id, which begins
+  `client-dp-<post id>`: `origin.ClientIds` keys it with a tag, legacy ids have none);
 - nothing the bridge wrote came back (no post for a bridged Chat message, no Chat message for a
   bridged post), so nothing is doubled by echo either;
 - threads and topics correspond one to one, each item lands in the counterpart of its own thread
@@ -28,8 +29,9 @@ from typing import Any
 from tests.e2e.world import World
 
 MARKER = re.compile(r"<!-- gchat:(spaces/[^ ]+/messages/[^ ]+) -->")
-# The copy of post N is `client-dp-N`; a long post's later parts are `client-dp-N-p2`, ...
-CLIENT_POST = re.compile(r"client-dp-(\d+)(-p\d+)?$")
+# The copy of post N is `client-dp-N-k<tag>` (`client-dp-N` before the ids were keyed; a stand-in
+# `-a<k>` when someone else held the id); a long post's later parts add `-p2`, `-p3`, ...
+CLIENT_POST = re.compile(r"client-dp-(\d+)(?:-a\d+)?(-p\d+)?(?:-k[0-9a-f]{16})?$")
 # Humans of the forum; anyone else posting in a mapped category is the bridge (or its users).
 FORUM_HUMANS = ("carol", "dmitri", "erin")
 
