@@ -567,10 +567,18 @@ class DiscourseToGchat:
             ctx = dataclasses.replace(
                 ctx, topic_seen=max(ctx.topic_seen, event.post.post_number - 1)
             )
-        for action in plan(event, ctx, self._settings):
+        actions = plan(event, ctx, self._settings)
+        for action in actions:
             self._apply(action)
         if isinstance(event, PostEvent) and event.kind == "created":
-            self._store.note_topic_seen(event.post.topic_id, event.post.post_number)
+            post = event.post
+            # `topic_seen` means "every post up to here was handled": it moves only over a
+            # contiguous run (or after a gap fill). A post that skips ahead (one the bridge wrote
+            # from Chat, whose webhook came while an earlier human reply's was lost) must not
+            # hide that gap from the next reply, or the lost reply reaches Chat late, by the pull.
+            contiguous = ctx.topic_seen >= post.post_number - 1
+            if contiguous or any(isinstance(a, FillGap) for a in actions):
+                self._store.note_topic_seen(post.topic_id, post.post_number)
 
     def _pulled_post(self, event: PulledPost) -> DiscoursePost | None:
         with self._pulled_lock:
@@ -777,8 +785,15 @@ class DiscourseToGchat:
             if earlier.post_number >= post.post_number:
                 continue
             logger.info("bridging post %d ahead of its later reply %d", earlier.id, post.id)
-            # A topic read carries no topic context (title, category); the reply does.
-            self._run(PostEvent("created", _context_from(earlier, post)), gap_filled=True)
+            try:
+                # A topic read carries no topic context (title, category); the reply does.
+                self._run(PostEvent("created", _context_from(earlier, post)), gap_filled=True)
+            except (ChatRejected, DiscourseRejected) as exc:
+                # Its own inbox row (webhook or pull) retries it or parks it for `status`; one
+                # refused post must not hold up every later reply of the topic.
+                logger.warning(
+                    "post %d could not go ahead of reply %d: %s", earlier.id, post.id, exc
+                )
 
     def _create(self, action: CreateMessage) -> None:
         post = action.post

@@ -65,3 +65,95 @@ def test_a_reply_whose_webhook_was_lost_still_lands_before_the_later_replies(
     finally:
         bridge.kill()
     assert report.problems == ()
+
+
+def test_a_lost_reply_still_goes_first_when_a_reply_from_chat_came_in_between(
+    world: World,
+) -> None:
+    """Found by `test_crash.py`/`test_faults.py` (full size): the bridge's own post, written from
+    a Chat reply, came back as a webhook while an earlier human reply's webhook was lost; the
+    topic's handled mark jumped over the gap, so the next human reply went to Chat at once and
+    the lost one followed later with the pull."""
+    _people, rooms = setup_rooms(world, 1)
+    files = world.config(mappings(rooms), poll_interval_seconds=2.0)
+    bridge = BridgeProcess(files)
+
+    def deliver(delivery: dict[str, object]) -> None:
+        body = str(delivery["request_body"]).encode()
+        headers = {
+            **dict(delivery["request_headers"]),  # type: ignore[call-overload]
+            "X-Discourse-Event-Signature": signature_for(WEBHOOK_SECRET, body),
+        }
+        answer = requests.post(files.webhook_url, data=body, headers=headers, timeout=10)
+        assert answer.status_code == 200, answer.text
+
+    def created() -> list[dict[str, object]]:
+        return [
+            d
+            for d in world.discourse.control.deliveries()["deliveries"]
+            if d["event_name"] == "post_created"
+        ]
+
+    try:
+        bridge.wait_cycles(1)
+        world.discourse.control.create_webhook("http://127.0.0.1:9/discourse-webhook", secret="x")
+        first = world.discourse.control.create_post(
+            "carol",
+            "Opening post of a topic Chat also answers",
+            title="A topic with replies from both sides",
+            category_id=rooms[0].category,
+        )
+        world.discourse.control.wait_deliveries_idle(10)
+        deliver(created()[0])
+        thread = wait_for(
+            lambda: next(
+                (
+                    m.get("thread", {}).get("name")
+                    for m in world.chat.control.state()["messages"].get(rooms[0].space, [])
+                ),
+                None,
+            ),
+            timeout=20,
+            what="the topic's thread in Chat",
+        )
+        # The catch-up pull fails from here on (as in a crash window), so only webhooks count.
+        world.discourse.control.add_fault(
+            10_000, status=503, method="GET", path_regex=r"^/posts\.json"
+        )
+        # Reply 1, from the forum: its webhook is lost.
+        world.discourse.control.create_post(
+            "dmitri", "Forum reply one, whose webhook is lost", topic_id=first["topic_id"]
+        )
+        # Reply 2, from Chat: the bridge writes it as a post; its webhook comes back.
+        world.chat.control.post_message(
+            rooms[0].space,
+            sender=world.people[0]["name"],
+            text="Chat reply two, in the thread",
+            thread_name=thread,
+        )
+        wait_for(
+            lambda: len(created()) == 3, timeout=30, what="the Chat reply written to the forum"
+        )
+        world.discourse.control.wait_deliveries_idle(10)
+        deliver(created()[2])
+        # Reply 3, from the forum: its webhook arrives.
+        world.discourse.control.create_post(
+            "dmitri", "Forum reply three, whose webhook arrives", topic_id=first["topic_id"]
+        )
+        world.discourse.control.wait_deliveries_idle(10)
+        deliver(created()[3])
+        wait_for(
+            lambda: len(world.chat.control.state()["messages"].get(rooms[0].space, [])) >= 3,
+            timeout=20,
+            what="reply three handled",
+        )
+        world.discourse.control.clear_faults()
+        report = wait_for(
+            lambda: converged(world, rooms, 4), timeout=20, interval=0.5, what="4 items bridged"
+        )
+    except AssertionError as exc:
+        problems = check_room_invariants(world, rooms).problems
+        raise AssertionError("\n".join([str(exc), *problems])) from None
+    finally:
+        bridge.kill()
+    assert report.problems == ()
