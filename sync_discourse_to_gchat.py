@@ -996,12 +996,7 @@ class DiscourseToGchat:
 
 def _context_from(post: DiscoursePost, later: DiscoursePost) -> DiscoursePost:
     """`post` read on its own (no title, category) with the topic context of a later post."""
-    return _with_topic_context(
-        post,
-        post.category_id or later.category_id,
-        post.topic_title or later.topic_title,
-        post.topic_archetype or later.topic_archetype,
-    )
+    return _with_topic_context(post, later.category_id, later.topic_title, later.topic_archetype)
 
 
 def _with_topic_context(

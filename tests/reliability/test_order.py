@@ -8,6 +8,8 @@ replies out of order. This test makes that deterministic: only some deliveries r
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import requests
 
@@ -17,6 +19,17 @@ from tests.reliability.workload import check_room_invariants, converged, mapping
 from webhook_listener import signature_for
 
 pytestmark = pytest.mark.e2e
+
+
+def deliver(webhook_url: str, delivery: dict[str, Any]) -> None:
+    """Hand the bridge one recorded delivery, signed as Discourse would for the bridge's secret."""
+    body = str(delivery["request_body"]).encode()
+    headers = {
+        **delivery["request_headers"],
+        "X-Discourse-Event-Signature": signature_for(WEBHOOK_SECRET, body),
+    }
+    answer = requests.post(webhook_url, data=body, headers=headers, timeout=10)
+    assert answer.status_code == 200, answer.text
 
 
 def test_a_reply_whose_webhook_was_lost_still_lands_before_the_later_replies(
@@ -49,13 +62,7 @@ def test_a_reply_whose_webhook_was_lost_still_lands_before_the_later_replies(
         # The webhooks of the opening post and of reply 3 arrive; those of replies 1 and 2 are
         # lost. Signed as Discourse would have signed them for the bridge's secret.
         for delivery in (created[0], created[3]):
-            body = delivery["request_body"].encode()
-            headers = {
-                **delivery["request_headers"],
-                "X-Discourse-Event-Signature": signature_for(WEBHOOK_SECRET, body),
-            }
-            answer = requests.post(files.webhook_url, data=body, headers=headers, timeout=10)
-            assert answer.status_code == 200, answer.text
+            deliver(files.webhook_url, delivery)
         report = wait_for(
             lambda: converged(world, rooms, 4), timeout=20, interval=0.5, what="4 posts in Chat"
         )
@@ -78,15 +85,6 @@ def test_a_lost_reply_still_goes_first_when_a_reply_from_chat_came_in_between(
     files = world.config(mappings(rooms), poll_interval_seconds=2.0)
     bridge = BridgeProcess(files)
 
-    def deliver(delivery: dict[str, object]) -> None:
-        body = str(delivery["request_body"]).encode()
-        headers = {
-            **dict(delivery["request_headers"]),  # type: ignore[call-overload]
-            "X-Discourse-Event-Signature": signature_for(WEBHOOK_SECRET, body),
-        }
-        answer = requests.post(files.webhook_url, data=body, headers=headers, timeout=10)
-        assert answer.status_code == 200, answer.text
-
     def created() -> list[dict[str, object]]:
         return [
             d
@@ -104,7 +102,7 @@ def test_a_lost_reply_still_goes_first_when_a_reply_from_chat_came_in_between(
             category_id=rooms[0].category,
         )
         world.discourse.control.wait_deliveries_idle(10)
-        deliver(created()[0])
+        deliver(files.webhook_url, created()[0])
         thread = wait_for(
             lambda: next(
                 (
@@ -135,13 +133,13 @@ def test_a_lost_reply_still_goes_first_when_a_reply_from_chat_came_in_between(
             lambda: len(created()) == 3, timeout=30, what="the Chat reply written to the forum"
         )
         world.discourse.control.wait_deliveries_idle(10)
-        deliver(created()[2])
+        deliver(files.webhook_url, created()[2])
         # Reply 3, from the forum: its webhook arrives.
         world.discourse.control.create_post(
             "dmitri", "Forum reply three, whose webhook arrives", topic_id=first["topic_id"]
         )
         world.discourse.control.wait_deliveries_idle(10)
-        deliver(created()[3])
+        deliver(files.webhook_url, created()[3])
         wait_for(
             lambda: len(world.chat.control.state()["messages"].get(rooms[0].space, [])) >= 3,
             timeout=20,
