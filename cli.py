@@ -33,13 +33,13 @@ import stat
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol, TextIO
 from urllib.parse import urlsplit
 
+from checks import CheckResult, warning
 from config_loader import Config, ConfigError, SpaceMapping
 from db import StatusKey, Store
 from discourse_client import (
@@ -49,6 +49,12 @@ from discourse_client import (
     DiscourseNotFound,
     DiscourseUnavailable,
     DiscourseWebhook,
+)
+from events_setup import (
+    PUBSUB_SCOPE,
+    PUBSUB_SCOPE_ALTERNATIVES,
+    check_events,
+    status_lines,
 )
 from google_chat_client import (
     ChatAuthError,
@@ -163,10 +169,18 @@ def needed_events(config: Config) -> tuple[str, ...]:
     return POST_EVENTS + (CHAT_EVENTS if has_dm else ())
 
 
-def missing_scopes(granted: Sequence[str]) -> list[str]:
+def auth_scopes(config: Config) -> tuple[str, ...]:
+    """What `auth` asks for: the Chat scopes, and Pub/Sub's when events are configured."""
+    return CHAT_SCOPES + ((PUBSUB_SCOPE,) if config.google.events is not None else ())
+
+
+def missing_scopes(granted: Sequence[str], *, events: bool = False) -> list[str]:
     """The bridge's scopes that `granted` does not cover (pure)."""
     have = set(granted)
-    return [scope for scope in CHAT_SCOPES if not have.intersection(_SCOPE_ALTERNATIVES[scope])]
+    missing = [s for s in CHAT_SCOPES if not have.intersection(_SCOPE_ALTERNATIVES[s])]
+    if events and not have.intersection(PUBSUB_SCOPE_ALTERNATIVES):
+        missing.append(PUBSUB_SCOPE)
+    return missing
 
 
 def _mapping_label(mapping: SpaceMapping, store: Store | None = None) -> str:
@@ -241,7 +255,9 @@ def run_auth(
         )
         return EXIT_CREDENTIALS
     try:
-        flow = InstalledAppFlow.from_client_secrets_file(str(secrets), scopes=list(CHAT_SCOPES))
+        flow = InstalledAppFlow.from_client_secrets_file(
+            str(secrets), scopes=list(auth_scopes(config))
+        )
     except ValueError as exc:
         _say(out, f"{FAIL} {secrets} is not an installed-app OAuth client file: {exc}")
         _say(out, "  fix: download the JSON of a 'Desktop app' OAuth client again")
@@ -257,7 +273,8 @@ def run_auth(
         )
     else:
         prompt = "Your browser should open; if not, open this URL:\n\n    {url}\n"
-    _say(out, f"Asking Google for: {', '.join(s.removeprefix(_AUTH) for s in CHAT_SCOPES)}")
+    names = ", ".join(s.removeprefix(_AUTH) for s in auth_scopes(config))
+    _say(out, f"Asking Google for: {names}")
     credentials = flow.run_local_server(
         host=host,
         port=port,
@@ -321,20 +338,6 @@ def run_spaces(config: Config, *, out: TextIO = sys.stdout) -> int:
 
 
 # ----------------------------------------------------------------------------------------- check
-
-
-@dataclass(frozen=True, slots=True)
-class CheckResult:
-    """One line of `check`: what was checked, whether it passed, and how to fix it if not."""
-
-    ok: bool
-    what: str
-    fix: str = ""
-    warning: bool = False  # with ok=True: the bridge works, but something is exposed
-
-
-def warning(what: str, fix: str) -> CheckResult:
-    return CheckResult(True, what, fix, warning=True)
 
 
 def print_result(result: CheckResult, out: TextIO) -> None:
@@ -433,8 +436,9 @@ def check_discourse(config: Config, discourse: DiscourseClient) -> Iterator[Chec
         yield CheckResult(True, f"mappings[{index}]: category {category_id} ({category.name})")
 
 
-def check_google(config: Config) -> Iterator[CheckResult]:
-    """Token present with the needed scopes and accepted; each mapped space readable."""
+def check_google(config: Config, *, fix: bool = False) -> Iterator[CheckResult]:
+    """Token present with the needed scopes and accepted; each mapped space readable; with
+    events on, the Pub/Sub topic and subscriptions (created by `fix`)."""
     token_file = config.google.token_file
     fix_auth = "run: python main.py auth"
     try:
@@ -446,7 +450,7 @@ def check_google(config: Config) -> Iterator[CheckResult]:
     if not granted:
         yield CheckResult(True, f"Google token {token_file} (it lists no scopes to compare)")
     else:
-        missing = missing_scopes(granted)
+        missing = missing_scopes(granted, events=config.google.events is not None)
         if missing:
             names = ", ".join(s.removeprefix(_AUTH) for s in missing)
             yield CheckResult(False, f"Google token lacks the scopes {names}", fix_auth)
@@ -466,6 +470,8 @@ def check_google(config: Config) -> Iterator[CheckResult]:
     yield CheckResult(True, "Google accepted the token")
     for index, mapping in enumerate(config.mappings):
         yield _check_space(chat, index, mapping)
+    if config.google.events is not None:
+        yield from check_events(config, credentials, fix=fix)
 
 
 def _check_space(chat: GoogleChatClient, index: int, mapping: SpaceMapping) -> CheckResult:
@@ -654,7 +660,7 @@ def run_check(config: Config, *, fix: bool = False, out: TextIO = sys.stdout) ->
         for result in check_discourse(config, discourse):
             report(result)
             discourse_ok = discourse_ok and result.ok
-        for result in check_google(config):
+        for result in check_google(config, fix=fix):
             report(result)
         if discourse_ok:
             for result in check_webhook(config, discourse, fix=fix):
@@ -695,6 +701,9 @@ def run_status(config: Config, *, out: TextIO = sys.stdout) -> int:
                 or store.chat_poll_state(space, "dm").last_message_time
             )
             _say(out, f"      last message read: {cursor or 'none yet'}")
+            if config.google.events is not None:
+                for line in status_lines(store, space, datetime.now(UTC)):
+                    _say(out, line)
         high_water = store.discourse_high_water()
         _say(out, f"Discourse posts seen up to id: {high_water or 'none yet'}")
         _say(out, "Last poll: " + _last_poll_text(store.get_status(StatusKey.LAST_POLL)))

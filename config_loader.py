@@ -89,10 +89,25 @@ class DiscourseConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EventsConfig:
+    """Real-time Chat → Discourse: Workspace Events subscriptions delivered to a Pub/Sub topic."""
+
+    pubsub_topic: str  # projects/{project}/topics/{topic}
+    pubsub_subscription: str  # projects/{project}/subscriptions/{subscription} (pull)
+    workspace_events_endpoint: str | None = None  # another base URL (an emulator), or None
+    pubsub_endpoint: str | None = None
+
+    @property
+    def project(self) -> str:
+        return self.pubsub_topic.split("/")[1]
+
+
+@dataclass(frozen=True, slots=True)
 class GoogleConfig:
     credentials_file: Path
     token_file: Path
     api_endpoint: str | None = None  # base URL without a trailing slash, or None for Google
+    events: EventsConfig | None = None  # None: Chat → Discourse by polling only
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,7 +392,18 @@ _DISCOURSE_KEYS = (
     "allow_unsigned_webhooks",
     "timeout_seconds",
 )
-_GOOGLE_KEYS = ("credentials_file", "token_file", "api_endpoint")
+_GOOGLE_KEYS = ("credentials_file", "token_file", "api_endpoint", "events")
+_EVENTS_KEYS = (
+    "pubsub_topic",
+    "pubsub_subscription",
+    "workspace_events_endpoint",
+    "pubsub_endpoint",
+)
+# Pub/Sub resource names: a project id, then a topic or subscription id of 3 to 255 characters
+# that starts with a letter (Pub/Sub's resource-name rules; "goog" prefixes are Google's own).
+_PUBSUB_NAME = (
+    r"projects/[a-z][a-z0-9-]{{4,28}}[a-z0-9]/{kind}/(?!goog)[A-Za-z][A-Za-z0-9._~+%-]{{2,254}}"
+)
 REFUSED_AUTHOR_ACTIONS = ("park", "post_as_bridge")
 MAX_RETENTION_DAYS = 3650
 _SYNC_KEYS = (
@@ -477,9 +503,62 @@ def _google(problems: list[str], data: Mapping[str, Any], base: Path) -> Any:
         how_to_fix='add where `python main.py auth` keeps the token, e.g. "token.json"',
     )
     endpoint = c.url("api_endpoint", None, allow_null=True)
-    if _MISSING in (credentials, token, endpoint):
+    events = _events(problems, data.get("events"))
+    if _MISSING in (credentials, token, endpoint, events):
         return None
-    return GoogleConfig(credentials_file=credentials, token_file=token, api_endpoint=endpoint)
+    return GoogleConfig(
+        credentials_file=credentials, token_file=token, api_endpoint=endpoint, events=events
+    )
+
+
+def _events(problems: list[str], data: object) -> Any:
+    """`google.events`: absent or null turns events off (poll only)."""
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        problems.append(
+            f"google.events: must be a mapping of keys or null, got {_type_name(data)}; "
+            "indent pubsub_topic and pubsub_subscription under it, or remove it to poll only"
+        )
+        return _MISSING
+    c = _Checker(problems, "google.events", data)
+    c.check_unknown(_EVENTS_KEYS)
+    names = {}
+    for key, kind, example in (
+        ("pubsub_topic", "topics", "projects/my-project/topics/gchat-discourse"),
+        (
+            "pubsub_subscription",
+            "subscriptions",
+            "projects/my-project/subscriptions/gchat-discourse",
+        ),
+    ):
+        value = c.string(key, how_to_fix=f'add it, e.g. "{example}"')
+        if isinstance(value, str) and not re.fullmatch(_PUBSUB_NAME.format(kind=kind), value):
+            c.add(key, f'{value!r} is not a Pub/Sub {kind[:-1]} name; write it like "{example}"')
+            value = _MISSING
+        names[key] = value
+    topic, subscription = names["pubsub_topic"], names["pubsub_subscription"]
+    if (
+        isinstance(topic, str)
+        and isinstance(subscription, str)
+        and topic.split("/")[1] != subscription.split("/")[1]
+    ):
+        c.add(
+            "pubsub_subscription",
+            f"is in project {subscription.split('/')[1]!r} but the topic is in "
+            f"{topic.split('/')[1]!r}; put both in the project of the Chat app",
+        )
+        subscription = _MISSING
+    workspace = c.url("workspace_events_endpoint", None, allow_null=True)
+    pubsub = c.url("pubsub_endpoint", None, allow_null=True)
+    if _MISSING in (topic, subscription, workspace, pubsub):
+        return _MISSING
+    return EventsConfig(
+        pubsub_topic=topic,
+        pubsub_subscription=subscription,
+        workspace_events_endpoint=workspace,
+        pubsub_endpoint=pubsub,
+    )
 
 
 def _initial_history(c: _Checker) -> Any:

@@ -64,7 +64,9 @@ __all__ = [
     "MIGRATIONS",
     "ROW_LIFETIME_FACTOR",
     "ChatMessageLink",
+    "ChatMessageVersion",
     "ChatPollState",
+    "ChatSubscriptionState",
     "DmChannelState",
     "Failure",
     "InboxEvent",
@@ -416,6 +418,29 @@ def _add_client_id_key(conn: sqlite3.Connection) -> None:
     )
 
 
+_SCHEMA_V5 = """
+CREATE TABLE chat_subscription (
+    gchat_space_name TEXT PRIMARY KEY,
+    subscription_name TEXT,
+    state TEXT NOT NULL,
+    suspension_reason TEXT,
+    expire_time TEXT,
+    events_seen_until TEXT,
+    replay_due INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at TEXT,
+    last_error TEXT,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE chat_message_version (
+    gchat_message_name TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    updated_at TEXT NOT NULL
+);
+"""
+
+
 # Ordered (version, description, step): a step is SQL, or a function run on the connection in
 # the migration's transaction (for data SQL cannot parse). Append only: never edit a released
 # step, add a new one.
@@ -428,6 +453,7 @@ MIGRATIONS: tuple[tuple[int, str, str | Callable[[sqlite3.Connection], None]], .
         "ALTER TABLE post_version ADD COLUMN discourse_updated_at TEXT;",
     ),
     (4, "a secret key for the client-assigned ids of Chat messages", _add_client_id_key),
+    (5, "Workspace Events subscriptions and the Chat message versions events brought", _SCHEMA_V5),
 )
 
 
@@ -460,6 +486,21 @@ def _ts(moment: datetime) -> str:
 
 def _dt(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def _subscription_state(row: sqlite3.Row) -> ChatSubscriptionState:
+    return ChatSubscriptionState(
+        gchat_space_name=row["gchat_space_name"],
+        state=row["state"],
+        subscription_name=row["subscription_name"],
+        suspension_reason=row["suspension_reason"],
+        expire_time=_opt_dt(row["expire_time"]),
+        events_seen_until=_opt_dt(row["events_seen_until"]),
+        replay_due=bool(row["replay_due"]),
+        attempts=int(row["attempts"]),
+        next_attempt_at=_opt_dt(row["next_attempt_at"]),
+        last_error=row["last_error"],
+    )
 
 
 def _opt_dt(text: str | None) -> datetime | None:
@@ -563,6 +604,38 @@ class ChatPollState:
         if last_active_time is None:
             return self.never_active
         return self.last_active_time == last_active_time
+
+
+@dataclass(frozen=True, slots=True)
+class ChatSubscriptionState:
+    """The bridge's Workspace Events subscription of one mapped space, as it last knew it.
+
+    `state` is Google's (ACTIVE, SUSPENDED) or the bridge's own: PENDING (to be created),
+    EXPIRED (gone at its expireTime: to be created again), FAILED (creating or reactivating it
+    failed: retried at `next_attempt_at`). `events_seen_until` is the time up to which the
+    space's events are known handled: a replay (`spaceEvents.list`) starts there, and is due
+    when `replay_due` (start, after a suspension or expiry).
+    """
+
+    gchat_space_name: str
+    state: str
+    subscription_name: str | None = None
+    suspension_reason: str | None = None
+    expire_time: datetime | None = None
+    events_seen_until: datetime | None = None
+    replay_due: bool = False
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessageVersion:
+    """The newest version of a Chat message the bridge has acted on (events arrive in any
+    order and more than once): its lastUpdateTime, else its createTime; deleted is final."""
+
+    version: datetime
+    deleted: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -1254,6 +1327,73 @@ class Store:
         """Insert a row of ``keys`` or update its ``values`` (and updated_at)."""
         row = {**values, "updated_at": self._now()}
         self._write(_upsert_sql(table, list(keys), list(row)), (*keys.values(), *row.values()))
+
+    # Workspace Events subscriptions (one per mapped space) and message versions.
+
+    def chat_subscription(self, gchat_space_name: str) -> ChatSubscriptionState | None:
+        row = self._one(
+            "SELECT * FROM chat_subscription WHERE gchat_space_name = ?", (gchat_space_name,)
+        )
+        return None if row is None else _subscription_state(row)
+
+    def chat_subscriptions(self) -> list[ChatSubscriptionState]:
+        rows = self._all("SELECT * FROM chat_subscription ORDER BY gchat_space_name")
+        return [_subscription_state(row) for row in rows]
+
+    def save_chat_subscription(self, sub: ChatSubscriptionState) -> None:
+        def opt(moment: datetime | None) -> str | None:
+            return None if moment is None else _ts(moment)
+
+        self._upsert(
+            "chat_subscription",
+            {"gchat_space_name": sub.gchat_space_name},
+            {
+                "subscription_name": sub.subscription_name,
+                "state": sub.state,
+                "suspension_reason": sub.suspension_reason,
+                "expire_time": opt(sub.expire_time),
+                "events_seen_until": opt(sub.events_seen_until),
+                "replay_due": int(sub.replay_due),
+                "attempts": sub.attempts,
+                "next_attempt_at": opt(sub.next_attempt_at),
+                "last_error": sub.last_error,
+            },
+        )
+
+    def delete_chat_subscription(self, gchat_space_name: str) -> None:
+        self._write(
+            "DELETE FROM chat_subscription WHERE gchat_space_name = ?", (gchat_space_name,)
+        )
+
+    def chat_message_version(self, gchat_message_name: str) -> ChatMessageVersion | None:
+        row = self._one(
+            "SELECT version, deleted FROM chat_message_version WHERE gchat_message_name = ?",
+            (gchat_message_name,),
+        )
+        if row is None:
+            return None
+        return ChatMessageVersion(_dt(row["version"]), bool(row["deleted"]))
+
+    def set_chat_message_version(
+        self, gchat_message_name: str, version: datetime, *, deleted: bool = False
+    ) -> None:
+        """Remember that `version` of a message was acted on; never moves back, and a deletion
+        stays (an older event arriving late must not undo a newer one)."""
+        with self.transaction():
+            known = self.chat_message_version(gchat_message_name)
+            if known is not None and (known.deleted or (known.version >= version and not deleted)):
+                return
+            self._upsert(
+                "chat_message_version",
+                {"gchat_message_name": gchat_message_name},
+                {"version": _ts(version), "deleted": int(deleted)},
+            )
+
+    def expire_chat_message_versions(self, older_than: timedelta) -> int:
+        """Forget versions recorded longer ago than Chat keeps events (they can no longer be
+        redelivered or replayed); returns how many rows went."""
+        cutoff = _ts(self._clock() - older_than)
+        return self._write("DELETE FROM chat_message_version WHERE updated_at < ?", (cutoff,))
 
     # Chat polls (room and DM): where each stands in a space.
 

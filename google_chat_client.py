@@ -84,10 +84,24 @@ MARKUP_SYNTAX = "MARKUP_SYNTAX_CHAT"
 # The API's root (the discovery document's `rootUrl`); `api_endpoint` replaces it.
 CHAT_ROOT_URL = "https://chat.googleapis.com/"
 # Space event types of message edits and deletions (spaces.spaceEvents; batch forms arrive too).
+MESSAGE_CREATED = "google.workspace.chat.message.v1.created"
 MESSAGE_UPDATED = "google.workspace.chat.message.v1.updated"
 MESSAGE_DELETED = "google.workspace.chat.message.v1.deleted"
+MESSAGE_BATCH_CREATED = "google.workspace.chat.message.v1.batchCreated"
 MESSAGE_BATCH_UPDATED = "google.workspace.chat.message.v1.batchUpdated"
 MESSAGE_BATCH_DELETED = "google.workspace.chat.message.v1.batchDeleted"
+# Event type -> (kind, is a batch) for the message events SpaceMessageEvent reads.
+_MESSAGE_EVENT_KINDS: Mapping[str, tuple[str, bool]] = {
+    MESSAGE_CREATED: ("created", False),
+    MESSAGE_UPDATED: ("updated", False),
+    MESSAGE_DELETED: ("deleted", False),
+    MESSAGE_BATCH_CREATED: ("created", True),
+    MESSAGE_BATCH_UPDATED: ("updated", True),
+    MESSAGE_BATCH_DELETED: ("deleted", True),
+}
+# spaces.spaceEvents.list reaches back 28 days; a start a minute inside that window is still
+# inside it when the request arrives (and when our clock runs a little ahead of Google's).
+SPACE_EVENT_WINDOW = timedelta(days=28) - timedelta(minutes=1)
 # messageId rules from the discovery doc: "client-" prefix, <= 63 chars of [a-z0-9-].
 _CLIENT_MESSAGE_ID = re.compile(r"^client-[a-z0-9-]{1,56}$")
 _RFC3339 = re.compile(
@@ -435,6 +449,80 @@ class ChatMessageChange:
         return tuple(changes)
 
 
+@dataclass(frozen=True, slots=True)
+class SpaceMessageEvent:
+    """One message created, edited or deleted, from a space event or a Workspace Events
+    CloudEvent: what happened, to which message, and when.
+
+    `message` is the payload: the message's *latest* version when the event was read (Google
+    sends the latest, not the version of the moment), and for a deletion a tombstone with
+    `delete_time` = `event_time` (see `ChatMessageChange.tombstone`). Event payloads carry
+    `formattedText` in the app's default markup syntax, not necessarily `MARKUP_SYNTAX`: fetch the
+    message with `get_message` before converting its markup.
+    """
+
+    kind: str  # "created" | "updated" | "deleted"
+    message: ChatMessage
+    event_time: datetime
+
+    @classmethod
+    def from_cloud_event(
+        cls, event_type: str, data: Mapping[str, Any], event_time: datetime
+    ) -> tuple[SpaceMessageEvent, ...]:
+        """The message events of one event's JSON `data` (`MessageCreatedEventData`,
+        `{"message": {...}}`, or a batch `{"messages": [{"message": {...}}, ...]}`); () for
+        other event types.
+
+        A created/updated payload without `createTime` (a subscription without
+        `includeResource` sends only the name) cannot be a ChatMessage: it is skipped, logged.
+        """
+        kind_and_batch = _MESSAGE_EVENT_KINDS.get(event_type)
+        if kind_and_batch is None:
+            return ()
+        kind, batch = kind_and_batch
+        if batch:
+            items = data.get("messages")
+            payloads = list(items) if isinstance(items, list) else []
+        else:
+            payloads = [data]
+        events: list[SpaceMessageEvent] = []
+        for payload in payloads:
+            message = payload.get("message") if isinstance(payload, Mapping) else None
+            if not isinstance(message, Mapping) or not message.get("name"):
+                continue
+            if kind == "deleted":
+                change = ChatMessageChange(
+                    str(message["name"]), True, event_time, str(message.get("createTime") or "")
+                )
+                events.append(cls(kind, change.tombstone(), event_time))
+            elif not message.get("createTime"):
+                logger.warning(
+                    "%s event for %s carries no message (only its name): skipped",
+                    kind,
+                    message["name"],
+                )
+            else:
+                events.append(cls(kind, ChatMessage.from_api(message), event_time))
+        return tuple(events)
+
+    @classmethod
+    def from_space_event(cls, data: Mapping[str, Any]) -> tuple[SpaceMessageEvent, ...]:
+        """The message events of one `SpaceEvent` (spaces.spaceEvents); () for other types."""
+        event_type = str(data.get("eventType") or "")
+        kind_and_batch = _MESSAGE_EVENT_KINDS.get(event_type)
+        if kind_and_batch is None:
+            return ()
+        kind, batch = kind_and_batch
+        # The payload field is named for the type: messageCreatedEventData,
+        # messageBatchDeletedEventData, ...
+        field = f"message{'Batch' if batch else ''}{kind.capitalize()}EventData"
+        payload = data.get(field)
+        if not isinstance(payload, Mapping):
+            return ()
+        when = parse_rfc3339(str(data.get("eventTime") or ""))
+        return cls.from_cloud_event(event_type, payload, when)
+
+
 # --------------------------------------------------------------------------------------------
 # Exceptions
 # --------------------------------------------------------------------------------------------
@@ -525,25 +613,88 @@ class ChatAuthError(ChatError):
         super().__init__(message, **kw)
 
 
-def _google_error(content: bytes) -> tuple[str | None, str | None, list[str]]:
-    """(status, message, detail reasons) out of Google's `{"error": {...}}` body, if any."""
+# google.rpc.Code numbers -> names: an Operation's `error` (a google.rpc.Status) carries only the
+# number, where an HTTP error body also spells the name.
+RPC_CODE_NAMES: Mapping[int, str] = {
+    1: "CANCELLED",
+    2: "UNKNOWN",
+    3: "INVALID_ARGUMENT",
+    4: "DEADLINE_EXCEEDED",
+    5: "NOT_FOUND",
+    6: "ALREADY_EXISTS",
+    7: "PERMISSION_DENIED",
+    8: "RESOURCE_EXHAUSTED",
+    9: "FAILED_PRECONDITION",
+    10: "ABORTED",
+    11: "OUT_OF_RANGE",
+    12: "UNIMPLEMENTED",
+    13: "INTERNAL",
+    14: "UNAVAILABLE",
+    15: "DATA_LOSS",
+    16: "UNAUTHENTICATED",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class GoogleErrorBody:
+    """Google's error payload: the `error` object of an HTTP error body, or the `error` (a
+    google.rpc.Status) of a finished long-running operation. Shared by the Google clients.
+
+    `status` is the status name (`NOT_FOUND`; derived from `code` when only the number is
+    given), `reasons` the `reason`s of the `details` (ErrorInfo) and of a legacy `errors`
+    array, in order, and `details` the raw detail objects (ErrorInfo metadata, ResourceInfo, ...)
+    for callers that look deeper.
+    """
+
+    code: int | None
+    status: str | None
+    message: str | None
+    reasons: tuple[str, ...]
+    details: tuple[Mapping[str, Any], ...]
+
+    @property
+    def reason(self) -> str | None:
+        """The first reason given, if any (e.g. ACCESS_TOKEN_SCOPE_INSUFFICIENT)."""
+        return self.reasons[0] if self.reasons else None
+
+    @classmethod
+    def from_status(cls, error: Mapping[str, Any]) -> GoogleErrorBody:
+        """Parse the `error` object itself (`{code, message, status?, details?}`)."""
+        items = [
+            item
+            for item in list(error.get("details") or []) + list(error.get("errors") or [])
+            if isinstance(item, Mapping)
+        ]
+        reasons = tuple(str(i["reason"]) for i in items if isinstance(i.get("reason"), str))
+        code = error.get("code")
+        code = code if isinstance(code, int) and not isinstance(code, bool) else None
+        status = error.get("status") if isinstance(error.get("status"), str) else None
+        if status is None and code is not None:
+            status = RPC_CODE_NAMES.get(code)
+        message = error.get("message") if isinstance(error.get("message"), str) else None
+        return cls(code, status, message, reasons, tuple(items))
+
+
+def parse_google_error(content: bytes) -> GoogleErrorBody:
+    """Google's `{"error": {...}}` HTTP error body, parsed; all fields empty if it is not one."""
     try:
         body = json.loads(content.decode("utf-8"))
     except (ValueError, UnicodeDecodeError):
-        return None, None, []
+        body = None
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
-        return None, None, []
-    reasons: list[str] = []
-    for item in list(error.get("details") or []) + list(error.get("errors") or []):
-        if isinstance(item, dict) and isinstance(item.get("reason"), str):
-            reasons.append(item["reason"])
-    status = error.get("status") if isinstance(error.get("status"), str) else None
-    message = error.get("message") if isinstance(error.get("message"), str) else None
-    return status, message, reasons
+        return GoogleErrorBody(None, None, None, (), ())
+    return GoogleErrorBody.from_status(error)
 
 
-def _retry_after(resp: Any) -> float | None:
+def _google_error(content: bytes) -> tuple[str | None, str | None, list[str]]:
+    """(status, message, detail reasons) out of Google's `{"error": {...}}` body, if any."""
+    parsed = parse_google_error(content)
+    return parsed.status, parsed.message, list(parsed.reasons)
+
+
+def retry_after_seconds(resp: Any) -> float | None:
+    """The `Retry-After` of an httplib2 response in seconds (None if absent or an HTTP-date)."""
     value = resp.get("retry-after") if resp is not None else None
     if value is None:
         return None
@@ -551,6 +702,9 @@ def _retry_after(resp: Any) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None  # an HTTP-date: rare; fall back to our own backoff
+
+
+_retry_after = retry_after_seconds
 
 
 def _to_chat_error(exc: BaseException, method: str, path: str) -> ChatError:
@@ -893,17 +1047,30 @@ class _CappedSink(io.RawIOBase):
 # --------------------------------------------------------------------------------------------
 
 
+def bundled_discovery_document(
+    api: str, version: str = "v1", *, api_endpoint: str | None = None
+) -> dict[str, Any]:
+    """googleapiclient's bundled discovery doc of `api`, with every URL root (`rootUrl`,
+    `mtlsRootUrl`, `baseUrl`) pointed at `api_endpoint` when one is given.
+
+    Rewriting the document rather than passing `client_options.api_endpoint` also moves media
+    uploads, which the option leaves on https (module docstring). No network is involved.
+    """
+    raw = discovery_cache.get_static_doc(api, version)
+    if raw is None:  # pragma: no cover - the documents ship with google-api-python-client
+        raise RuntimeError(f"googleapiclient has no bundled {api}.{version} discovery document")
+    doc: dict[str, Any] = json.loads(raw)
+    if api_endpoint:
+        root = api_endpoint.rstrip("/") + "/"
+        doc["rootUrl"] = root
+        doc["mtlsRootUrl"] = root
+        doc["baseUrl"] = root + str(doc.get("servicePath") or "")
+    return doc
+
+
 def _chat_discovery_document(api_endpoint: str) -> dict[str, Any]:
     """The bundled chat.v1 discovery doc with every URL root pointed at `api_endpoint`."""
-    raw = discovery_cache.get_static_doc("chat", "v1")
-    if raw is None:  # pragma: no cover - the document ships with google-api-python-client
-        raise RuntimeError("googleapiclient has no bundled chat.v1 discovery document")
-    doc: dict[str, Any] = json.loads(raw)
-    root = api_endpoint.rstrip("/") + "/"
-    doc["rootUrl"] = root
-    doc["mtlsRootUrl"] = root
-    doc["baseUrl"] = root + str(doc.get("servicePath") or "")
-    return doc
+    return bundled_discovery_document("chat", "v1", api_endpoint=api_endpoint)
 
 
 class GoogleChatClient:
@@ -1186,6 +1353,49 @@ class GoogleChatClient:
             token = body.get("nextPageToken") or None
             if not token:
                 return
+
+    def list_message_events(self, space_name: str, *, since: datetime) -> list[SpaceMessageEvent]:
+        """Messages created, edited and deleted in a space after `since`: oldest first, all pages.
+
+        `spaces.spaceEvents.list`: the catch-up for what a Workspace Events subscription may have
+        missed. Batch events Google returns are expanded to one record per message. The API
+        refuses a start older than 28 days, so an older `since` is moved up to 28 days (less a
+        minute) ago: what happened before that is beyond its reach anyway.
+        """
+        floor = datetime.now(UTC) - SPACE_EVENT_WINDOW
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+        if since < floor:
+            logger.info(
+                "catch-up of %s starts at %s, not %s: space events reach back 28 days",
+                space_name,
+                format_rfc3339(floor),
+                format_rfc3339(since),
+            )
+            since = floor
+        types = " OR ".join(
+            f'event_types:"{t}"' for t in (MESSAGE_CREATED, MESSAGE_UPDATED, MESSAGE_DELETED)
+        )
+        params: dict[str, Any] = {
+            "parent": space_name,
+            "pageSize": MAX_PAGE_SIZE,
+            "filter": f'start_time="{format_rfc3339(since)}" AND ({types})',
+        }
+        events: list[SpaceMessageEvent] = []
+        token: str | None = None
+        while True:
+            page_params = dict(params, pageToken=token) if token else params
+            body = self._call(partial(self._list_space_events_page, page_params)) or {}
+            for data in body.get("spaceEvents") or ():
+                if isinstance(data, Mapping):
+                    events.extend(SpaceMessageEvent.from_space_event(data))
+            token = body.get("nextPageToken") or None
+            if not token:
+                break
+        # Google lists oldest first; a stable sort keeps that order for equal times and guards
+        # the promise should pages ever overlap in time.
+        events.sort(key=lambda event: event.event_time)
+        return events
 
     def _list_space_events_page(self, params: dict[str, Any]) -> HttpRequest:
         """`spaces.spaceEvents.list` as the resource would send it (GET, JSON, query string)."""

@@ -27,11 +27,13 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 
 import cli
+from chat_events import SUSPENDED, EventPuller, SubscriptionKeeper
 from config_loader import Config, ConfigError, load_config
 from db import StatusKey, Store
 from deps import Deps
 from discourse_client import DiscourseClient
-from google_chat_client import ChatAuthError, GoogleChatClient
+from google_chat_client import ChatAuthError, GoogleChatClient, SpaceMessageEvent, load_token_file
+from google_events_client import PubSubClient, WorkspaceEventsClient
 from inbox import (
     ChatMessageEvent,
     DiscourseEvent,
@@ -41,7 +43,7 @@ from inbox import (
     Scope,
 )
 from metrics import BridgeMetrics
-from spaces import SpaceListing
+from spaces import EventOutcome, SpaceListing
 from sync_discourse_to_gchat import DiscourseToGchat
 from sync_dm import DmSync
 from sync_gchat_to_discourse import GchatToDiscourse
@@ -51,6 +53,9 @@ from webhook_listener import Readiness, WebhookConfigError, WebhookServer, creat
 logger = logging.getLogger("gchat_discourse")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# How often the subscription keeper looks for due work (renewals, retries, replays); a tick
+# with nothing due reads the store only.
+KEEPER_TICK_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,17 @@ class Runtime:
     dms: DmSync
     inbox: Inbox
     worker: InboxWorker
+    events: EventsRuntime | None = None  # None: Chat → Discourse by polling only
+
+
+@dataclass(frozen=True, slots=True)
+class EventsRuntime:
+    """Real-time Chat → Discourse (`google.events`): the subscriptions and the puller."""
+
+    keeper: SubscriptionKeeper
+    puller: EventPuller
+    workspace_events: WorkspaceEventsClient
+    pubsub: PubSubClient
 
 
 class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
@@ -116,9 +132,9 @@ def build_runtime(config: Config, stop: threading.Event) -> Runtime:
         # a 60 s Retry-After; the loops check `stop` between items.
         stop.wait(seconds)
 
-    chat = GoogleChatClient.from_token_file(
-        config.google.token_file, api_endpoint=config.google.api_endpoint, sleep=sleep
-    )
+    # One credentials object for every Google API: one refresh, one token file.
+    credentials = load_token_file(config.google.token_file)
+    chat = GoogleChatClient(credentials, api_endpoint=config.google.api_endpoint, sleep=sleep)
     discourse = DiscourseClient(
         config.discourse.url,
         config.discourse.api_key,
@@ -153,16 +169,25 @@ def build_runtime(config: Config, stop: threading.Event) -> Runtime:
             d2g.handle_event(event)
 
     worker = InboxWorker(inbox, store, handle, max_attempts=config.sync.max_attempts, stop=stop)
+    events = build_events(config, deps, credentials, g2d, dms, sleep)
     metrics = BridgeMetrics()
     metrics.watch(
         inbox_depth=store.inbox_depth,
         dead_letters=lambda: len(store.dead_events()),
         parked=lambda: len(store.parked_items()),
-        requests=lambda: {"discourse": discourse.request_count, "google_chat": chat.request_count},
+        requests=lambda: requests_sent(discourse, chat, events),
         rate_limited=lambda: {
             "discourse": discourse.rate_limited_count,
             "google_chat": chat.rate_limited_count,
         },
+        subscriptions=(
+            None
+            if events is None
+            else lambda: [
+                (s.gchat_space_name, s.state, s.suspension_reason or "")
+                for s in store.chat_subscriptions()
+            ]
+        ),
     )
     return Runtime(
         config,
@@ -177,7 +202,78 @@ def build_runtime(config: Config, stop: threading.Event) -> Runtime:
         dms,
         inbox,
         worker,
+        events,
     )
+
+
+def requests_sent(
+    discourse: DiscourseClient, chat: GoogleChatClient, events: EventsRuntime | None
+) -> dict[str, int]:
+    sent = {"discourse": discourse.request_count, "google_chat": chat.request_count}
+    if events is not None:
+        sent["workspace_events"] = events.workspace_events.request_count
+        sent["pubsub"] = events.pubsub.request_count
+    return sent
+
+
+def build_events(
+    config: Config,
+    deps: Deps,
+    credentials: Any,
+    g2d: GchatToDiscourse,
+    dms: DmSync,
+    sleep: Callable[[float], None],
+) -> EventsRuntime | None:
+    """The Workspace Events side, when `google.events` is configured."""
+    settings = config.google.events
+    if settings is None:
+        return None
+    workspace_events = WorkspaceEventsClient(
+        credentials, api_endpoint=settings.workspace_events_endpoint, sleep=sleep
+    )
+    pubsub = PubSubClient(credentials, api_endpoint=settings.pubsub_endpoint, sleep=sleep)
+
+    def handle(space_name: str, events: Sequence[SpaceMessageEvent]) -> EventOutcome:
+        # Rooms belong to the room poll's handler, DMs to the DM sync's; neither: acknowledged.
+        outcome = g2d.handle_events(space_name, events)
+        if outcome is EventOutcome.IGNORED:
+            outcome = dms.handle_events(space_name, events)
+        if outcome is EventOutcome.IGNORED:
+            logger.info("events of %s ignored: the space is not mapped", space_name)
+        return outcome
+
+    keeper = SubscriptionKeeper(
+        config=settings,
+        spaces=lambda: [m.google_space_id for m in config.mappings],
+        store=deps.store,
+        events=workspace_events,
+        chat=deps.chat,
+        handle=handle,
+        clock=deps.clock,
+    )
+    puller = EventPuller(
+        pubsub=pubsub,
+        subscription=settings.pubsub_subscription,
+        handle=handle,
+        on_lifecycle=keeper.on_lifecycle,
+        on_seen=keeper.seen,
+        stop=deps.stop,
+    )
+    return EventsRuntime(keeper, puller, workspace_events, pubsub)
+
+
+def run_keeper(keeper: SubscriptionKeeper, stop: threading.Event) -> None:
+    """The subscriptions' thread: check them once, then do what is due every tick."""
+    try:
+        keeper.start()
+    except Exception:  # boundary: the ticks below retry whatever failed here
+        logger.exception("checking the Workspace Events subscriptions failed")
+    while not stop.is_set():
+        try:
+            keeper.tick()
+        except Exception:  # boundary: a failed tick must not end the thread
+            logger.exception("subscription upkeep failed")
+        stop.wait(KEEPER_TICK_SECONDS)
 
 
 def poll_job(runtime: Runtime) -> None:
@@ -261,6 +357,12 @@ def readiness(runtime: Runtime) -> Readiness:
     cycle_error = runtime.store.get_status(StatusKey.CYCLE_ERROR)
     if cycle_error:
         reasons.append(f"last cycle failed: {cycle_error}")
+    for sub in runtime.store.chat_subscriptions() if runtime.events is not None else ():
+        if sub.state == SUSPENDED:
+            reasons.append(
+                f"events subscription of {sub.gchat_space_name} suspended "
+                f"({sub.suspension_reason or 'no reason given'}); the poll covers meanwhile"
+            )
     oldest = runtime.store.oldest_pending_received_at()
     if oldest is not None and (now - oldest).total_seconds() > 15 * 60:
         reasons.append(f"inbox stuck: an event has waited since {oldest.isoformat()}")
@@ -338,16 +440,36 @@ def run(config: Config, *, once: bool) -> int:
     worker.start()
     server.start()
     scheduler.start()
+    threads: list[threading.Thread] = []
+    if runtime.events is not None:
+        threads = [
+            threading.Thread(
+                target=run_keeper,
+                args=(runtime.events.keeper, stop),
+                name="subscriptions",
+                daemon=True,
+            ),
+            # Daemon: a long-poll pull in flight must not hold up the shutdown; what it
+            # received and did not acknowledge is delivered again after the restart.
+            threading.Thread(target=runtime.events.puller.run, name="events", daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
     logger.info(
-        "bridge running: %d mappings, polling every %.1fs",
+        "bridge running: %d mappings, polling every %.1fs%s",
         len(config.mappings),
         config.sync.poll_interval_seconds,
+        ", Chat events from " + config.google.events.pubsub_subscription
+        if config.google.events is not None
+        else "",
     )
     stop.wait()
     # Stop taking webhooks first, then let the item in hand finish, then close the database.
     server.stop()
     scheduler.shutdown(wait=True)
     worker.join(timeout=10)
+    for thread in threads:
+        thread.join(timeout=10)
     runtime.store.close()
     logger.info("stopped")
     return cli.EXIT_OK

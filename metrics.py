@@ -53,6 +53,7 @@ class BridgeMetrics:
         parked: Callable[[], int],
         requests: Callable[[], dict[str, int]],
         rate_limited: Callable[[], dict[str, int]],
+        subscriptions: Callable[[], list[tuple[str, str, str]]] | None = None,
     ) -> None:
         """Register the scrape-time readers of counts kept by the store and the clients."""
 
@@ -80,5 +81,16 @@ class BridgeMetrics:
             for platform, count in rate_limited().items():
                 limited.add_metric([platform], count)
             yield limited
+            if subscriptions is not None:
+                # One series per mapped space: 1 for the state its subscription is in, with the
+                # suspension reason (empty unless suspended), so an alert can name the cause.
+                states = GaugeMetricFamily(
+                    "gchat_discourse_subscription",
+                    "Workspace Events subscription of each mapped space (1 = in this state)",
+                    labels=["space", "state", "reason"],
+                )
+                for space, state, reason in subscriptions():
+                    states.add_metric([space, state, reason], 1)
+                yield states
 
         self.registry.register(_LiveCollector(read))

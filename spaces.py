@@ -20,8 +20,15 @@ import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import Enum
 
-from google_chat_client import ChatAuthError, ChatError, ChatSpace, GoogleChatClient
+from google_chat_client import (
+    ChatAuthError,
+    ChatError,
+    ChatSpace,
+    GoogleChatClient,
+    SpaceMessageEvent,
+)
 
 # Both polls re-read a space this far behind its cursor: Chat's createTime is assigned by
 # distributed front ends, so a message may become visible with a createTime slightly before one
@@ -31,6 +38,23 @@ CURSOR_OVERLAP = timedelta(seconds=10)
 RETRY_BASE_DELAY = timedelta(seconds=30)
 # The space types bridged as Discourse chat DM channels (`sync_dm`); every other type is a room.
 DM_SPACE_TYPES = frozenset({"DIRECT_MESSAGE", "GROUP_CHAT"})
+
+
+class EventOutcome(Enum):
+    """What a poll's event handler made of a space's Workspace Events (`chat_events`)."""
+
+    DONE = "done"  # acted on and committed (or parked, or nothing to do): acknowledge
+    RETRY = "retry"  # a transient failure: leave them to be delivered again
+    IGNORED = "ignored"  # not a space this handler bridges: acknowledge
+
+
+def event_version(event: SpaceMessageEvent) -> datetime:
+    """The version an event brings: its deletion, else its last edit, else its creation
+    (events come more than once and in any order; an older version must not undo a newer)."""
+    message = event.message
+    if message.delete_time is not None:
+        return message.delete_time
+    return message.last_update_time or message.create_time
 
 
 class SpaceListing:

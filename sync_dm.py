@@ -64,11 +64,19 @@ from google_chat_client import (
     ChatMessage,
     ChatNotFound,
     ChatSpace,
+    SpaceMessageEvent,
     format_rfc3339,
     parse_rfc3339,
 )
 from inbox import ChatMessageEvent, PulledChatMessage, pulled_chat_message
-from spaces import CURSOR_OVERLAP, DM_SPACE_TYPES, RETRY_BASE_DELAY, PollResult, fetch_spaces
+from spaces import (
+    CURSOR_OVERLAP,
+    DM_SPACE_TYPES,
+    RETRY_BASE_DELAY,
+    EventOutcome,
+    PollResult,
+    fetch_spaces,
+)
 from users import Author
 from webhook_listener import CHAT_EVENTS
 
@@ -299,9 +307,50 @@ class DmSync:
                 result.errors.append(f"{space.name}: {exc!r}")
                 logger.exception("DM poll of %s failed", space.name)
 
-    def _poll_space(self, space: ChatSpace, result: PollResult) -> None:
+    def handle_events(self, space_name: str, events: Sequence[SpaceMessageEvent]) -> EventOutcome:
+        """Message events of one DM space: a new message reads the space from its cursor.
+
+        DMs carry only new messages across (no edits or deletions), so an event is a prompt to
+        do at once what the poll would do at its next cycle, through the same code: the
+        space's messages after the cursor, in order, each once.
+        """
+        if not any(
+            is_dm_mapping(m) and m.google_space_id == space_name for m in self._config.mappings
+        ):
+            return EventOutcome.IGNORED
+        new = [
+            e.message
+            for e in events
+            if e.message.delete_time is None
+            and self._store.chat_message_link_by_message(e.message.name) is None
+        ]
+        if not new:
+            return EventOutcome.DONE
+        result = PollResult()
+        with self._lock:
+            try:
+                space = self._chat.get_space(space_name)
+                if space.space_type not in DM_SPACE_TYPES:
+                    return EventOutcome.IGNORED
+                self._poll_space(space, result, force=True)
+            except (ChatError, DiscourseError) as exc:
+                logger.warning("events of DM %s wait: %s", space_name, exc)
+                return EventOutcome.RETRY
+            cursor = self._store.chat_poll_state(space_name, "dm").last_message_time
+        passed = cursor is not None and all(
+            parse_rfc3339(cursor) >= m.create_time
+            or self._store.chat_message_link_by_message(m.name) is not None
+            for m in new
+        )
+        return EventOutcome.DONE if passed else EventOutcome.RETRY
+
+    def _poll_space(self, space: ChatSpace, result: PollResult, *, force: bool = False) -> None:
         poll = self._store.chat_poll_state(space.name, "dm")
-        if space.last_active_time is not None and poll.unchanged(space.last_active_time):
+        if (
+            not force
+            and space.last_active_time is not None
+            and poll.unchanged(space.last_active_time)
+        ):
             return
         cursor = poll.last_message_time
         after = format_rfc3339(parse_rfc3339(cursor) - CURSOR_OVERLAP) if cursor else None

@@ -69,10 +69,19 @@ from google_chat_client import (
     ChatRejected,
     ChatSpace,
     ChatTooLarge,
+    SpaceMessageEvent,
     format_rfc3339,
     parse_rfc3339,
 )
-from spaces import CURSOR_OVERLAP, DM_SPACE_TYPES, RETRY_BASE_DELAY, PollResult, fetch_spaces
+from spaces import (
+    CURSOR_OVERLAP,
+    DM_SPACE_TYPES,
+    RETRY_BASE_DELAY,
+    EventOutcome,
+    PollResult,
+    event_version,
+    fetch_spaces,
+)
 from users import Author
 
 logger = logging.getLogger(__name__)
@@ -358,11 +367,20 @@ class GchatToDiscourse:
         self._clock = deps.clock
         self._stop = deps.stop
         self._ids = origin.ClientIds(deps.store.client_id_key())
+        # What the events path did (for metrics; the poll reports its own per cycle).
+        self.events_mirrored = 0
+        self.events_parked = 0
         # When each space's recent history was last re-read for edits (in memory: after a
         # restart the first cycle scans once more, which is harmless).
         self._edit_scans: dict[str, datetime] = {}
         # One cycle at a time: the scheduler and a `backfill` must not mirror the same message.
         self._lock = threading.Lock()
+        # One writer per space: a poll cycle and the events of that space (Workspace Events,
+        # their replays) take turns; events of other spaces never wait behind a whole cycle.
+        self._space_locks: dict[str, threading.Lock] = {}
+        self._space_locks_guard = threading.Lock()
+        # The spaces the last listing returned, so that an event needs no spaces.get.
+        self._known_spaces: dict[str, ChatSpace] = {}
 
     # -- entry points
 
@@ -401,8 +419,10 @@ class GchatToDiscourse:
                 # of private conversations would be worse than bridging nothing.
                 continue
             result.spaces_checked += 1
+            self._known_spaces[space.name] = space
             try:
-                self._poll_space(mapping, space, result)
+                with self._space_lock(space.name):
+                    self._poll_space(mapping, space, result)
             except CycleAborted:
                 raise
             except (ChatError, DiscourseError) as exc:
@@ -426,7 +446,170 @@ class GchatToDiscourse:
             logger.error("mapped space %s", problem)
         return found
 
-    def _poll_space(self, mapping: SpaceMapping, space: ChatSpace, result: PollResult) -> None:
+    def _space_lock(self, space_name: str) -> threading.Lock:
+        with self._space_locks_guard:
+            return self._space_locks.setdefault(space_name, threading.Lock())
+
+    # -- events (Workspace Events and their replays)
+
+    def handle_events(self, space_name: str, events: Sequence[SpaceMessageEvent]) -> EventOutcome:
+        """Message events of one space, through the same planner as the poll.
+
+        Each message is taken at the newest version its events bring; a version no newer than
+        one already acted on (a duplicate, or an older event arriving late) is dropped, and a
+        deletion is final. A reply whose thread has no topic yet, and whose first message is
+        not among the events, is an event that overtook an earlier one: the space is read
+        from the poll's cursor first, so the thread starts where it started. The poll's cursor
+        is left where it is: the safety poll still finds anything events missed.
+        """
+        mapping = next(
+            (
+                m
+                for m in self._config.mappings
+                if m.google_space_id == space_name and _is_room_mapping(m)
+            ),
+            None,
+        )
+        if mapping is None:
+            return EventOutcome.IGNORED
+        result = PollResult()
+        with self._space_lock(space_name):
+            fresh = self._fresh_events(events)
+            if not fresh:
+                return EventOutcome.DONE
+            try:
+                space = self._known_spaces.get(space_name) or self._chat.get_space(space_name)
+                if space.space_type in DM_SPACE_TYPES:
+                    return EventOutcome.IGNORED
+                self._known_spaces[space_name] = space
+                messages = self._current(fresh)
+                done = self._bridge_events(mapping, space, messages, result)
+            except CycleAborted as exc:
+                logger.error("events of %s wait: %s", space_name, exc)
+                return EventOutcome.RETRY
+            except (ChatError, DiscourseError) as exc:
+                logger.warning("events of %s wait: %s", space_name, exc)
+                return EventOutcome.RETRY
+            if not done:
+                return EventOutcome.RETRY
+            acted = {m.name: m for m in messages}
+            for event in fresh:
+                now = acted[event.message.name]
+                version = max(
+                    event_version(event),
+                    now.delete_time or now.last_update_time or now.create_time,
+                )
+                self._store.set_chat_message_version(
+                    now.name, version, deleted=now.delete_time is not None
+                )
+        if result.mirrored or result.parked:
+            logger.info(
+                "events of %s: %d mirrored, %d skipped, %d parked",
+                space_name,
+                result.mirrored,
+                result.skipped,
+                result.parked,
+            )
+        self.events_mirrored += result.mirrored
+        self.events_parked += result.parked
+        return EventOutcome.DONE
+
+    def _fresh_events(self, events: Sequence[SpaceMessageEvent]) -> list[SpaceMessageEvent]:
+        """The newest event of each message, if it is newer than what was acted on."""
+        newest: dict[str, SpaceMessageEvent] = {}
+        for event in sorted(events, key=lambda e: (event_version(e), e.event_time)):
+            newest[event.message.name] = event
+        fresh = []
+        for name, event in newest.items():
+            known = self._store.chat_message_version(name)
+            deleted = event.message.delete_time is not None
+            if known is not None and (
+                known.deleted or (known.version >= event_version(event) and not deleted)
+            ):
+                continue
+            fresh.append(event)
+        return fresh
+
+    def _current(self, fresh: Sequence[SpaceMessageEvent]) -> list[ChatMessage]:
+        """The messages the events name, as Chat has them now.
+
+        An event's payload carries `formattedText` in the app's default markup syntax, not the
+        syntax the converter reads, and may be older than the message: each message that is
+        not already gone is read again (Chat allows 15 reads a second per space; this one
+        buys the right text). The bridge's own messages are recognised from the payload.
+        """
+        bridge = self._bridge((), {})
+        current: list[ChatMessage] = []
+        for event in fresh:
+            message = event.message
+            if message.delete_time is None and not origin.is_bridge_origin(message, bridge):
+                try:
+                    message = self._chat.get_message(message.name)
+                except ChatNotFound:
+                    message = ChatMessageChange(
+                        message.name, True, self._clock(), message.create_time_raw
+                    ).tombstone()
+            current.append(message)
+        return current
+
+    def _bridge_events(
+        self,
+        mapping: SpaceMapping,
+        space: ChatSpace,
+        messages: Sequence[ChatMessage],
+        result: PollResult,
+    ) -> bool:
+        """Plan and apply `messages` of `space`; False when one must be tried again later."""
+        category_id = self._category_for(mapping, space)
+        if self._overtaken(messages):
+            logger.info("an event of %s overtook an earlier one: reading the space", space.name)
+            self._poll_space(mapping, self._chat.get_space(space.name), result, force=True)
+        links: dict[str, MessageLink] = {}
+        for m in messages:
+            link = self._store.message_link_by_message(m.name)
+            if link is not None:
+                links[m.name] = link
+        threads = {
+            thread_of(m)
+            for m in messages
+            if self._store.topic_for_thread(thread_of(m)) is not None
+        }
+        # Unlinked messages the poll has passed were left alone on purpose (before the initial
+        # history, or skipped): an edit event of one must not bring it now. Without a cursor
+        # every event is of a message newer than the subscription, so new.
+        cursor = self._store.chat_poll_state(space.name, "room").last_message_time
+        new_after = parse_rfc3339(cursor) - CURSOR_OVERLAP if cursor is not None else None
+        for action in plan(
+            messages,
+            linked_messages=links.keys(),
+            linked_threads=threads,
+            space_label=space.display_name or space.name,
+            bridge=self._bridge(messages, links),
+            links=links,
+            rendered=self._render_for_comparison(messages, links, space),
+            new_after=new_after,
+        ):
+            if self._stop.is_set():
+                return False
+            if not self._apply(action, space, category_id, result):
+                return False
+        return True
+
+    def _overtaken(self, messages: Sequence[ChatMessage]) -> bool:
+        """True if a new reply's thread has no topic and its first message is not here."""
+        starters = {thread_of(m) for m in messages if not m.thread_reply}
+        return any(
+            m.thread_reply
+            and m.delete_time is None
+            and thread_of(m) not in starters
+            and self._store.message_link_by_message(m.name) is None
+            and self._store.topic_for_thread(thread_of(m)) is None
+            for m in messages
+        )
+
+    def _poll_space(
+        self, mapping: SpaceMapping, space: ChatSpace, result: PollResult, *, force: bool = False
+    ) -> None:
         now = self._clock()
         window_start = now - self._config.sync.edit_window
         # Edits and deletions do not move lastActiveTime: a space whose last message is within
@@ -446,6 +629,8 @@ class GchatToDiscourse:
         last_scan = self._edit_scans.get(space.name)
         scan_every = timedelta(seconds=self._config.sync.edit_scan_interval_seconds)
         scan_due = recent and (last_scan is None or now - last_scan >= scan_every)
+        if force:
+            unchanged = False  # an event says there is something to read
         if unchanged and not scan_due:
             return  # nothing new, and no edit scan due: no request at all
         category_id = self._category_for(mapping, space)

@@ -5,7 +5,9 @@ bodies, quotas and auth, plus a control API under `/_emulator/` that plays the h
 UI and lets tests inspect state, read a request log and inject faults. The rules live in
 `emulators/google_chat_state.py` and message markup in `emulators/google_chat_markup.py`; this
 module is the HTTP layer, the `ChatEmulator` entry point and the `ChatControl` client (contract:
-/work/briefs/chat_emulator_contract.md; docs: emulators/README.md).
+/work/briefs/chat_emulator_contract.md; docs: emulators/README.md). The same app serves the
+Google Workspace Events API (`emulators/workspace_events.py`), whose events go to the Pub/Sub
+emulator `ChatEmulator.start` runs alongside (`emulators/pubsub.py`).
 
 Invariants:
 - `create_app(state)` is a factory: no module-level app, all state in the `ChatState` passed in.
@@ -56,6 +58,7 @@ from emulators.google_chat_state import (
     Fault,
     LogEntry,
     Message,
+    OAuthError,
     Reaction,
     Upload,
     apply_fields,
@@ -72,6 +75,9 @@ from emulators.google_chat_state import (
     parse_space_event_filter,
     parse_space_filter,
 )
+from emulators.pubsub import PubSubEmulator
+from emulators.workspace_events import WorkspaceEvents
+from emulators.workspace_events import register_routes as register_workspace_events
 
 logger = logging.getLogger(__name__)
 
@@ -86,16 +92,16 @@ _UNAUTH_INVALID = (
     "cookie or other valid authentication credential. See "
     "https://developers.google.com/identity/sign-in/web/devconsole-project."
 )
-_DEFAULT_SCOPE = "https://www.googleapis.com/auth/chat.messages"
 
 
-def load_discovery() -> JSON:
-    """The chat v1 discovery doc bundled with google-api-python-client (= specs/chat.v1.json)."""
+def load_discovery(api: str = "chat") -> JSON:
+    """A v1 discovery doc bundled with google-api-python-client: `chat` (= specs/chat.v1.json)
+    or `workspaceevents` (= specs/workspaceevents.v1.json)."""
     from googleapiclient.discovery_cache import get_static_doc
 
-    text = get_static_doc("chat", "v1")
+    text = get_static_doc(api, "v1")
     if text is None:
-        raise RuntimeError("google-api-python-client has no bundled chat v1 discovery document")
+        raise RuntimeError(f"google-api-python-client has no bundled {api} v1 discovery document")
     return dict(json.loads(text))
 
 
@@ -219,14 +225,20 @@ def create_app(
     sleep: Callable[[float], None] = time.sleep,
     *,
     errors: HandlerErrors | None = None,
+    events: WorkspaceEvents | None = None,
 ) -> Flask:
     """Build the emulator's Flask app around `state` (API, control API, discovery, /token).
 
+    The Workspace Events API (`/v1/subscriptions`, `/v1/operations`) is served by the same app
+    through `events` (a fresh one without a Pub/Sub backend if None: every topic is missing).
     An unexpected exception in a handler is recorded in `errors` (a fresh one if None, also at
     `app.extensions["emulator_errors"]`), logged, and answered 500 "emulator bug".
     """
     app = Flask("google_chat_emulator")
     bugs = errors if errors is not None else HandlerErrors("google chat")
+    if events is None:
+        events = WorkspaceEvents(state, None, errors=bugs)
+    app.extensions["workspace_events"] = events
     app.extensions["emulator_errors"] = bugs
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
@@ -265,10 +277,11 @@ def create_app(
             raise ApiError("UNAUTHENTICATED", _UNAUTH_MISSING)
         scheme, _, token = auth.partition(" ")
         with state.lock:
-            user = state.user_for_token(token.strip()) if scheme.lower() == "bearer" else None
-        if user is None:
+            valid = state.valid_token(token.strip()) if scheme.lower() == "bearer" else None
+        if valid is None:
             raise ApiError("UNAUTHENTICATED", _UNAUTH_INVALID)
-        g.user = user
+        g.user = valid.user
+        g.token = valid  # its scopes and grant, for the Workspace Events routes
         return None
 
     def _log(status: int, response_bytes: int = 0) -> None:
@@ -348,14 +361,11 @@ def create_app(
                 400,
             )
         with state.lock:
-            token = state.refresh(form.get("refresh_token", ""))
-            if token is None:
+            try:
+                token = state.refresh(form.get("refresh_token", ""), form.get("scope"))
+            except OAuthError as err:
                 return _json_response(
-                    {
-                        "error": "invalid_grant",
-                        "error_description": "Token has been expired or revoked.",
-                    },
-                    400,
+                    {"error": err.error, "error_description": err.description}, 400
                 )
             g.user = token.user
             lifetime = int(state.config["access_token_lifetime"])
@@ -364,7 +374,8 @@ def create_app(
                 "access_token": token.access_token,
                 "expires_in": lifetime,
                 "token_type": "Bearer",
-                "scope": form.get("scope") or _DEFAULT_SCOPE,
+                # The grant's scopes, space-separated as OAuth answers them.
+                "scope": " ".join(sorted(token.scopes)),
             }
         )
 
@@ -812,12 +823,13 @@ def create_app(
         resp.headers["Accept-Ranges"] = "bytes"
         return resp
 
-    _register_control(app, state)
+    register_workspace_events(app, events)
+    _register_control(app, state, events)
     return app
 
 
 # --------------------------------------------------------------------------- control API
-def _register_control(app: Flask, state: ChatState) -> None:
+def _register_control(app: Flask, state: ChatState, events: WorkspaceEvents) -> None:
     def body() -> JSON:
         return _json_body()
 
@@ -825,6 +837,7 @@ def _register_control(app: Flask, state: ChatState) -> None:
     def _reset() -> Response:
         with state.lock:
             state.reset()
+            events.reset()
         return _json_response({})
 
     @app.post("/_emulator/users")
@@ -864,9 +877,9 @@ def _register_control(app: Flask, state: ChatState) -> None:
                     or (refresh is not None and token.refresh_token == refresh)
                 ):
                     token.revoked = True
-            for name, (user, _revoked) in list(state.refresh_tokens.items()):
+            for name, grant in state.refresh_tokens.items():
                 if (refresh is None and access is None) or name == refresh:
-                    state.refresh_tokens[name] = (user, True)
+                    grant.revoked = True
         return _json_response({})
 
     @app.post("/_emulator/spaces/<space_id>/messages")
@@ -1029,6 +1042,18 @@ def _register_control(app: Flask, state: ChatState) -> None:
                 raise invalid(
                     "output_default_markup_syntax must be null or one of " + ", ".join(syntaxes)
                 )
+            for key in (
+                "subscription_max_ttl_seconds",
+                "subscription_max_ttl_seconds_without_resource",
+                "operation_latency_seconds",
+            ):
+                if not _non_negative(config[key]):
+                    raise invalid(f"{key} must be a non-negative number")
+            leads = config["reminder_lead_seconds"]
+            if not isinstance(leads, list) or not all(_non_negative(x) for x in leads):
+                raise invalid("reminder_lead_seconds must be a list of non-negative numbers")
+            if config["lifecycle_payload_case"] not in ("snake_case", "camelCase"):
+                raise invalid("lifecycle_payload_case must be 'snake_case' or 'camelCase'")
             state.config = config
             return _json_response(dict(state.config))
 
@@ -1101,12 +1126,16 @@ class ChatControl:
         access_token: str | None = None,
         refresh_token: str | None = None,
         expires_in: float | None = None,
+        scopes: list[str] | None = None,
     ) -> JSON:
+        """A token (and its refresh token) for `user`, granting `scopes` (default: the Chat
+        scopes the bridge asks for, `google_chat_state.DEFAULT_SCOPES`)."""
         body = _merge(
             {"user": user},
             access_token=access_token,
             refresh_token=refresh_token,
             expires_in=expires_in,
+            scopes=scopes,
         )
         return self._call("POST", "/tokens", body)
 
@@ -1205,6 +1234,27 @@ class ChatControl:
     def configure(self, **settings: Any) -> JSON:
         return self._call("POST", "/config", settings)
 
+    def subscriptions(self) -> JSON:
+        """Workspace Events state: `{"subscriptions": [...], "operations": [...], "queued"}`;
+        each subscription is its API JSON plus `user`, `created` (create operation done),
+        `causeFixed`, `suspendedByControl`, `pendingReminderLeadSeconds`."""
+        return self._call("GET", "/subscriptions")
+
+    def suspend_subscription(self, name: str, reason: str = "OTHER") -> JSON:
+        """Suspend `subscriptions/X` (or `X`) for `reason` (an ErrorType) until `fix_subscription`;
+        publishes a `suspended` lifecycle event if the topic accepts it."""
+        sid = name.removeprefix("subscriptions/")
+        return self._call("POST", f"/subscriptions/{sid}:suspend", {"reason": reason})
+
+    def fix_subscription(self, name: str) -> JSON:
+        """Mark the cause of a suspension fixed: `reactivate` may now succeed."""
+        sid = name.removeprefix("subscriptions/")
+        return self._call("POST", f"/subscriptions/{sid}:fix")
+
+
+def _non_negative(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+
 
 def _merge(body: JSON, **values: Any) -> JSON:
     """`body` plus the keyword values that are not None."""
@@ -1245,17 +1295,28 @@ def _space_path(space: str) -> str:
 class ChatEmulator:
     """A running emulator: `url`, `control`, `state` (for in-process inspection), `stop()`.
 
+    `url` also serves the Workspace Events API (`workspace_events`: subscriptions, their
+    dispatcher thread); `pubsub` is the Pub/Sub emulator their events are published to (None
+    when `emulators.pubsub` is not available). Both stop with `stop()`.
     `errors` / `check_errors()`: the unexpected exceptions its handlers raised (emulator bugs).
     """
 
     def __init__(
-        self, handle: ServerHandle, state: ChatState, errors: HandlerErrors | None = None
+        self,
+        handle: ServerHandle,
+        state: ChatState,
+        errors: HandlerErrors | None = None,
+        *,
+        workspace_events: WorkspaceEvents | None = None,
+        pubsub: PubSubEmulator | None = None,
     ) -> None:
         self._handle = handle
         self.state = state
         self.url = handle.url
         self.control = ChatControl(self.url)
         self._errors = errors if errors is not None else HandlerErrors("google chat")
+        self.workspace_events = workspace_events
+        self.pubsub = pubsub
 
     @classmethod
     def start(
@@ -1266,12 +1327,19 @@ class ChatEmulator:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> ChatEmulator:
-        """Serve a fresh emulator on `host:port` (0 = any free port) in a daemon thread."""
+        """Serve a fresh emulator on `host:port` (0 = any free port) in a daemon thread, with
+        a Pub/Sub emulator on another free port of `host` that authenticates this emulator's
+        tokens (principal `user:<email>`, the token's scopes)."""
         state = ChatState(clock=clock, monotonic=monotonic)
         errors = HandlerErrors("google chat")
-        handle = _serve(create_app(state, errors=errors), host, port)
+        pubsub = _start_pubsub(state, host, clock=clock, monotonic=monotonic)
+        events = WorkspaceEvents(
+            state, pubsub.state if pubsub is not None else None, errors=errors
+        )
+        handle = _serve(create_app(state, errors=errors, events=events), host, port)
+        events.start()
         logger.info("google chat emulator listening on %s", handle.url)
-        return cls(handle, state, errors)
+        return cls(handle, state, errors, workspace_events=events, pubsub=pubsub)
 
     @property
     def errors(self) -> list[HandlerError]:
@@ -1279,8 +1347,11 @@ class ChatEmulator:
         return self._errors.errors
 
     def check_errors(self) -> None:
-        """Raise the first unexpected handler exception, if any (then forget them all)."""
+        """Raise the first unexpected handler exception, if any (then forget them all); the
+        Pub/Sub emulator's too, as its bugs break the same tests."""
         self._errors.check()
+        if self.pubsub is not None:
+            self.pubsub.check_errors()
 
     @property
     def port(self) -> int:
@@ -1296,9 +1367,44 @@ class ChatEmulator:
         doc["rootUrl"] = doc["baseUrl"] = doc["mtlsRootUrl"] = self.url + "/"
         return doc
 
+    def workspace_events_document(self) -> JSON:
+        """workspaceevents.v1.json with rootUrl/baseUrl pointing here."""
+        doc = load_discovery("workspaceevents")
+        doc["rootUrl"] = doc["baseUrl"] = doc["mtlsRootUrl"] = self.url + "/"
+        return doc
+
     def stop(self) -> None:
         self.control.session.close()
+        if self.workspace_events is not None:
+            self.workspace_events.stop()
+        # Both servers poll for shutdown every 50 ms: stopping them side by side halves the
+        # cost every test pays at teardown.
+        stopper = None
+        if self.pubsub is not None:
+            stopper = threading.Thread(target=self.pubsub.stop, name="pubsub-stop", daemon=True)
+            stopper.start()
         self._handle.stop()
+        if stopper is not None:
+            stopper.join(timeout=10)
+
+
+def _start_pubsub(
+    state: ChatState,
+    host: str,
+    *,
+    clock: Callable[[], float],
+    monotonic: Callable[[], float],
+) -> PubSubEmulator:
+    """The Pub/Sub emulator Workspace events go to; it accepts this emulator's tokens."""
+
+    def authenticate(access_token: str) -> tuple[str, frozenset[str]] | None:
+        # Called by Pub/Sub's handler threads: takes the Chat lock, never the reverse order.
+        with state.lock:
+            return state.token_info(access_token)
+
+    return PubSubEmulator.start(
+        host, 0, authenticate=authenticate, clock=clock, monotonic=monotonic
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -1309,6 +1415,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     emu = ChatEmulator.start(host=args.host, port=args.port)
+    if emu.pubsub is not None:
+        logger.info("pub/sub emulator for workspace events listening on %s", emu.pubsub.url)
     try:
         emu._handle.thread.join()
     except KeyboardInterrupt:

@@ -127,6 +127,13 @@ UPDATE_MASK_PATHS = {
 }
 APP_ONLY_FIELDS = ("cards", "cardsV2", "accessoryWidgets")
 
+_AUTH = "https://www.googleapis.com/auth/"
+# What a token grants when the test does not say: the Chat scopes the bridge asks for
+# (`cli.CHAT_SCOPES`), so a default token behaves like the bridge's real grant.
+DEFAULT_SCOPES = frozenset(
+    {_AUTH + "chat.messages", _AUTH + "chat.spaces.readonly", _AUTH + "chat.memberships.readonly"}
+)
+
 DEFAULT_CONFIG: JSON = {
     "time_scale": 1.0,
     "quotas_enabled": True,
@@ -146,6 +153,20 @@ DEFAULT_CONFIG: JSON = {
     # `markupSyntax` parameter, create/patch answers, space events). None = the app default,
     # the stricter reading of "specify markup_syntax ... to override the app-level default".
     "output_default_markup_syntax": None,
+    # Workspace Events (emulators/workspace_events.py). Maximum subscription lifetime with
+    # resource data in the payload ("Up to 4 hours", 24 h only with domain-wide delegation) and
+    # without it ("Up to 7 days"): developers.google.com/workspace/events, "Event data".
+    "subscription_max_ttl_seconds": 4 * 3600,
+    "subscription_max_ttl_seconds_without_resource": 7 * 24 * 3600,
+    # expirationReminder lead times: "12 hours and one hour before the expiration time"
+    # (events-lifecycle guide); a lead not shorter than the lifetime is skipped.
+    "reminder_lead_seconds": [12 * 3600, 3600],
+    # How long a long-running operation stays `done: false` (0 = done in the answer itself,
+    # as the create guide shows; the default makes a client poll operations.get).
+    "operation_latency_seconds": 0.05,
+    # Field names of the Subscription in lifecycle event data: the events-lifecycle guide's
+    # examples use snake_case (`expire_time`, `suspension_reason`); "camelCase" is proto JSON.
+    "lifecycle_payload_case": "snake_case",
 }
 # spaces.spaceEvents: how far back events are kept and may be asked for (spaceEvents.list filter).
 SPACE_EVENT_WINDOW = timedelta(days=28)
@@ -226,6 +247,19 @@ def parse_rfc3339(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("z", "Z")).astimezone(UTC)
 
 
+def parse_scopes(value: object) -> frozenset[str]:
+    """A token's scopes from the control API: a list or a space-separated string (the OAuth
+    `scope` form); absent means DEFAULT_SCOPES."""
+    if value is None:
+        return DEFAULT_SCOPES
+    items = value.split() if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(x, str) and x for x in items):
+        raise invalid("scopes must be a list of scope strings or a space-separated string")
+    if not items:
+        raise invalid("scopes must not be empty")
+    return frozenset(items)
+
+
 def _rand(alphabet: str, n: int) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(n))
 
@@ -247,6 +281,15 @@ class User:
     display_name: str
     email: str | None
     type: str
+
+    @property
+    def iam_email(self) -> str:
+        """The account's email as IAM knows it (`user:<email>` principals, e.g. on a Pub/Sub
+        topic). Every Google account has one, but the emulator lets a test create a user
+        without `email` to model the Chat API leaving it out (§6.3); such a user still signs
+        in with a derived address, never shown in Chat JSON, so the bridge's email matching is
+        unaffected."""
+        return self.email or f"{self.name.removeprefix('users/')}@users.chat-emulator.example"
 
 
 @dataclass
@@ -337,6 +380,26 @@ class Token:
     refresh_token: str | None
     expires_at: float  # wall-clock seconds
     revoked: bool = False
+    # The OAuth scopes granted: a refreshed access token carries its grant's scopes.
+    scopes: frozenset[str] = field(default_factory=lambda: DEFAULT_SCOPES)
+
+
+@dataclass
+class Grant:
+    """What a refresh token stands for: a user's consent to `scopes`, until revoked."""
+
+    user: str
+    scopes: frozenset[str]
+    revoked: bool = False
+
+
+class OAuthError(Exception):
+    """A refusal by the OAuth token endpoint, answered `{"error", "error_description"}`."""
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
 
 
 @dataclass
@@ -377,6 +440,9 @@ class ChatState:
         self.lock = threading.RLock()
         self.clock = clock
         self.monotonic = monotonic
+        # Called (lock held) with every recorded space event; Workspace Events subscriptions
+        # hook in here. Not part of `reset`: the wiring outlives the data.
+        self.event_listeners: list[Callable[[SpaceEvent], None]] = []
         self.reset()
 
     def reset(self) -> None:
@@ -391,7 +457,7 @@ class ChatState:
         self.resumable: dict[str, JSON] = {}  # upload id -> session
         self.request_ids: dict[tuple[str, str], tuple[str, str]] = {}  # -> (user, message name)
         self.tokens: dict[str, Token] = {}
-        self.refresh_tokens: dict[str, tuple[str, bool]] = {}  # -> (user, revoked)
+        self.refresh_tokens: dict[str, Grant] = {}
         self.faults: list[Fault] = []
         self.log: list[LogEntry] = []
         self.quota_hits: dict[tuple[str, str], collections.deque[float]] = {}
@@ -528,27 +594,61 @@ class ChatState:
         lifetime = float(
             self.config["access_token_lifetime"] if expires_in is None else expires_in
         )
-        self.tokens[access] = Token(access, user, refresh, self.clock() + lifetime)
-        self.refresh_tokens[refresh] = (user, False)
-        return {"access_token": access, "refresh_token": refresh}
+        scopes = parse_scopes(body.get("scopes"))
+        self.tokens[access] = Token(access, user, refresh, self.clock() + lifetime, scopes=scopes)
+        self.refresh_tokens[refresh] = Grant(user, scopes)
+        return {"access_token": access, "refresh_token": refresh, "scopes": sorted(scopes)}
 
-    def refresh(self, refresh_token: str) -> Token | None:
-        entry = self.refresh_tokens.get(refresh_token)
-        if entry is None or entry[1]:
-            return None
+    def refresh(self, refresh_token: str, scope: str | None = None) -> Token:
+        """A new access token for the grant behind `refresh_token`, with the grant's scopes.
+
+        Raises:
+            OAuthError: unknown or revoked refresh token (`invalid_grant`), or a `scope`
+                asking for more than was granted (`invalid_scope`: RFC 6749 §6, "MUST NOT
+                include any scope not originally granted").
+        """
+        grant = self.refresh_tokens.get(refresh_token)
+        if grant is None or grant.revoked:
+            raise OAuthError("invalid_grant", "Token has been expired or revoked.")
+        if scope and not set(scope.split()) <= grant.scopes:
+            raise OAuthError("invalid_scope", "Some requested scopes were invalid.")
         access = "ya29.emu-" + secrets.token_urlsafe(24)
         lifetime = float(self.config["access_token_lifetime"])
-        token = Token(access, entry[0], refresh_token, self.clock() + lifetime)
+        token = Token(
+            access, grant.user, refresh_token, self.clock() + lifetime, scopes=grant.scopes
+        )
         self.tokens[access] = token
         return token
 
-    def user_for_token(self, access: str) -> str | None:
+    def valid_token(self, access: str) -> Token | None:
+        """The access token if it is known, unexpired and its grant not revoked."""
         token = self.tokens.get(access)
         if token is None or token.revoked or token.expires_at <= self.clock():
             return None
-        if token.refresh_token and self.refresh_tokens.get(token.refresh_token, ("", False))[1]:
+        if token.refresh_token:
+            grant = self.refresh_tokens.get(token.refresh_token)
+            if grant is not None and grant.revoked:
+                return None
+        return token
+
+    def user_for_token(self, access: str) -> str | None:
+        token = self.valid_token(access)
+        return token.user if token is not None else None
+
+    def token_info(self, access: str) -> tuple[str, frozenset[str]] | None:
+        """(IAM principal `user:<email>`, granted scopes) of a valid access token, else None:
+        what another Google API emulator (Pub/Sub) needs to authenticate the same token."""
+        token = self.valid_token(access)
+        if token is None:
             return None
-        return token.user
+        user = self.users.get(token.user)
+        if user is None:
+            return None
+        return f"user:{user.iam_email}", token.scopes
+
+    def grant_revoked(self, refresh_token: str | None) -> bool:
+        grant = self.refresh_tokens.get(refresh_token) if refresh_token else None
+        return grant is not None and grant.revoked
 
     # ----------------------------------------------------------------- paging
     def page(
@@ -660,7 +760,10 @@ class ChatState:
         when = max(when, msg.create_time)
         events = self.space_events.setdefault(msg.space, [])
         seq = sum(len(v) for v in self.space_events.values())
-        events.append(SpaceEvent(_rand(_ID_CHARS, 16), event_type, when, seq, msg))
+        event = SpaceEvent(_rand(_ID_CHARS, 16), event_type, when, seq, msg)
+        events.append(event)
+        for listener in self.event_listeners:
+            listener(event)
 
     def list_space_events(self, space: str, flt: SpaceEventFilter) -> list[SpaceEvent]:
         """Events of `space` the filter accepts, oldest first, within the 28-day window."""

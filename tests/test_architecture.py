@@ -163,12 +163,16 @@ def test_emulators_never_import_the_product() -> None:
 
 
 # The faces of the outside world import nothing of ours (the layer below everything).
-FACES = ("db", "google_chat_client", "discourse_client", "config_loader")
+FACES = ("db", "google_chat_client", "google_events_client", "discourse_client", "config_loader")
+# The one exception: both Google faces speak Google's API conventions, so the Workspace Events /
+# Pub/Sub face is built on the Chat face's plumbing (error-body parser, discovery rewrite, time
+# helpers) instead of a copy of it. The Chat face itself stays free of imports of ours.
+FACE_MAY_IMPORT = {"google_events_client": {"google_chat_client"}}
 
 
 @pytest.mark.parametrize("module", FACES)
 def test_the_faces_import_nothing_of_ours(module: str) -> None:
-    ours = set(PRODUCT) | set(TEST_SIDE)
+    ours = (set(PRODUCT) | set(TEST_SIDE)) - FACE_MAY_IMPORT.get(module, set())
     assert [str(i) for i in product_imports(module) if i.target in ours] == []
 
 

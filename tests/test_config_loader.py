@@ -14,6 +14,7 @@ from config_loader import (
     Config,
     ConfigError,
     DiscourseConfig,
+    EventsConfig,
     InitialHistory,
     SpaceMapping,
     load_config,
@@ -59,6 +60,11 @@ def test_shipped_example_loads_with_the_documented_values(tmp_path: Path) -> Non
     assert cfg.google.credentials_file == ROOT / "credentials.json"
     assert cfg.google.token_file == ROOT / "token.json"
     assert cfg.google.api_endpoint is None
+    assert cfg.google.events == EventsConfig(
+        pubsub_topic="projects/my-project/topics/gchat-discourse",
+        pubsub_subscription="projects/my-project/subscriptions/gchat-discourse",
+    )
+    assert cfg.google.events.project == "my-project"
     assert cfg.sync.poll_interval_seconds == 900
     assert (cfg.sync.webhook_host, cfg.sync.webhook_port) == ("127.0.0.1", 5000)
     assert cfg.sync.database == ROOT / "sync_db.sqlite"
@@ -424,3 +430,80 @@ def test_inbox_retention_default_fractions_and_checks(tmp_path: Path) -> None:
         data["sync_settings"]["inbox_retention_days"] = bad
         (found,) = problems(tmp_path, data)
         assert found.startswith("sync_settings.inbox_retention_days:") and said in found, found
+
+
+# -- google.events (issue 15)
+
+TOPIC = "projects/my-project/topics/gchat-discourse"
+SUBSCRIPTION = "projects/my-project/subscriptions/gchat-discourse"
+
+
+def with_events(events: Any) -> dict[str, Any]:
+    data = base_config()
+    data["google"]["events"] = events
+    return data
+
+
+def test_events_absent_or_null_means_poll_only(tmp_path: Path) -> None:
+    assert load(tmp_path, base_config()).google.events is None
+    assert load(tmp_path, with_events(None)).google.events is None
+
+
+def test_events_with_emulator_endpoints(tmp_path: Path) -> None:
+    cfg = load(
+        tmp_path,
+        with_events(
+            {
+                "pubsub_topic": TOPIC,
+                "pubsub_subscription": SUBSCRIPTION,
+                "workspace_events_endpoint": "http://127.0.0.1:9001/",
+                "pubsub_endpoint": "http://127.0.0.1:9002",
+            }
+        ),
+    )
+    assert cfg.google.events == EventsConfig(
+        TOPIC, SUBSCRIPTION, "http://127.0.0.1:9001", "http://127.0.0.1:9002"
+    )
+
+
+@pytest.mark.parametrize(
+    ("events", "expected"),
+    [
+        ("yes", "google.events: must be a mapping of keys or null, got a string"),
+        ({"pubsub_subscription": SUBSCRIPTION}, "google.events.pubsub_topic: required key"),
+        ({"pubsub_topic": TOPIC}, "google.events.pubsub_subscription: required key"),
+        (
+            {"pubsub_topic": "gchat-discourse", "pubsub_subscription": SUBSCRIPTION},
+            "google.events.pubsub_topic: 'gchat-discourse' is not a Pub/Sub topic name",
+        ),
+        (
+            {"pubsub_topic": TOPIC, "pubsub_subscription": TOPIC},
+            "google.events.pubsub_subscription: 'projects/my-project/topics/gchat-discourse' "
+            "is not a Pub/Sub subscription name",
+        ),
+        (
+            {
+                "pubsub_topic": TOPIC,
+                "pubsub_subscription": "projects/other-project/subscriptions/s-1",
+            },
+            "google.events.pubsub_subscription: is in project 'other-project' but the topic",
+        ),
+        (
+            {"pubsub_topic": TOPIC, "pubsub_subscription": SUBSCRIPTION, "pubsub_topics": 1},
+            "google.events.pubsub_topics: unknown key",
+        ),
+        (
+            {
+                "pubsub_topic": TOPIC,
+                "pubsub_subscription": SUBSCRIPTION,
+                "pubsub_endpoint": "localhost:9002",
+            },
+            "google.events.pubsub_endpoint:",
+        ),
+    ],
+)
+def test_bad_events_settings_name_the_key_and_the_fix(
+    tmp_path: Path, events: Any, expected: str
+) -> None:
+    found = problems(tmp_path, with_events(events))
+    assert any(p.startswith(expected) for p in found), found

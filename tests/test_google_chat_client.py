@@ -41,6 +41,9 @@ from google_chat_client import (
     ChatTooLarge,
     ChatUnavailable,
     GoogleChatClient,
+    GoogleErrorBody,
+    SpaceMessageEvent,
+    parse_google_error,
     parse_rfc3339,
 )
 
@@ -881,3 +884,226 @@ def test_concurrent_writers_to_one_space_stay_under_the_quota(world: World) -> N
     posts = api_calls(world.control.requests(), "POST", f"/v1/{world.space}/messages")
     assert [r["status"] for r in posts] == [200, 200, 200]
     assert len(world.control.messages(world.space)) == 3
+
+
+# ------------------------------------------------------------------------------------------
+# Message events: spaces.spaceEvents catch-up and Workspace Events CloudEvent payloads
+# ------------------------------------------------------------------------------------------
+
+
+def test_list_message_events_reports_creates_edits_and_deletes_oldest_first(
+    world: World,
+) -> None:
+    client = world.client()
+    before = datetime.now(UTC) - timedelta(seconds=5)
+    kept = client.create_message(world.space, "kept", message_id="client-ev-1")
+    human = world.control.post(world.space, world.other, "from a *human*")
+    edited = client.create_message(world.space, "to be edited", message_id="client-ev-2")
+    gone = client.create_message(world.space, "to be deleted", message_id="client-ev-3")
+    client.update_message_text(edited.name, "edited once")
+    client.delete_message(gone.name)
+
+    events = client.list_message_events(world.space, since=before)
+    assert [(e.kind, e.message.name) for e in events] == [
+        ("created", kept.name),
+        ("created", human["name"]),
+        ("created", edited.name),
+        ("created", gone.name),
+        ("updated", edited.name),
+        ("deleted", gone.name),
+    ]
+    times = [e.event_time for e in events]
+    assert times == sorted(times) and all(t > before for t in times)
+    # Payloads are the messages' latest versions: the create of `edited` already shows the edit,
+    # and every event of the deleted message is a tombstone.
+    by_kind = {(e.kind, e.message.name): e.message for e in events}
+    assert by_kind[("created", edited.name)].text == "edited once"
+    assert by_kind[("created", human["name"])].sender.name == world.other
+    tombstone = by_kind[("deleted", gone.name)]
+    assert tombstone.delete_time == events[-1].event_time and tombstone.text == ""
+    assert tombstone.create_time_raw == gone.create_time_raw
+
+    # One request with the documented filter: start time AND the three non-batch types.
+    calls = api_calls(world.control.requests(), "GET", f"/v1/{world.space}/spaceEvents")
+    assert len(calls) == 1
+    sent = query_text(calls[0])
+    assert 'start_time="' in sent
+    for kind in ("created", "updated", "deleted"):
+        assert f'event_types:"google.workspace.chat.message.v1.{kind}"' in sent
+    assert "batch" not in sent
+
+    # Exclusive start: nothing after the last event.
+    assert client.list_message_events(world.space, since=events[-1].event_time) == []
+
+
+def test_list_message_events_follows_every_page(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import google_chat_client
+
+    # Small pages, so that a handful of messages spans several (the real page size is 1000).
+    monkeypatch.setattr(google_chat_client, "MAX_PAGE_SIZE", 2)
+    client = world.client()
+    before = datetime.now(UTC) - timedelta(seconds=5)
+    names = [
+        client.create_message(world.space, f"m{i}", message_id=f"client-page-{i}").name
+        for i in range(5)
+    ]
+    events = client.list_message_events(world.space, since=before)
+    assert [e.message.name for e in events] == names
+    calls = api_calls(world.control.requests(), "GET", f"/v1/{world.space}/spaceEvents")
+    assert len(calls) == 3
+    assert "pageToken=" not in query_text(calls[0])
+    assert all("pageToken=" in query_text(c) for c in calls[1:])
+
+
+def test_list_message_events_clamps_a_start_older_than_28_days(world: World) -> None:
+    client = world.client()
+    message = client.create_message(world.space, "recent", message_id="client-old-1")
+    # The API (and the emulator) refuse a start_time more than 28 days back: clamped, not sent.
+    events = client.list_message_events(world.space, since=datetime.now(UTC) - timedelta(days=60))
+    assert [(e.kind, e.message.name) for e in events] == [("created", message.name)]
+    (call,) = api_calls(world.control.requests(), "GET", f"/v1/{world.space}/spaceEvents")
+    sent = query_text(call)
+    start = parse_rfc3339(sent.split('start_time="', 1)[1].split('"', 1)[0])
+    age = datetime.now(UTC) - start
+    assert timedelta(days=27, hours=23) < age < timedelta(days=28)
+
+
+EVENT_TIME = datetime(2026, 3, 1, 12, 0, 5, tzinfo=UTC)
+
+
+def _payload(name: str, text: str = "hi") -> dict[str, Any]:
+    return {
+        "name": name,
+        "sender": {"name": "users/7", "type": "HUMAN"},
+        "createTime": "2026-03-01T12:00:00.123456789Z",
+        "text": text,
+        "formattedText": f"*{text}*",
+        "thread": {"name": "spaces/S/threads/T"},
+        "space": {"name": "spaces/S"},
+    }
+
+
+def test_from_cloud_event_parses_created_and_updated_messages() -> None:
+    created = SpaceMessageEvent.from_cloud_event(
+        "google.workspace.chat.message.v1.created",
+        {"message": _payload("spaces/S/messages/M")},
+        EVENT_TIME,
+    )
+    assert len(created) == 1
+    event = created[0]
+    assert (event.kind, event.event_time) == ("created", EVENT_TIME)
+    assert event.message == ChatMessage.from_api(_payload("spaces/S/messages/M"))
+    assert event.message.create_time_raw == "2026-03-01T12:00:00.123456789Z"
+    assert event.message.thread_name == "spaces/S/threads/T"
+    (updated,) = SpaceMessageEvent.from_cloud_event(
+        "google.workspace.chat.message.v1.updated",
+        {"message": _payload("spaces/S/messages/M", "new")},
+        EVENT_TIME,
+    )
+    assert updated.kind == "updated" and updated.message.markup == "*new*"
+
+
+def test_from_cloud_event_turns_a_deleted_payload_into_a_tombstone() -> None:
+    data = {
+        "message": {
+            "name": "spaces/S/messages/M",
+            "createTime": "2026-03-01T11:00:00Z",
+            "deletionMetadata": {"deletionType": "CREATOR"},
+        }
+    }
+    (event,) = SpaceMessageEvent.from_cloud_event(
+        "google.workspace.chat.message.v1.deleted", data, EVENT_TIME
+    )
+    assert event.kind == "deleted"
+    assert event.message.name == "spaces/S/messages/M"
+    assert event.message.space_name == "spaces/S"
+    assert event.message.delete_time == EVENT_TIME
+    assert event.message.create_time_raw == "2026-03-01T11:00:00Z"
+    assert event.message.text == "" and event.message.sender.name == ""
+
+
+def test_from_cloud_event_expands_batches_and_ignores_other_types(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    batch = {"messages": [{"message": _payload(f"spaces/S/messages/M{i}")} for i in range(3)]}
+    events = SpaceMessageEvent.from_cloud_event(
+        "google.workspace.chat.message.v1.batchCreated", batch, EVENT_TIME
+    )
+    assert [(e.kind, e.message.name) for e in events] == [
+        ("created", f"spaces/S/messages/M{i}") for i in range(3)
+    ]
+    deleted = SpaceMessageEvent.from_cloud_event(
+        "google.workspace.chat.message.v1.batchDeleted",
+        {"messages": [{"message": {"name": "spaces/S/messages/A"}}]},
+        EVENT_TIME,
+    )
+    assert [(e.kind, e.message.delete_time) for e in deleted] == [("deleted", EVENT_TIME)]
+    assert (
+        SpaceMessageEvent.from_cloud_event(
+            "google.workspace.chat.reaction.v1.created", {"reaction": {}}, EVENT_TIME
+        )
+        == ()
+    )
+    assert (
+        SpaceMessageEvent.from_cloud_event(
+            "google.workspace.chat.message.v1.created", {}, EVENT_TIME
+        )
+        == ()
+    )
+    # A subscription without includeResource sends only the name: no message to build.
+    with caplog.at_level(logging.WARNING, logger="google_chat_client"):
+        assert (
+            SpaceMessageEvent.from_cloud_event(
+                "google.workspace.chat.message.v1.updated",
+                {"message": {"name": "spaces/S/messages/M"}},
+                EVENT_TIME,
+            )
+            == ()
+        )
+    assert "spaces/S/messages/M" in caplog.text
+
+
+def test_from_space_event_reads_the_payload_field_of_its_type() -> None:
+    space_event = {
+        "name": "spaces/S/spaceEvents/E",
+        "eventTime": "2026-03-01T12:00:05Z",
+        "eventType": "google.workspace.chat.message.v1.batchUpdated",
+        "messageBatchUpdatedEventData": {
+            "messages": [{"message": _payload("spaces/S/messages/A", "a")}]
+        },
+    }
+    (event,) = SpaceMessageEvent.from_space_event(space_event)
+    assert (event.kind, event.message.text, event.event_time) == ("updated", "a", EVENT_TIME)
+    assert SpaceMessageEvent.from_space_event({**space_event, "eventType": "x"}) == ()
+
+
+def test_google_error_bodies_parse_http_errors_and_operation_statuses() -> None:
+    body = json.dumps(
+        {
+            "error": {
+                "code": 403,
+                "message": "Request had insufficient authentication scopes.",
+                "status": "PERMISSION_DENIED",
+                "details": [
+                    {
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": "ACCESS_TOKEN_SCOPE_INSUFFICIENT",
+                        "metadata": {"service": "pubsub.googleapis.com"},
+                    }
+                ],
+            }
+        }
+    ).encode()
+    parsed = parse_google_error(body)
+    assert (parsed.code, parsed.status, parsed.reason) == (
+        403,
+        "PERMISSION_DENIED",
+        "ACCESS_TOKEN_SCOPE_INSUFFICIENT",
+    )
+    assert parsed.details[0]["metadata"] == {"service": "pubsub.googleapis.com"}
+    assert parse_google_error(b"<html>502</html>") == GoogleErrorBody(None, None, None, (), ())
+    # An operation's error is a bare google.rpc.Status: the name comes from the code.
+    status = GoogleErrorBody.from_status({"code": 6, "message": "exists"})
+    assert (status.status, status.message, status.reason) == ("ALREADY_EXISTS", "exists", None)

@@ -71,14 +71,23 @@ class BridgeFiles:
 
 
 def register_bridge_account(
-    chat_control: Any, user: str, chat_url: str, token_path: Path, *, grant: str = "first"
+    chat_control: Any,
+    user: str,
+    chat_url: str,
+    token_path: Path,
+    *,
+    grant: str = "first",
+    scopes: Sequence[str] | None = None,
 ) -> None:
     """Give the bridge a Chat account: a refresh token in the emulator and a token file for it.
 
     This is what `python main.py auth` leaves behind; a new `grant` stands for running it again.
+    `scopes`: what the grant holds (None: the Chat scopes `auth` asks for without events).
     """
     tokens = chat_control.add_token(
-        user=user, refresh_token=f"refresh-{grant}-{user.split('/')[-1]}"
+        user=user,
+        refresh_token=f"refresh-{grant}-{user.split('/')[-1]}",
+        scopes=list(scopes) if scopes is not None else None,
     )
     token_path.write_text(
         json.dumps(
@@ -88,7 +97,7 @@ def register_bridge_account(
                 "token_uri": f"{chat_url}/token",
                 "client_id": "emulator-client",
                 "client_secret": "emulator-secret",
-                "scopes": ["https://www.googleapis.com/auth/chat.messages"],
+                "scopes": list(scopes or ["https://www.googleapis.com/auth/chat.messages"]),
             }
         )
     )
@@ -106,6 +115,7 @@ def write_config(
     poll_interval_seconds: float = 0.5,
     extra_sync: dict[str, Any] | None = None,
     extra_discourse: dict[str, Any] | None = None,
+    extra_google: dict[str, Any] | None = None,
 ) -> BridgeFiles:
     directory.mkdir(parents=True, exist_ok=True)
     files = BridgeFiles(
@@ -129,6 +139,7 @@ def write_config(
             "credentials_file": str(directory / "credentials.json"),
             "token_file": str(files.token),
             "api_endpoint": chat_url,
+            **(extra_google or {}),
         },
         "sync_settings": {
             "poll_interval_seconds": poll_interval_seconds,
