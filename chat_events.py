@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -299,8 +300,11 @@ class SubscriptionKeeper:
         chat: GoogleChatClient,
         handle: Handler,
         clock: Callable[[], datetime],
+        audit_every: timedelta = timedelta(minutes=15),
     ) -> None:
         self._config = config
+        self._audit_every = audit_every
+        self._next_audit = clock()
         self._spaces = spaces
         self._store = store
         self._events = events
@@ -310,23 +314,30 @@ class SubscriptionKeeper:
         self._lock = threading.Lock()
         # A replay that failed is tried again no sooner than this (in memory: a restart replays).
         self._replay_after: dict[str, datetime] = {}
+        self._lifecycle: queue.SimpleQueue[Lifecycle] = queue.SimpleQueue()
 
     # -- entry points
 
     def start(self) -> None:
         """Confirm every stored subscription with Google and mark every space for a replay."""
         with self._lock:
-            now = self._clock()
-            for state in self._store.chat_subscriptions():
-                state = replace(state, replay_due=True)
-                if state.subscription_name is not None and state.state in (ACTIVE, SUSPENDED):
-                    state = self._refresh(state, now)
-                self._store.save_chat_subscription(state)
+            self._audit(self._clock(), start=True)
 
     def tick(self) -> None:
         """Do whatever is due: create, renew, reactivate, replay, remove."""
         with self._lock:
+            while True:
+                try:
+                    event = self._lifecycle.get_nowait()
+                except queue.Empty:
+                    break
+                try:
+                    self._lifecycle_event(event)
+                except Exception:  # per-event boundary: the others and the plan still run
+                    logger.exception("lifecycle event %s failed", event)
             now = self._clock()
+            if now >= self._next_audit:
+                self._audit(now)
             wanted = set(self._spaces())
             for action in plan_subscriptions(wanted, self._store.chat_subscriptions(), now):
                 try:
@@ -338,56 +349,60 @@ class SubscriptionKeeper:
                     logger.exception("subscription work for %s failed", _space_of_action(action))
 
     def on_lifecycle(self, event: Lifecycle) -> None:
-        """A lifecycle event from the topic: act on the subscription it names."""
-        with self._lock:
-            state = next(
-                (
-                    s
-                    for s in self._store.chat_subscriptions()
-                    if s.subscription_name == event.subscription_name
-                ),
-                None,
+        """A lifecycle event from the topic: queued for the next tick.
+
+        The puller's thread only queues it, so it never waits behind a tick's work (a replay
+        of a long gap), and the keeper stays the one writer of the subscription rows.
+        """
+        self._lifecycle.put(event)
+
+    def _lifecycle_event(self, event: Lifecycle) -> None:
+        state = next(
+            (
+                s
+                for s in self._store.chat_subscriptions()
+                if s.subscription_name == event.subscription_name
+            ),
+            None,
+        )
+        if state is None:
+            logger.info(
+                "lifecycle event %s for %s, not a subscription of this bridge",
+                event.kind,
+                event.subscription_name,
             )
-            if state is None:
-                logger.info(
-                    "lifecycle event %s for %s, not a subscription of this bridge",
-                    event.kind,
-                    event.subscription_name,
-                )
-                return
-            now = self._clock()
-            if event.kind == "reminder":
-                logger.info("subscription of %s expires soon: renewing", state.gchat_space_name)
-                state = replace(state, next_attempt_at=now)
-            elif event.kind == "suspended":
-                reason = self._suspension_reason(event)
-                logger.warning(
-                    "subscription of %s suspended (%s): reactivating it once its cause is "
-                    "fixed; the poll covers meanwhile",
-                    state.gchat_space_name,
-                    reason or "no reason given",
-                )
-                state = replace(
-                    state,
-                    state=SUSPENDED,
-                    suspension_reason=reason,
-                    replay_due=True,
-                    attempts=0,
-                    next_attempt_at=now + RETRY_FIRST,
-                )
-            else:
-                logger.warning(
-                    "subscription of %s expired: creating it again", state.gchat_space_name
-                )
-                state = replace(
-                    state,
-                    state=EXPIRED,
-                    subscription_name=None,
-                    replay_due=True,
-                    attempts=0,
-                    next_attempt_at=now,
-                )
-            self._store.save_chat_subscription(state)
+            return
+        now = self._clock()
+        if event.kind == "reminder":
+            logger.info("subscription of %s expires soon: renewing", state.gchat_space_name)
+            state = replace(state, next_attempt_at=now)
+        elif event.kind == "suspended":
+            reason = self._suspension_reason(event)
+            logger.warning(
+                "subscription of %s suspended (%s): reactivating it once its cause is "
+                "fixed; the poll covers meanwhile",
+                state.gchat_space_name,
+                reason or "no reason given",
+            )
+            state = replace(
+                state,
+                state=SUSPENDED,
+                suspension_reason=reason,
+                replay_due=True,
+                attempts=0,
+                next_attempt_at=now + RETRY_FIRST,
+            )
+        else:
+            logger.warning("subscription of %s expired: creating it again", state.gchat_space_name)
+            state = replace(
+                state,
+                state=EXPIRED,
+                subscription_name=None,
+                replay_due=True,
+                attempts=0,
+                next_attempt_at=now,
+            )
+        self._store.save_chat_subscription(state)
 
     def _suspension_reason(self, event: Lifecycle) -> str | None:
         """Why Google suspended it: from the event's resource, else asked (Google's guide
@@ -402,11 +417,7 @@ class SubscriptionKeeper:
 
     def seen(self, space_name: str, until: datetime) -> None:
         """Events of `space_name` up to `until` are handled (a later replay starts there)."""
-        state = self._store.chat_subscription(space_name)
-        if state is None:
-            return
-        if state.events_seen_until is None or state.events_seen_until < until:
-            self._store.save_chat_subscription(replace(state, events_seen_until=until))
+        self._store.advance_events_seen(space_name, until)
 
     def orphans(self) -> list[Subscription]:
         """The caller's message subscriptions on this topic whose space is not mapped."""
@@ -610,34 +621,28 @@ class SubscriptionKeeper:
         if events:
             logger.info("replayed %d events of %s since %s", len(events), space, since)
 
-    def _refresh(self, state: ChatSubscriptionState, now: datetime) -> ChatSubscriptionState:
-        assert state.subscription_name is not None
+    def _audit(self, now: datetime, *, start: bool = False) -> None:
+        """Compare every stored subscription with Google's list (one paged request for all).
+
+        A subscription suspended because Chat may not publish to the topic cannot say so on
+        that topic, and one deleted by someone else says nothing at all: the audit, at start
+        and once per poll interval, finds both.
+        """
+        self._next_audit = now + self._audit_every
         try:
-            sub = self._events.get_subscription(state.subscription_name)
-        except EventsNotFound:
-            logger.warning(
-                "subscription %s of %s no longer exists: creating it again",
-                state.subscription_name,
-                state.gchat_space_name,
-            )
-            return replace(state, state=EXPIRED, subscription_name=None, next_attempt_at=now)
+            subs = self._events.list_subscriptions(MESSAGE_EVENT_TYPES)
         except EventsError as exc:
-            logger.warning("cannot check subscription %s: %s", state.subscription_name, exc)
-            return state
-        if sub.state == SUSPENDED:
-            return replace(
-                state,
-                state=SUSPENDED,
-                suspension_reason=sub.suspension_reason,
-                next_attempt_at=now,
-            )
-        return replace(
-            state,
-            state=ACTIVE,
-            suspension_reason=None,
-            expire_time=sub.expire_time,
-            next_attempt_at=renew_at(sub.expire_time, now),
-        )
+            if isinstance(exc, EventsAuthError):
+                raise
+            logger.warning("cannot list the events subscriptions: %s", exc)
+            return
+        listed = {sub.name: sub for sub in subs}
+        for state in self._store.chat_subscriptions():
+            fresh = replace(state, replay_due=True) if start else state
+            if state.subscription_name is not None and state.state in (ACTIVE, SUSPENDED):
+                fresh = _refreshed(fresh, listed.get(state.subscription_name), now)
+            if fresh != state:
+                self._store.save_chat_subscription(fresh)
 
     def _failed(
         self,
@@ -660,6 +665,44 @@ class SubscriptionKeeper:
                 next_attempt_at=retry_at(attempts, now, FAILED_RETRY_MAX),
             )
         )
+
+
+def _refreshed(
+    state: ChatSubscriptionState, sub: Subscription | None, now: datetime
+) -> ChatSubscriptionState:
+    """A stored subscription as Google lists it now (None: it is gone)."""
+    if sub is None:
+        logger.warning(
+            "subscription %s of %s no longer exists: creating it again",
+            state.subscription_name,
+            state.gchat_space_name,
+        )
+        return replace(
+            state, state=EXPIRED, subscription_name=None, replay_due=True, next_attempt_at=now
+        )
+    if sub.state == SUSPENDED:
+        if state.state == SUSPENDED:
+            return replace(state, suspension_reason=sub.suspension_reason)
+        logger.warning(
+            "subscription of %s is suspended (%s)", state.gchat_space_name, sub.suspension_reason
+        )
+        return replace(
+            state,
+            state=SUSPENDED,
+            suspension_reason=sub.suspension_reason,
+            replay_due=True,
+            attempts=0,
+            next_attempt_at=now,
+        )
+    if state.state == ACTIVE and state.expire_time == sub.expire_time:
+        return state
+    return replace(
+        state,
+        state=ACTIVE,
+        suspension_reason=None,
+        expire_time=sub.expire_time,
+        next_attempt_at=renew_at(sub.expire_time, now),
+    )
 
 
 def _space_of_action(action: SubscriptionAction) -> str:
@@ -694,6 +737,7 @@ class EventPuller:
         retry_delay_seconds: int = 30,
         max_messages: int = 100,
         max_handler_failures: int = 5,
+        lease_every_seconds: float | None = None,
     ) -> None:
         self._pubsub = pubsub
         self._subscription = subscription
@@ -705,10 +749,13 @@ class EventPuller:
         self._retry_delay = retry_delay_seconds
         self._max_messages = max_messages
         self._max_failures = max_handler_failures
+        # Extended at half the deadline: one late extension must not lose the lease.
+        self._lease_every = lease_every_seconds or ack_deadline_seconds / 2
         # Unexpected handler exceptions per Pub/Sub message id (in memory): a message that
         # keeps failing is acknowledged after a few, so that it cannot block its ordering key
         # (the space) for ever; the poll's own failure records keep it visible in `status`.
         self._failures: dict[str, int] = {}
+        self._working = threading.Lock()  # held while a pulled batch is being handled
         self.pulled = 0
         self.acknowledged = 0
         self.unusable = 0
@@ -727,7 +774,18 @@ class EventPuller:
                 continue
             backoff = RETRY_FIRST.total_seconds()
             if received:
-                self.process(received)
+                with self._working:
+                    if self._stop.is_set():
+                        return  # unacknowledged: delivered again after the restart
+                    self.process(received)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """At shutdown: wait for the batch in hand (not for a long-poll pull in flight, which
+        may hold for a minute and brings nothing that is not delivered again)."""
+        if self._working.acquire(timeout=timeout):
+            self._working.release()
+            return True
+        return False
 
     def process(self, received: Sequence[PubSubMessage]) -> None:
         """Handle one pull response; acknowledge what was committed."""
@@ -812,7 +870,7 @@ class EventPuller:
         finished = threading.Event()
 
         def extend() -> None:
-            while not finished.wait(self._ack_deadline / 2):
+            while not finished.wait(self._lease_every):
                 ids = list(pending)
                 if ids:
                     self._modify(ids, self._ack_deadline)

@@ -1360,6 +1360,15 @@ class Store:
             },
         )
 
+    def advance_events_seen(self, gchat_space_name: str, until: datetime) -> None:
+        """Events of the space up to `until` are handled: moves only that mark, only forward
+        (the puller calls it while the keeper may be rewriting the rest of the row)."""
+        self._write(
+            "UPDATE chat_subscription SET events_seen_until = ? WHERE gchat_space_name = ? "
+            "AND (events_seen_until IS NULL OR events_seen_until < ?)",
+            (_ts(until), gchat_space_name, _ts(until)),
+        )
+
     def delete_chat_subscription(self, gchat_space_name: str) -> None:
         self._write(
             "DELETE FROM chat_subscription WHERE gchat_space_name = ?", (gchat_space_name,)

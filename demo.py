@@ -30,7 +30,7 @@ from typing import Any, TextIO
 
 import yaml  # config_loader owns YAML reading; the demo only writes a config file
 
-from cli import CHAT_SCOPES, EXIT_FAILED, EXIT_OK, FAIL, OK, run_check
+from cli import EXIT_FAILED, EXIT_OK, FAIL, OK, auth_scopes, run_check
 from config_loader import load_config
 from google_chat_client import write_token_file
 
@@ -38,6 +38,10 @@ DEMO_API_KEY = "demo-api-key"
 DEMO_SECRET = "demo-webhook-secret-0123"
 DEMO_BRIDGE_USER = "users/100000000000000000001"
 DEMO_STEP_TIMEOUT = 20.0
+DEMO_PROJECT = "demo-project"
+# The poll runs this rarely in the demo, so that what crosses from Chat visibly crosses by
+# Workspace Events (the poll stays the safety net, as in production).
+DEMO_POLL_SECONDS = 900
 
 
 def _say(out: TextIO, text: str = "") -> None:
@@ -158,20 +162,17 @@ def _demo_world(chat: Any, forum: Any, directory: Path) -> _DemoWorld:
     forum.control.create_user(
         "carol", name="Carol Diaz", email="carol@forum.example.com", trust_level=1
     )
-    tokens = chat.control.add_token(user=DEMO_BRIDGE_USER, refresh_token="demo-refresh-token")
+    # A Cloud project in the Pub/Sub emulator, administered by the bridge's account, so that
+    # `check --fix` can create the topic, Chat's publisher grant and the pull subscription.
+    chat.pubsub.state.add_project(DEMO_PROJECT, owners=["user:bridge@example.com"])
+    events = {
+        "pubsub_topic": f"projects/{DEMO_PROJECT}/topics/gchat-discourse",
+        "pubsub_subscription": f"projects/{DEMO_PROJECT}/subscriptions/gchat-discourse",
+        "workspace_events_endpoint": chat.url,
+        "pubsub_endpoint": chat.pubsub.url,
+    }
     token_file = directory / "token.json"
-    write_token_file(
-        token_file,
-        {
-            "token": tokens["access_token"],
-            "refresh_token": tokens["refresh_token"],
-            "token_uri": f"{chat.url}/token",
-            "client_id": "demo-client",
-            "client_secret": "demo-secret",
-            "scopes": list(CHAT_SCOPES),
-        },
-    )
-    config = {
+    config: dict[str, Any] = {
         "discourse": {
             "url": forum.url,
             "api_key": DEMO_API_KEY,
@@ -183,9 +184,10 @@ def _demo_world(chat: Any, forum: Any, directory: Path) -> _DemoWorld:
             "credentials_file": "credentials.json",
             "token_file": str(token_file),
             "api_endpoint": chat.url,
+            "events": events,
         },
         "sync_settings": {
-            "poll_interval_seconds": 0.5,
+            "poll_interval_seconds": DEMO_POLL_SECONDS,
             "webhook_host": "127.0.0.1",
             "webhook_port": _free_port(),
             "database": "bridge.sqlite",
@@ -194,6 +196,21 @@ def _demo_world(chat: Any, forum: Any, directory: Path) -> _DemoWorld:
         "mappings": [{"google_space_id": space, "discourse_category_id": category_id}],
     }
     (directory / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    scopes = auth_scopes(load_config(directory / "config.yaml"))
+    tokens = chat.control.add_token(
+        user=DEMO_BRIDGE_USER, refresh_token="demo-refresh-token", scopes=list(scopes)
+    )
+    write_token_file(
+        token_file,
+        {
+            "token": tokens["access_token"],
+            "refresh_token": tokens["refresh_token"],
+            "token_uri": f"{chat.url}/token",
+            "client_id": "demo-client",
+            "client_secret": "demo-secret",
+            "scopes": list(scopes),
+        },
+    )
     return _DemoWorld(space=space, category_id=category_id, alice=alice)
 
 
@@ -208,6 +225,9 @@ def _demo_script(chat: Any, forum: Any, world: _DemoWorld, out: TextIO) -> None:
     def post_with(marker: str) -> dict[str, Any] | None:
         return next((p for p in posts() if marker in (p.get("raw") or "")), None)
 
+    def subscriptions() -> list[dict[str, Any]]:
+        return list(chat.control.subscriptions()["subscriptions"])
+
     def chat_messages() -> list[dict[str, Any]]:
         return list(chat.control.state()["messages"].get(world.space, []))
 
@@ -220,11 +240,18 @@ def _demo_script(chat: Any, forum: Any, world: _DemoWorld, out: TextIO) -> None:
         return value
 
     _say(out, "\n--- the conversation ---")
+    expect(
+        _wait(lambda: any(s["state"] == "ACTIVE" for s in subscriptions())),
+        "the bridge's Workspace Events subscription",
+    )
+    _say(out, "(the bridge subscribed to the space's events; the poll runs every 15 minutes)")
     first = chat.control.post_message(
         world.space, sender=world.alice, text="Hello from Google Chat! Is the forum listening?"
     )
+    sent = time.monotonic()
     _say(out, f"[Chat]      Alice Chen: {first['text']}")
     post = expect(_wait(lambda: post_with(first["name"])), "the Chat message in Discourse")
+    _say(out, f"  (in the forum {time.monotonic() - sent:.1f} s later, by Workspace Events)")
     topic_id = int(post["topic_id"])
     topic = next(t for t in forum.control.state()["topics"] if t["id"] == topic_id)
     _say(

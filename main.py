@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -250,6 +250,8 @@ def build_events(
         chat=deps.chat,
         handle=handle,
         clock=deps.clock,
+        # Once per poll interval, like the poll: the safety net for what no event can say.
+        audit_every=timedelta(seconds=config.sync.poll_interval_seconds),
     )
     puller = EventPuller(
         pubsub=pubsub,
@@ -440,21 +442,15 @@ def run(config: Config, *, once: bool) -> int:
     worker.start()
     server.start()
     scheduler.start()
-    threads: list[threading.Thread] = []
+    keeper: threading.Thread | None = None
     if runtime.events is not None:
-        threads = [
-            threading.Thread(
-                target=run_keeper,
-                args=(runtime.events.keeper, stop),
-                name="subscriptions",
-                daemon=True,
-            ),
-            # Daemon: a long-poll pull in flight must not hold up the shutdown; what it
-            # received and did not acknowledge is delivered again after the restart.
-            threading.Thread(target=runtime.events.puller.run, name="events", daemon=True),
-        ]
-        for thread in threads:
-            thread.start()
+        keeper = threading.Thread(
+            target=run_keeper, args=(runtime.events.keeper, stop), name="subscriptions"
+        )
+        keeper.start()
+        # Daemon: a long-poll pull in flight must not hold up the shutdown; what it received
+        # and did not acknowledge is delivered again after the restart.
+        threading.Thread(target=runtime.events.puller.run, name="events", daemon=True).start()
     logger.info(
         "bridge running: %d mappings, polling every %.1fs%s",
         len(config.mappings),
@@ -468,8 +464,9 @@ def run(config: Config, *, once: bool) -> int:
     server.stop()
     scheduler.shutdown(wait=True)
     worker.join(timeout=10)
-    for thread in threads:
-        thread.join(timeout=10)
+    if runtime.events is not None and keeper is not None:
+        keeper.join(timeout=10)
+        runtime.events.puller.wait_idle(timeout=10)
     runtime.store.close()
     logger.info("stopped")
     return cli.EXIT_OK

@@ -66,6 +66,16 @@ def test_missing_scopes_accepts_broader_grants_and_names_what_lacks() -> None:
     assert cli.missing_scopes([]) == SCOPES
 
 
+def test_with_events_the_pubsub_scope_is_needed_and_asked_for() -> None:
+    pubsub = cli._AUTH + "pubsub"
+    assert cli.missing_scopes(SCOPES, events=True) == [pubsub]
+    assert cli.missing_scopes([*SCOPES, pubsub], events=True) == []
+    assert cli.missing_scopes([*SCOPES, cli._AUTH + "cloud-platform"], events=True) == []
+    config = load_config(Path(__file__).resolve().parent.parent / "config.yaml.example", env={})
+    assert config.google.events is not None
+    assert cli.auth_scopes(config) == (*SCOPES, pubsub)
+
+
 def test_webhook_problems_names_each_defect() -> None:
     events = POST_EVENTS
     assert cli.webhook_problems(hook(), secret="s" * 16, events=events) == []

@@ -41,20 +41,25 @@ def events_config(
     files = world.config(
         mappings,
         poll_interval_seconds=poll_interval_seconds,
-        extra_google={
-            "events": {
-                "pubsub_topic": TOPIC,
-                "pubsub_subscription": SUBSCRIPTION,
-                "workspace_events_endpoint": world.chat.url,
-                "pubsub_endpoint": world.chat.pubsub.url,
-            }
-        },
+        extra_google=events_google(world),
         **kw,
     )
     if setup:
         fixed = run_main(["--config", str(files.config), "check", "--fix"])
         assert f"Pub/Sub subscription {SUBSCRIPTION} created" in fixed.stdout, fixed.stdout
     return files
+
+
+def events_google(world: World) -> dict[str, Any]:
+    """The `google.events` section pointing at the world's emulators."""
+    return {
+        "events": {
+            "pubsub_topic": TOPIC,
+            "pubsub_subscription": SUBSCRIPTION,
+            "workspace_events_endpoint": world.chat.url,
+            "pubsub_endpoint": world.chat.pubsub.url,
+        }
+    }
 
 
 def subscriptions(world: World, state: str = "ACTIVE") -> list[dict[str, Any]]:

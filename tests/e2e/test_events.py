@@ -16,6 +16,7 @@ from tests.e2e.events_world import (
     TOPIC,
     backlog,
     events_config,
+    events_google,
     message_lists,
     subscriptions,
     wait_subscribed,
@@ -235,5 +236,129 @@ def test_down_longer_than_the_subscription_lives_recreates_it_and_replays(
         markers = world.markers()
         assert [markers[n] for n in names] == [1, 1, 1, 1]
         assert "creating it again" in bridge.log_text()
+    finally:
+        bridge.terminate()
+
+
+def test_a_lost_publisher_grant_is_found_named_and_healed_by_check_fix(world: World) -> None:
+    """Chat cannot tell the bridge on a topic it may not publish to: the audit (once per poll
+    interval) finds the suspension, the poll covers meanwhile; `check` names the fix and
+    `check --fix` applies it (the grant, then the reactivation)."""
+    alice, space, mapping = room(world)
+    files = events_config(world, [mapping], poll_interval_seconds=3)
+    owner = "user:bridge@example.com"
+    project, topic = TOPIC.split("/")[1::2]
+    bridge = BridgeProcess(files)
+    try:
+        wait_for(bridge.ready, what="bridge ready")
+        wait_subscribed(world, 1)
+        world.chat.pubsub.state.set_iam_policy(
+            owner, "topics", project, topic, {"policy": {"bindings": []}}
+        )
+        world.say(space, alice, "published to nobody, brought by the poll")
+        wait_for(lambda: subscriptions(world, "SUSPENDED"), timeout=10, what="suspended")
+        status = wait_for(
+            lambda: (
+                (out := run_main(["--config", str(files.config), "status"]).stdout)
+                and "events: SUSPENDED (ENDPOINT_PERMISSION_DENIED)" in out
+                and out
+            ),
+            timeout=20,
+        )
+        assert "check --fix" in status
+        wait_for(lambda: post_with(world, "brought by the poll"), timeout=20)
+        check = run_main(["--config", str(files.config), "check"])
+        assert "Google Chat may not publish to" in check.stdout
+        fixed = run_main(["--config", str(files.config), "check", "--fix"])
+        assert "Google Chat may now publish" in fixed.stdout, fixed.stdout
+        # Reactivated by `--fix`, or by the bridge's own retry in the moment after the grant.
+        label = f"events subscription of {space}"
+        assert f"{label} reactivated" in fixed.stdout or f"{label} ACTIVE" in fixed.stdout
+        wait_for(lambda: subscriptions(world), timeout=60, what="active again")
+        world.say(space, alice, "after the grant came back")
+        wait_for(lambda: post_with(world, "after the grant came back"), timeout=10)
+    finally:
+        bridge.terminate()
+
+
+def test_forum_replies_written_into_chat_come_back_as_events_and_are_not_echoed(
+    world: World,
+) -> None:
+    alice, space, mapping = room(world)
+    world.forum_user("carol", "Carol Diaz")
+    files = events_config(world, [mapping])
+    world.hook_to(files)
+    bridge = BridgeProcess(files)
+    try:
+        wait_for(bridge.ready, what="bridge ready")
+        wait_subscribed(world, 1)
+        world.say(space, alice, "a thread the forum will answer")
+        post = wait_for(lambda: post_with(world, "a thread the forum will answer"), timeout=10)
+        answer = "Carol answers from the forum side of things"
+        world.discourse.control.create_post("carol", answer, topic_id=post["topic_id"])
+        wait_for(
+            lambda: any(answer in (m.get("text") or "") for m in world.chat_messages(space)),
+            timeout=10,
+            what="the forum reply in Chat",
+        )
+        # Its `created` event reaches the bridge like any other; it must not come back.
+        wait_for(lambda: backlog(world) == {"undelivered": 0, "outstanding": 0}, timeout=10)
+        time.sleep(0.5)
+        copies = [p for p in world.live_posts() if answer in (p.get("raw") or "")]
+        assert len(copies) == 1, copies
+    finally:
+        bridge.terminate()
+
+
+def test_a_dm_message_reaches_its_chat_channel_by_events(world: World) -> None:
+    (ann,) = world.add_people("Ann Lee")
+    world.discourse.control.create_user(
+        "annl", name="Ann Lee", email=world.people[0]["email"], trust_level=1
+    )
+    dm = world.add_dm([ann])
+    files = events_config(world, [{"google_space_id": dm}])
+    bridge = BridgeProcess(files)
+    try:
+        wait_for(bridge.ready, what="bridge ready")
+        bridge.wait_cycles(1)
+        wait_subscribed(world, 1)
+        world.chat.control.clear_requests()
+        world.say(dm, ann, "a direct message, in real time")
+
+        def arrived() -> bool:
+            return any(
+                "a direct message, in real time" in (m.get("message") or "")
+                for m in world.discourse.control.state()["chat_messages"]
+            )
+
+        wait_for(arrived, timeout=10, what="the DM in its Discourse channel")
+    finally:
+        bridge.terminate()
+
+
+def test_a_removed_mapping_loses_its_subscription(world: World) -> None:
+    _, space, mapping = room(world, "Kept")
+    (bob,) = world.add_people("Bob Brown")
+    other = world.add_space("Dropped", [bob])
+    dropped = {"google_space_id": other, "discourse_category_id": world.category("Dropped")}
+    files = events_config(world, [mapping, dropped])
+    bridge = BridgeProcess(files)
+    try:
+        # `check --fix` made both; the bridge adopts them (and so knows them) at start.
+        wait_for(lambda: bridge.log_text().count("adopted subscription") == 2, timeout=20)
+    finally:
+        bridge.terminate()
+    files = world.config([mapping], extra_google=events_google(world))
+    bridge = BridgeProcess(files)
+    try:
+        wait_for(
+            lambda: (
+                [s["targetResource"] for s in subscriptions(world)]
+                == [f"//chat.googleapis.com/{space}"]
+            ),
+            timeout=20,
+            what="only the mapped space subscribed",
+        )
+        wait_for(lambda: "no longer mapped" in bridge.log_text(), timeout=5)
     finally:
         bridge.terminate()
