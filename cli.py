@@ -42,6 +42,7 @@ from urllib.parse import urlsplit
 from checks import CheckResult, warning
 from config_loader import Config, ConfigError, SpaceMapping
 from db import StatusKey, Store
+from delegation import DELEGATION_REFUSED, FIXES, USER_REFUSED, Delegation
 from discourse_client import (
     DiscourseAuthError,
     DiscourseClient,
@@ -472,6 +473,43 @@ def check_google(config: Config, *, fix: bool = False) -> Iterator[CheckResult]:
         yield _check_space(chat, index, mapping)
     if config.google.events is not None:
         yield from check_events(config, credentials, fix=fix)
+    if config.google.delegation is not None:
+        yield from check_delegation(config, chat)
+
+
+def check_delegation(config: Config, chat: GoogleChatClient) -> Iterator[CheckResult]:
+    """A token for one member of each mapped space, as the forum's posts would be written."""
+    settings = config.google.delegation
+    if settings is None:
+        return
+    delegation = Delegation(settings, api_endpoint=config.google.api_endpoint)
+    who = f"service account {delegation.client_email} (client id {delegation.client_id})"
+    for mapping in config.mappings:
+        space = mapping.google_space_id
+        try:
+            members = chat.list_members(space)
+        except ChatError as exc:
+            yield CheckResult(False, f"delegation in {space}: cannot list members: {exc}")
+            continue
+        member = next((m for m in members if m.type == "HUMAN" and settings.covers(m.email)), None)
+        if member is None or member.email is None:
+            yield warning(
+                f"delegation in {space}: no member with an email in "
+                f"{', '.join(settings.domains)} to try a token for",
+                "nothing to fix if none of them posts on the forum",
+            )
+            continue
+        refused = delegation.try_token(member.email)
+        if refused is None:
+            yield CheckResult(True, f"delegation: {who} may act as {member.email} in {space}")
+            continue
+        reason = refused.split(":", 1)[0].strip()
+        fix = FIXES[USER_REFUSED] if reason == "invalid_grant" else FIXES[DELEGATION_REFUSED]
+        yield CheckResult(
+            False,
+            f"delegation: {who} may not act as {member.email}: {refused}",
+            fix.replace("the service account's client id", f"client id {delegation.client_id}"),
+        )
 
 
 def _check_space(chat: GoogleChatClient, index: int, mapping: SpaceMapping) -> CheckResult:
@@ -738,6 +776,13 @@ def run_status(config: Config, *, out: TextIO = sys.stdout) -> int:
             )
         if dead or parked:
             _say(out, "Fix the cause, then run: python main.py retry")
+        if config.google.delegation is not None:
+            fallbacks = store.delegation_fallbacks()
+            total = sum(count for _, count, _ in fallbacks)
+            _say(out, f"Posts written as the operator instead of their author: {total}")
+            for reason, count, detail in fallbacks:
+                _say(out, f"  {reason}: {count} (last: {_one_line(detail, 120)})")
+                _say(out, f"    fix: {FIXES.get(reason, 'see the log')}")
     return EXIT_OK
 
 

@@ -19,6 +19,7 @@ it, and it refuses to start without one unless ``allow_unsigned_webhooks`` is tr
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import os
 import re
@@ -103,11 +104,29 @@ class EventsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DelegationConfig:
+    """Forum posts by people of `domains` are written in Chat as those people (a service account
+    with domain-wide delegation acting as them); everyone else's as the operator's account."""
+
+    service_account_file: Path
+    domains: tuple[str, ...]
+    # The key file's contents, checked at load (never in repr: it holds a private key).
+    service_account_info: Mapping[str, Any] = field(repr=False, compare=False)
+
+    def covers(self, email: str | None) -> bool:
+        """True if `email` is in one of the delegated Workspace domains."""
+        if not email or "@" not in email:
+            return False
+        return email.rsplit("@", 1)[1].lower() in self.domains
+
+
+@dataclass(frozen=True, slots=True)
 class GoogleConfig:
     credentials_file: Path
     token_file: Path
     api_endpoint: str | None = None  # base URL without a trailing slash, or None for Google
     events: EventsConfig | None = None  # None: Chat → Discourse by polling only
+    delegation: DelegationConfig | None = None  # None: every forum post as the operator
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,7 +411,9 @@ _DISCOURSE_KEYS = (
     "allow_unsigned_webhooks",
     "timeout_seconds",
 )
-_GOOGLE_KEYS = ("credentials_file", "token_file", "api_endpoint", "events")
+_GOOGLE_KEYS = ("credentials_file", "token_file", "api_endpoint", "events", "delegation")
+_DELEGATION_KEYS = ("service_account_file", "domains")
+_SERVICE_ACCOUNT_FIELDS = ("type", "client_email", "private_key", "private_key_id", "token_uri")
 _EVENTS_KEYS = (
     "pubsub_topic",
     "pubsub_subscription",
@@ -504,11 +525,84 @@ def _google(problems: list[str], data: Mapping[str, Any], base: Path) -> Any:
     )
     endpoint = c.url("api_endpoint", None, allow_null=True)
     events = _events(problems, data.get("events"))
-    if _MISSING in (credentials, token, endpoint, events):
+    delegation = _delegation(problems, data.get("delegation"), base)
+    if _MISSING in (credentials, token, endpoint, events, delegation):
         return None
     return GoogleConfig(
-        credentials_file=credentials, token_file=token, api_endpoint=endpoint, events=events
+        credentials_file=credentials,
+        token_file=token,
+        api_endpoint=endpoint,
+        events=events,
+        delegation=delegation,
     )
+
+
+def _delegation(problems: list[str], data: object, base: Path) -> Any:
+    """`google.delegation`: absent or null: every forum post goes out as the operator."""
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        problems.append(
+            f"google.delegation: must be a mapping of keys or null, got {_type_name(data)}; "
+            "indent service_account_file and domains under it, or remove it"
+        )
+        return _MISSING
+    c = _Checker(problems, "google.delegation", data)
+    c.check_unknown(_DELEGATION_KEYS)
+    path = c.path(
+        "service_account_file",
+        base,
+        how_to_fix='add the key file of the service account, e.g. "service-account.json"',
+    )
+    info = _service_account(c, path) if isinstance(path, Path) else _MISSING
+    domains = c.get("domains", how_to_fix='add the Workspace domains, e.g. ["example.com"]')
+    if domains is not _MISSING and (
+        not isinstance(domains, list)
+        or not domains
+        or not all(
+            isinstance(d, str) and re.fullmatch(r"[A-Za-z0-9.-]+\.[A-Za-z]{2,}", d)
+            for d in domains
+        )
+    ):
+        c.add("domains", 'must be a list of domain names; write it like ["example.com"]')
+        domains = _MISSING
+    if _MISSING in (path, info, domains):
+        return _MISSING
+    return DelegationConfig(
+        service_account_file=path,
+        domains=tuple(d.lower() for d in domains),
+        service_account_info=info,
+    )
+
+
+def _service_account(c: _Checker, path: Path) -> Any:
+    """The key file checked like the token file: there, private, a service-account key."""
+    key = "service_account_file"
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        c.add(key, f"{path} does not exist; download a JSON key of the service account there")
+        return _MISSING
+    except OSError as exc:
+        c.add(key, f"{path} cannot be read ({exc.strerror}); check the path and permissions")
+        return _MISSING
+    if mode & 0o077:
+        c.add(
+            key, f"{path} can be read by others (mode {mode & 0o777:04o}); run: chmod 600 {path}"
+        )
+        return _MISSING
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        # The content is a private key: never quoted in an error.
+        c.add(key, f"{path} is not a JSON key file; download the service account's key again")
+        return _MISSING
+    missing = [f for f in _SERVICE_ACCOUNT_FIELDS if not (isinstance(info, dict) and info.get(f))]
+    if missing or info.get("type") != "service_account":
+        what = ", ".join(missing) if missing else "type service_account"
+        c.add(key, f"{path} is not a service-account key (lacks {what}); create a JSON key")
+        return _MISSING
+    return info
 
 
 def _events(problems: list[str], data: object) -> Any:

@@ -440,6 +440,25 @@ CREATE TABLE chat_message_version (
 );
 """
 
+_SCHEMA_V6 = """
+CREATE TABLE delegated_sender (
+    gchat_user_name TEXT PRIMARY KEY,
+    email TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE written_as (
+    gchat_message_name TEXT PRIMARY KEY,
+    email TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE delegation_fallback (
+    reason TEXT PRIMARY KEY,
+    count INTEGER NOT NULL,
+    last_detail TEXT,
+    updated_at TEXT NOT NULL
+);
+"""
+
 
 # Ordered (version, description, step): a step is SQL, or a function run on the connection in
 # the migration's transaction (for data SQL cannot parse). Append only: never edit a released
@@ -454,6 +473,7 @@ MIGRATIONS: tuple[tuple[int, str, str | Callable[[sqlite3.Connection], None]], .
     ),
     (4, "a secret key for the client-assigned ids of Chat messages", _add_client_id_key),
     (5, "Workspace Events subscriptions and the Chat message versions events brought", _SCHEMA_V5),
+    (6, "forum posts written in Chat as their authors (domain-wide delegation)", _SCHEMA_V6),
 )
 
 
@@ -1373,6 +1393,53 @@ class Store:
         self._write(
             "DELETE FROM chat_subscription WHERE gchat_space_name = ?", (gchat_space_name,)
         )
+
+    # Domain-wide delegation: whom the bridge writes as, and when it could not.
+
+    def add_delegated_sender(self, gchat_user_name: str, email: str) -> None:
+        """The bridge writes (or is about to write) as this Chat user: its messages under the
+        bridge's ids are the bridge's own (recorded before the first write, so that a crash
+        between the write and this row cannot make an echo)."""
+        self._upsert(
+            "delegated_sender", {"gchat_user_name": gchat_user_name}, {"email": email.lower()}
+        )
+
+    def delegated_senders(self) -> frozenset[str]:
+        rows = self._all("SELECT gchat_user_name FROM delegated_sender")
+        return frozenset(row["gchat_user_name"] for row in rows)
+
+    def delegated_sender_for(self, email: str) -> str | None:
+        row = self._one(
+            "SELECT gchat_user_name FROM delegated_sender WHERE email = ?", (email.lower(),)
+        )
+        return None if row is None else str(row["gchat_user_name"])
+
+    def set_written_as(self, gchat_message_name: str, email: str) -> None:
+        """The message was written as the Workspace user `email`: its edits and deletion too."""
+        self._upsert("written_as", {"gchat_message_name": gchat_message_name}, {"email": email})
+
+    def written_as(self, gchat_message_name: str) -> str | None:
+        row = self._one(
+            "SELECT email FROM written_as WHERE gchat_message_name = ?", (gchat_message_name,)
+        )
+        return None if row is None else str(row["email"])
+
+    def count_delegation_fallback(self, reason: str, detail: str) -> None:
+        """A post went out as the operator instead of its author, for `reason` (`status`)."""
+        with self.transaction():
+            self._conn.execute(
+                "INSERT INTO delegation_fallback (reason, count, last_detail, updated_at) "
+                "VALUES (?, 1, ?, ?) ON CONFLICT (reason) DO UPDATE SET count = count + 1, "
+                "last_detail = excluded.last_detail, updated_at = excluded.updated_at",
+                (reason, detail[:500], self._now()),
+            )
+
+    def delegation_fallbacks(self) -> list[tuple[str, int, str | None]]:
+        """(reason, how many, the last one's detail), most frequent first."""
+        rows = self._all(
+            "SELECT reason, count, last_detail FROM delegation_fallback ORDER BY count DESC"
+        )
+        return [(row["reason"], int(row["count"]), row["last_detail"]) for row in rows]
 
     def chat_message_version(self, gchat_message_name: str) -> ChatMessageVersion | None:
         row = self._one(

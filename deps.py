@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from config_loader import Config
 from db import Store
+from delegation import Delegation
 from discourse_client import DiscourseClient
 from google_chat_client import GoogleChatClient
 from inbox import Inbox
@@ -35,3 +36,5 @@ class Deps:
     # Set when the process is shutting down: long cycles stop between two items.
     stop: threading.Event = field(default_factory=threading.Event)
     clock: Callable[[], datetime] = utcnow
+    # Per-user Chat clients for forum authors of the delegated domains (None: not configured).
+    delegation: Delegation | None = None

@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import requests
 
@@ -94,6 +94,8 @@ _MAX_UPLOAD_REDIRECTS = 3
 # limit before it stops.
 _FILE_BLOCK = 64 * 1024
 _AUTH_ERROR_TYPES = frozenset({"invalid_access", "not_logged_in", "invalid_api_credentials"})
+# The provider name of Discourse's Google login (Auth::GoogleOAuth2Authenticator#name).
+GOOGLE_PROVIDER = "google_oauth2"
 
 
 # --------------------------------------------------------------------------------------------
@@ -1078,6 +1080,24 @@ class DiscourseClient:
             return None
         return DiscourseUser.from_api(data["user"])
 
+    def find_user_by_google_id(self, google_id: str) -> DiscourseUser | None:
+        """The forum user who signed in with this Google account, or None.
+
+        `GET /u/by-external/google_oauth2/{id}.json` reads the user's associated account
+        (`UserAssociatedAccount.provider_uid`, for a Google login the OpenID `sub` claim). None
+        when nobody signed in with it, and when the forum has Google logins turned off (404
+        either way). Only admins may ask, the id being sensitive: a key acting as anyone else
+        gets 403.
+
+        Raises: DiscourseAuthError (a non-admin acting user; a bad key), and as `_request`.
+        """
+        path = f"/u/by-external/{GOOGLE_PROVIDER}/{quote(google_id, safe='')}.json"
+        try:
+            data = self._get(path)
+        except DiscourseNotFound:
+            return None
+        return DiscourseUser.from_api(data["user"])
+
     def find_user_by_email(self, email: str) -> DiscourseUser | None:
         """The user with exactly this email (case-insensitive), via the admin user list."""
         data = self._get(
@@ -1088,6 +1108,21 @@ class DiscourseClient:
         for item in data or ():
             if str(item.get("email") or "").lower() == wanted:
                 return DiscourseUser.from_api(item)
+        return None
+
+    def email_of(self, username: str) -> str | None:
+        """The primary email of the forum user `username` (admin only), None if not found.
+
+        Through the admin user list, as `find_user_by_email` (`show_emails` needs an admin).
+        """
+        data = self._get(
+            "/admin/users/list/active.json",
+            params={"filter": username, "show_emails": "true"},
+        )
+        wanted = username.strip().lower()
+        for item in data or ():
+            if str(item.get("username") or "").lower() == wanted:
+                return _opt_str(item.get("email"))
         return None
 
     def create_user(

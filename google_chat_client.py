@@ -737,7 +737,15 @@ def _to_chat_error(exc: BaseException, method: str, path: str) -> ChatError:
             return ChatUnavailable(f"{method} {path}: token refresh failed transiently", **where)
         # The token endpoint's error text (e.g. "invalid_grant: Token has been expired or
         # revoked.") holds no secret, and it is what the operator needs to see.
-        return ChatAuthError(f"Google Chat token refresh failed ({exc.args[0]})", **where)
+        text = str(exc.args[0]) if exc.args else ""
+        # google-auth words a token endpoint's refusal "<error>: <error_description>": the
+        # OAuth error code (e.g. unauthorized_client, invalid_grant) is the reason.
+        code = text.split(":", 1)[0].strip()
+        return ChatAuthError(
+            f"Google Chat token refresh failed ({text})",
+            reason=code if re.fullmatch(r"[a-z_]+", code) else None,
+            **where,
+        )
     if isinstance(exc, google.auth.exceptions.TransportError):
         return ChatUnavailable(f"{method} {path}: token endpoint unreachable: {exc}", **where)
     if isinstance(exc, MediaUploadSizeError):
@@ -1265,6 +1273,19 @@ class GoogleChatClient:
     def get_space(self, space_name: str) -> ChatSpace:
         """Raises ChatNotFound when the space does not exist (or is not visible)."""
         return ChatSpace.from_api(self._call(lambda: self._resources.spaces.get(name=space_name)))
+
+    def get_member(self, space_name: str, member: str) -> ChatUser:
+        """The member `member` (a user's id, or their email as an alias) of a space.
+
+        Raises:
+            ChatNotFound: not a member (or no such user or space).
+        """
+        name = f"{space_name}/members/{member.removeprefix('users/')}"
+        membership = self._call(lambda: self._resources.members.get(name=name)) or {}
+        user = membership.get("member")
+        if not isinstance(user, dict) or not user.get("name"):
+            raise ChatNotFound(f"GET {name}: a membership without a user", status=404)
+        return ChatUser.from_api(user)
 
     def list_members(self, space_name: str) -> list[ChatUser]:
         """The users that are members of a space (group memberships are skipped)."""

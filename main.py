@@ -30,6 +30,7 @@ import cli
 from chat_events import SUSPENDED, EventPuller, SubscriptionKeeper
 from config_loader import Config, ConfigError, load_config
 from db import StatusKey, Store
+from delegation import Delegation
 from deps import Deps
 from discourse_client import DiscourseClient
 from google_chat_client import ChatAuthError, GoogleChatClient, SpaceMessageEvent, load_token_file
@@ -156,7 +157,12 @@ def build_runtime(config: Config, stop: threading.Event) -> Runtime:
     # Events of private messages, unmapped categories and unlinked chat channels are dropped
     # before they are stored (config + store, no request per delivery).
     inbox = Inbox(store, scope=Scope(config.mappings, store))
-    deps = Deps(config, store, chat, discourse, users, inbox, stop=stop)
+    delegation = (
+        Delegation(config.google.delegation, api_endpoint=config.google.api_endpoint, sleep=sleep)
+        if config.google.delegation is not None
+        else None
+    )
+    deps = Deps(config, store, chat, discourse, users, inbox, stop=stop, delegation=delegation)
     g2d = GchatToDiscourse(deps)
     dms = DmSync(deps)
     d2g = DiscourseToGchat(deps)
@@ -175,7 +181,7 @@ def build_runtime(config: Config, stop: threading.Event) -> Runtime:
         inbox_depth=store.inbox_depth,
         dead_letters=lambda: len(store.dead_events()),
         parked=lambda: len(store.parked_items()),
-        requests=lambda: requests_sent(discourse, chat, events),
+        requests=lambda: requests_sent(discourse, chat, events, delegation),
         rate_limited=lambda: {
             "discourse": discourse.rate_limited_count,
             "google_chat": chat.rate_limited_count,
@@ -207,9 +213,14 @@ def build_runtime(config: Config, stop: threading.Event) -> Runtime:
 
 
 def requests_sent(
-    discourse: DiscourseClient, chat: GoogleChatClient, events: EventsRuntime | None
+    discourse: DiscourseClient,
+    chat: GoogleChatClient,
+    events: EventsRuntime | None,
+    delegation: Delegation | None = None,
 ) -> dict[str, int]:
     sent = {"discourse": discourse.request_count, "google_chat": chat.request_count}
+    if delegation is not None:
+        sent["google_token_delegated"] = delegation.token_requests
     if events is not None:
         sent["workspace_events"] = events.workspace_events.request_count
         sent["pubsub"] = events.pubsub.request_count

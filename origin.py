@@ -258,9 +258,18 @@ class BridgeIdentity:
     senders: frozenset[str] = frozenset()
 
     @classmethod
-    def running_as(cls, ids: ClientIds, account: str | None) -> BridgeIdentity:
-        """The bridge that runs as the Google user `account` (None: not learnt yet)."""
-        return cls(ids, frozenset({account}) if account else frozenset())
+    def running_as(
+        cls, ids: ClientIds, account: str | None, delegated: frozenset[str] = frozenset()
+    ) -> BridgeIdentity:
+        """The bridge that runs as the Google user `account` (None: not learnt yet) and writes
+        forum authors' posts as the Workspace users `delegated` (domain-wide delegation).
+
+        Until its own account is learnt, only ids made with its key count (whoever sent them):
+        naming the delegated senders alone would make its own first writes look human.
+        """
+        if not account:
+            return cls(ids)
+        return cls(ids, frozenset({account, *delegated}))
 
     def wrote(self, message: ChatMessage) -> bool:
         return is_bridge_origin(message, self)

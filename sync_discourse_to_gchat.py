@@ -48,6 +48,7 @@ from typing import Any
 import formatting
 import origin
 from db import MessageLink, PostParts, StatusKey
+from delegation import AuthorWriters
 from deps import Deps
 from discourse_client import (
     DiscourseAuthError,
@@ -59,10 +60,12 @@ from discourse_client import (
 from google_chat_client import (
     MEDIA_BLOCK,
     AttachmentRef,
+    ChatError,
     ChatMessage,
     ChatNotFound,
     ChatPermissionDenied,
     ChatRejected,
+    GoogleChatClient,
 )
 from inbox import (
     PostEvent,
@@ -114,6 +117,9 @@ class PostContext:
     # this post's (it has its copy elsewhere). Only a marker at the end of a post by one of them
     # makes the post a copy of a Chat message; a marker anyone else types is text.
     origin_authors: frozenset[str] = frozenset()
+    # The Workspace user the post's Chat message was written as (domain-wide delegation), so
+    # its edits are written as them too, without the attribution line; None: the operator.
+    written_as: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,17 +284,19 @@ def _plan_edit(
         when = f"{updated.isoformat()} < {seen.isoformat()}"
         return (Skip(f"stale edit (updated {when})", notable=True),)
     lookup = ctx.mentions.get
+    attributed = ctx.written_as is None
     whole = render_message(
         post,
         base_url=settings.base_url,
         mention_lookup=lookup,
         long_messages="split",
         attribution_format=settings.attribution_format,
+        attributed=attributed,
     )
     new_hash = origin.content_hash(whole)
     if new_hash == link.content_hash:
         return (Skip("the edit changes nothing in Chat"),)
-    parts = _parts(post, settings, lookup)
+    parts = _parts(post, settings, lookup, attributed=attributed)
     return (
         EditMessage(
             post,
@@ -367,7 +375,11 @@ def _later_parts(link: MessageLink, ctx: PostContext, ids: origin.ClientIds) -> 
 
 
 def _parts(
-    post: DiscoursePost, settings: RenderSettings, lookup: Callable[[str], str | None]
+    post: DiscoursePost,
+    settings: RenderSettings,
+    lookup: Callable[[str], str | None],
+    *,
+    attributed: bool = True,
 ) -> list[str]:
     return render_parts(
         post,
@@ -375,6 +387,7 @@ def _parts(
         mention_lookup=lookup,
         long_messages=settings.long_messages,
         attribution_format=settings.attribution_format,
+        attributed=attributed,
     )
 
 
@@ -408,13 +421,16 @@ def render_message(
     mention_lookup: Callable[[str], str | None],
     long_messages: str = "split",
     attribution_format: str | None = None,
+    attributed: bool = True,
 ) -> str:
     """The Chat text for `post`: attribution, the title for a first post, then the body.
 
     With `long_messages="split"` the text is returned whole (the caller sends it in parts of
     `render_parts`); with "truncate" a text over Chat's limit is cut, with a link to the post.
+    `attributed=False`: no attribution line (written as the author, domain-wide delegation).
     """
     header, body = _header_and_body(post, base_url, mention_lookup, attribution_format)
+    header = header if attributed else ""
     text = "\n".join(line for line in (header, body) if line)
     if long_messages == "split":
         return text
@@ -434,6 +450,7 @@ def render_parts(
     mention_lookup: Callable[[str], str | None],
     long_messages: str = "split",
     attribution_format: str | None = None,
+    attributed: bool = True,
 ) -> list[str]:
     """The Chat messages for `post`: with "split", as many as its length needs, each beginning
     with the attribution line, so that no part is anonymous and none can begin with a forged
@@ -446,9 +463,12 @@ def render_parts(
                 mention_lookup=mention_lookup,
                 long_messages=long_messages,
                 attribution_format=attribution_format,
+                attributed=attributed,
             )
         ]
     header, body = _header_and_body(post, base_url, mention_lookup, attribution_format)
+    if not attributed:
+        return formatting.split_for_limit(body, formatting.CHAT_MAX_BYTES)
     return formatting.split_under_header(header, body, formatting.CHAT_MAX_BYTES)
 
 
@@ -499,6 +519,7 @@ class DiscourseToGchat:
         # The worker and a manual `retry` must not write the same post twice at once.
         self._lock = threading.Lock()
         self.bridged = 0
+        self._authors = AuthorWriters(deps.delegation, deps.discourse, deps.chat, deps.store)
 
     # -- the catch-up pull
 
@@ -643,6 +664,7 @@ class DiscourseToGchat:
             version_seen=self._store.post_version(post.id),
             edited_seen=self._store.post_edited_at(post.id),
             mentions=self._mentions(post.raw or ""),
+            written_as=self._store.written_as(link.gchat_message_name) if link else None,
         )
 
     def _origin_authors(self, post: DiscoursePost) -> frozenset[str]:
@@ -698,6 +720,7 @@ class DiscourseToGchat:
             version_seen=self._store.post_version(first.id),
             edited_seen=self._store.post_edited_at(first.id),
             mentions=self._mentions(first.raw or ""),
+            written_as=self._store.written_as(link.gchat_message_name) if link else None,
             first_post=first,
         )
 
@@ -823,30 +846,51 @@ class DiscourseToGchat:
         )
 
     def _write(self, action: CreateMessage) -> None:
+        """Write the post as its author when delegation covers them, else as the operator."""
+        post = action.post
+        author = self._authors.writer_for(
+            post.username, action.gchat_space_name, f"post {post.id}"
+        )
+        if author is not None:
+            try:
+                self._write_as(action, author.client, author.email)
+                return
+            except ChatError as exc:
+                self._authors.refused(author, exc, f"post {post.id}")  # raises if transient
+        self._write_as(action, self._chat, None)
+
+    def _write_as(
+        self, action: CreateMessage, client: GoogleChatClient, email: str | None
+    ) -> None:
         post, client_id = action.post, action.client_id
+        attributed = email is None
         text = render_message(
             post,
             base_url=self._settings.base_url,
             mention_lookup=self._mention_lookup,
             long_messages=self._settings.long_messages,
             attribution_format=self._settings.attribution_format,
+            attributed=attributed,
         )
-        parts = _parts(post, self._settings, self._mention_lookup)
-        attachments, notes = self._attachments_for(post, action.gchat_space_name)
+        parts = _parts(post, self._settings, self._mention_lookup, attributed=attributed)
+        attachments, notes = self._attachments_for(post, action.gchat_space_name, client)
         first = parts[0]
         if notes:
             # The notes name uploads as the post's author named them: neutralised like a body.
             note = formatting.neutralise_chat("\n".join(notes))
             if len((first + "\n" + note).encode()) <= formatting.CHAT_MAX_BYTES:
                 first = f"{first}\n{note}"
-            else:
+            elif attributed:
                 header = formatting.attribution_line(
                     post.display_name, post.username, self._settings.attribution_format
                 )
                 parts += formatting.split_under_header(header, note, formatting.CHAT_MAX_BYTES)
+            else:
+                parts += formatting.split_for_limit(note, formatting.CHAT_MAX_BYTES)
         message = self._create_chat_message(
             action.gchat_space_name,
             first,
+            client=client,
             message_id=client_id,
             thread_name=action.gchat_thread_name,
             attachments=attachments,
@@ -861,6 +905,7 @@ class DiscourseToGchat:
             self._create_chat_message(
                 action.gchat_space_name,
                 part,
+                client=client,
                 message_id=self._ids.for_part(client_id, index),
                 thread_name=thread,
             )
@@ -876,13 +921,19 @@ class DiscourseToGchat:
                 origin="discourse",
                 content_hash=origin.content_hash(text),
             )
+            if email is not None:
+                self._store.set_written_as(message.name, email)
         self.bridged += 1
-        logger.info("bridged post %d -> %s", post.id, message.name)
+        logger.info(
+            "bridged post %d -> %s%s", post.id, message.name, f" as {email}" if email else ""
+        )
 
     def _edit(self, action: EditMessage) -> None:
         """Update the message and its later parts; add or delete parts as the length changed."""
         parts, previous = action.parts, action.previous
-        self._chat.update_message_text(action.gchat_message_name, parts[0])
+        # Only a message's author can edit it in Chat: as the account that wrote it.
+        chat = self._authors.client_for_message(action.gchat_message_name)
+        chat.update_message_text(action.gchat_message_name, parts[0])
         space = space_of_thread(action.gchat_message_name)
         if len(parts) > previous.count and origin.is_legacy_client_id(previous.client_id):
             # A post bridged before the ids were keyed grows: a new part must not get a
@@ -890,23 +941,24 @@ class DiscourseToGchat:
             # ids. The old ones are the bridge's own (it wrote them; `count` says how many).
             for index in range(2, previous.count + 1):
                 old = self._ids.for_part(previous.client_id, index)
-                self._delete_chat_message(f"{space}/messages/{old}")
+                self._delete_chat_message(f"{space}/messages/{old}", chat)
             previous = PostParts(self._ids.rebased(previous.client_id), 1)
         for index in range(2, max(previous.count, len(parts)) + 1):
             part_id = self._ids.for_part(previous.client_id, index)
             name = f"{space}/messages/{part_id}"
             if index <= len(parts):
                 try:
-                    self._chat.update_message_text(name, parts[index - 1])
+                    chat.update_message_text(name, parts[index - 1])
                 except ChatNotFound:
                     self._create_chat_message(
                         space,
                         parts[index - 1],
+                        client=chat,
                         message_id=part_id,
                         thread_name=action.gchat_thread_name,
                     )
             else:
-                self._delete_chat_message(name)
+                self._delete_chat_message(name, chat)
         self._remember_parts(action.post.id, PostParts(previous.client_id, len(parts)))
         self._store.update_content_hash(action.gchat_message_name, action.content_hash)
         self._store.set_post_version(action.post.id, action.post.version, action.post.updated_at)
@@ -918,17 +970,22 @@ class DiscourseToGchat:
         self._store.set_post_parts(post_id, parts)
 
     def _delete(self, action: DeleteMessages) -> None:
+        # Later parts carry no row of their own: they were written by the root's author.
+        root = action.gchat_message_names[-1] if action.gchat_message_names else ""
+        chat = self._authors.client_for_message(root)
         for name in action.gchat_message_names:
-            self._delete_chat_message(name)
+            self._delete_chat_message(name, chat)
         if action.unlink_thread is not None:
             self._store.unlink_thread(action.unlink_thread)
         elif action.unlink_message is not None:
             self._store.unlink_message(action.unlink_message)
         logger.info("mirrored deletion of %s in Chat", action.what)
 
-    def _delete_chat_message(self, gchat_message_name: str) -> None:
+    def _delete_chat_message(
+        self, gchat_message_name: str, chat: GoogleChatClient | None = None
+    ) -> None:
         try:
-            self._chat.delete_message(gchat_message_name, force=True)
+            (chat or self._chat).delete_message(gchat_message_name, force=True)
         except ChatNotFound:
             pass  # already gone (deleted in Chat, whence perhaps this very event)
         except ChatPermissionDenied as exc:
@@ -936,7 +993,7 @@ class DiscourseToGchat:
             logger.warning("cannot delete %s in Chat: %s", gchat_message_name, exc)
 
     def _attachments_for(
-        self, post: DiscoursePost, gchat_space_name: str
+        self, post: DiscoursePost, gchat_space_name: str, chat: GoogleChatClient
     ) -> tuple[list[AttachmentRef], list[str]]:
         """Chat attachments for the uploads a post embeds, and notes for those that failed.
 
@@ -957,9 +1014,7 @@ class DiscourseToGchat:
                         short_url, file, max_bytes=limit, as_user=post.username
                     )
                     content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
-                    ref = self._chat.upload_attachment(
-                        gchat_space_name, filename, file, content_type
-                    )
+                    ref = chat.upload_attachment(gchat_space_name, filename, file, content_type)
                 except DiscourseTooLarge as exc:
                     logger.info("upload %s of post %d not attached: %s", short_url, post.id, exc)
                     notes.append(f"_({filename} is too large to attach; see the link above)_")
@@ -975,19 +1030,34 @@ class DiscourseToGchat:
             attachments.append(ref)
         return attachments, notes
 
-    def _create_chat_message(self, gchat_space_name: str, text: str, **kw: Any) -> ChatMessage:
-        """Create as the bridge: an existing message under the id is adopted only if the bridge
-        wrote it (`origin.is_bridge_origin`); the sender of what it wrote is its account."""
+    def _create_chat_message(
+        self,
+        gchat_space_name: str,
+        text: str,
+        *,
+        client: GoogleChatClient | None = None,
+        **kw: Any,
+    ) -> ChatMessage:
+        """Create as the bridge (or as a delegated author): an existing message under the id is
+        adopted only if the bridge wrote it (`origin.is_bridge_origin`); the sender of what the
+        operator's client wrote is the bridge's account."""
         bridge = self._bridge()
-        message = self._chat.create_message(gchat_space_name, text, is_own=bridge.wrote, **kw)
-        if message.sender.name and message.sender.name not in bridge.senders:
+        chat = client or self._chat
+        message = chat.create_message(gchat_space_name, text, is_own=bridge.wrote, **kw)
+        if (
+            chat is self._chat
+            and message.sender.name
+            and message.sender.name not in bridge.senders
+        ):
             self._store.set_status(StatusKey.BRIDGE_ACCOUNT, message.sender.name)
             logger.info("the bridge runs as Google user %s", message.sender.name)
         return message
 
     def _bridge(self) -> origin.BridgeIdentity:
         account = self._store.get_status(StatusKey.BRIDGE_ACCOUNT)
-        return origin.BridgeIdentity.running_as(self._ids, account)
+        return origin.BridgeIdentity.running_as(
+            self._ids, account, self._store.delegated_senders()
+        )
 
     def _mention_lookup(self, discourse_username: str) -> str | None:
         link = self._store.user_for_discourse(discourse_username)

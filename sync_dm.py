@@ -49,6 +49,7 @@ import formatting
 import origin
 from config_loader import SpaceMapping
 from db import StatusKey
+from delegation import AuthorWriters
 from deps import Deps
 from discourse_client import (
     DiscourseAuthError,
@@ -64,6 +65,7 @@ from google_chat_client import (
     ChatMessage,
     ChatNotFound,
     ChatSpace,
+    GoogleChatClient,
     SpaceMessageEvent,
     format_rfc3339,
     parse_rfc3339,
@@ -77,7 +79,7 @@ from spaces import (
     PollResult,
     fetch_spaces,
 )
-from users import Author
+from users import Author, IdentityConflict
 from webhook_listener import CHAT_EVENTS
 
 logger = logging.getLogger(__name__)
@@ -212,6 +214,7 @@ class DmSync:
         self._clock = deps.clock
         self._stop = deps.stop
         self._ids = origin.ClientIds(store.client_id_key())
+        self._authors = AuthorWriters(deps.delegation, deps.discourse, deps.chat, store)
         # Held around "check link -> write -> link" in both directions (webhook worker, poll).
         self._lock = threading.RLock()
         self._display_names: dict[str, str | None] = {}
@@ -230,7 +233,9 @@ class DmSync:
         return self._store.get_status(StatusKey.BRIDGE_ACCOUNT)
 
     def _bridge(self) -> origin.BridgeIdentity:
-        return origin.BridgeIdentity.running_as(self._ids, self.bridge_account())
+        return origin.BridgeIdentity.running_as(
+            self._ids, self.bridge_account(), self._store.delegated_senders()
+        )
 
     def _learn_bridge_account(self, message: ChatMessage) -> None:
         """From a message the bridge created (or adopted as its own): its sender is the bridge."""
@@ -378,15 +383,46 @@ class DmSync:
                 result.skipped += 1
             else:
                 if channel_id is None:
-                    channel_id = self.ensure_channel(space)
-                if not self._apply(action.message, space, channel_id, result):
+                    channel_id = self._channel_or_park(space, action.message, result)
+                if channel_id is not None and not self._apply(
+                    action.message, space, channel_id, result
+                ):
                     return  # transient failure: keep the order, try again next cycle
             self._store.set_chat_poll_cursor(space.name, "dm", action.message.create_time_raw)
         if space.last_active_time is not None:
             self._store.mark_chat_poll_read(space.name, "dm", space.last_active_time)
 
+    def _channel_or_park(
+        self, space: ChatSpace, message: ChatMessage, result: PollResult
+    ) -> int | None:
+        """The DM's channel, made on first use; None when `message` is (or now gets) parked.
+
+        A member whose forum account has two answers (IdentityConflict) stops the channel from
+        being made, its members would be a guess: each message of the DM is parked with the
+        reason until a person settles it (`retry` then brings them back).
+        """
+        failure = self._store.failure_for(DIRECTION, message.name)
+        if failure is not None and failure.parked:
+            return None  # `_apply` would skip it: no channel is needed for it
+        try:
+            return self.ensure_channel(space)
+        except IdentityConflict as conflict:
+            self._park(message, conflict.reason, result)
+            return None
+
+    def _park(self, message: ChatMessage, reason: str, result: PollResult) -> None:
+        self._store.record_failure(
+            DIRECTION, message.name, reason, max_attempts=1, next_attempt_at=self._clock()
+        )
+        logger.error("parked %s: %s", message.name, reason)
+        result.parked += 1
+
     def ensure_channel(self, space: ChatSpace) -> int:
-        """The DM channel of `space`, created (as a participant) and linked on first use."""
+        """The DM channel of `space`, created (as a participant) and linked on first use.
+
+        Raises:
+            IdentityConflict: a member's forum account has two answers (nothing is created).
+        """
         known = self._store.channel_for_space(space.name)
         if known is not None:
             return known
@@ -437,6 +473,9 @@ class DmSync:
             return False
         try:
             self._send_or_attribute(message, space, channel_id)
+        except IdentityConflict as conflict:
+            self._park(message, conflict.reason, result)
+            return True
         except DiscourseRejected as exc:
             if isinstance(exc, DiscourseAuthError) and exc.credentials_invalid:
                 raise
@@ -599,35 +638,66 @@ class DmSync:
         if any(key.startswith(prefix) for key in self._store.pending_writes()):
             # It may be the copy of a Chat message whose link is not stored yet (a crash).
             raise _Waiting(f"waiting for an unconfirmed write of {space}")
-        text = self._text_for(event)
+        what = f"chat message {message.id}"
+        writer = self._authors.writer_for(message.username, space, what)
+        if writer is not None:
+            try:
+                self._write_to_chat(event, space, writer.client, writer.email)
+                return
+            except ChatError as exc:
+                self._authors.refused(writer, exc, what)  # raises if transient
+        self._write_to_chat(event, space, self._chat, None)
+
+    def _write_to_chat(
+        self,
+        event: ChatMessageEvent,
+        space: str,
+        client: GoogleChatClient,
+        email: str | None,
+    ) -> None:
+        """Write the chat message into the DM as `email` (delegation), or as the operator."""
+        message = event.message
+        text = self._text_for(event, as_author=email is not None)
         client_id = self._ids.for_chat_message(message.id)
-        created = self._chat.create_message(
+        created = client.create_message(
             space,
             text,
             message_id=client_id,
             is_own=self._bridge().wrote,
             fallback_ids=self._ids.alternates(client_id),
         )
-        self._learn_bridge_account(created)
-        self._store.link_chat_message(
-            created.name,
+        if email is None:
+            self._learn_bridge_account(created)
+        with self._store.transaction():
+            self._store.link_chat_message(
+                created.name,
+                message.id,
+                gchat_space_name=space,
+                discourse_channel_id=event.channel_id,
+                origin="discourse",
+                content_hash=origin.content_hash(text),
+            )
+            if email is not None:
+                self._store.set_written_as(created.name, email)
+        logger.info(
+            "bridged chat message %d -> %s%s",
             message.id,
-            gchat_space_name=space,
-            discourse_channel_id=event.channel_id,
-            origin="discourse",
-            content_hash=origin.content_hash(text),
+            created.name,
+            f" as {email}" if email else "",
         )
-        logger.info("bridged chat message %d -> %s", message.id, created.name)
 
     def _edited(self, event: ChatMessageEvent) -> None:
         link = self._store.chat_message_link_by_chat_message(event.message.id)
         if link is None or link.origin != "discourse" or event.message.deleted_at is not None:
             return  # unknown, or a Chat message's copy (Chat stays the record for those)
-        text = self._text_for(event)
+        as_author = self._store.written_as(link.gchat_message_name) is not None
+        text = self._text_for(event, as_author=as_author)
         digest = origin.content_hash(text)
         if digest == link.content_hash:
             return
-        self._chat.update_message_text(link.gchat_message_name, text)
+        # Only a message's author can edit it in Chat: as the account that wrote it.
+        chat = self._authors.client_for_message(link.gchat_message_name)
+        chat.update_message_text(link.gchat_message_name, text)
         self._store.update_chat_content_hash(link.gchat_message_name, digest)
         logger.info("edited %s from chat message %d", link.gchat_message_name, event.message.id)
 
@@ -644,7 +714,8 @@ class DmSync:
             )
             return
         try:
-            self._chat.delete_message(link.gchat_message_name)
+            chat = self._authors.client_for_message(link.gchat_message_name)
+            chat.delete_message(link.gchat_message_name)
         except ChatNotFound:
             logger.info("%s was already gone", link.gchat_message_name)
         self._store.unlink_chat_message(link.gchat_message_name)
@@ -670,13 +741,13 @@ class DmSync:
         found = next((m for m in later if m.id == message_id), None)
         return found is None or found.deleted_at is not None
 
-    def _text_for(self, event: ChatMessageEvent) -> str:
+    def _text_for(self, event: ChatMessageEvent, *, as_author: bool = False) -> str:
         username = event.message.username
         return render_for_gchat(
             event.message.message,
             display_name=event.author_name or self._display_name(username),
             username=username,
-            attributed=self._needs_attribution(username),
+            attributed=not as_author and self._needs_attribution(username),
             base_url=self._config.discourse.url,
             mention_lookup=self._gchat_mention_lookup,
             attribution_format=self._config.sync.attribution_format,

@@ -82,7 +82,7 @@ from spaces import (
     event_version,
     fetch_spaces,
 )
-from users import Author
+from users import Author, IdentityConflict
 
 logger = logging.getLogger(__name__)
 
@@ -708,7 +708,9 @@ class GchatToDiscourse:
             if account is not None:
                 self._store.set_status(StatusKey.BRIDGE_ACCOUNT, account)
                 logger.info("the bridge runs as Google user %s (its linked messages say)", account)
-        return origin.BridgeIdentity.running_as(self._ids, account)
+        return origin.BridgeIdentity.running_as(
+            self._ids, account, self._store.delegated_senders()
+        )
 
     def _changed_messages(self, space: ChatSpace, since: datetime) -> list[ChatMessage]:
         """Mirrored messages of `space` edited or deleted after `since`, as they are now.
@@ -875,7 +877,12 @@ class GchatToDiscourse:
         not post: one person's account must never stop anyone else's messages.
         """
         message = action.message
-        author = self._users.author_for(message.sender, space.name)
+        try:
+            author = self._users.author_for(message.sender, space.name)
+        except IdentityConflict as conflict:
+            # The forum has two answers for who the author is: parked whatever `refused_authors`
+            # says, since a post made as the API user would stay so once a person settles it.
+            raise _RefusedAuthor(conflict.reason) from conflict
         try:
             self._mirror(action, space, category_id, author)
         except DiscourseRejected as exc:

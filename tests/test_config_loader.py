@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -507,3 +508,69 @@ def test_bad_events_settings_name_the_key_and_the_fix(
 ) -> None:
     found = problems(tmp_path, with_events(events))
     assert any(p.startswith(expected) for p in found), found
+
+
+# -- google.delegation (issue 16)
+
+KEY = {
+    "type": "service_account",
+    "client_email": "bridge@project.iam.gserviceaccount.com",
+    "client_id": "1234",
+    "private_key": "-----BEGIN PRIVATE KEY-----\nsecret\n-----END PRIVATE KEY-----\n",
+    "private_key_id": "k1",
+    "token_uri": "http://127.0.0.1:9/token",
+}
+
+
+def with_delegation(
+    tmp_path: Path, key: Any = KEY, mode: int = 0o600, **kw: Any
+) -> dict[str, Any]:
+    path = tmp_path / "sa.json"
+    path.write_text(key if isinstance(key, str) else json.dumps(key))
+    path.chmod(mode)
+    data = base_config()
+    data["google"]["delegation"] = {
+        "service_account_file": "sa.json",
+        "domains": ["Example.com"],
+        **kw,
+    }
+    return data
+
+
+def test_delegation_reads_the_key_file_and_never_shows_it(tmp_path: Path) -> None:
+    cfg = load(tmp_path, with_delegation(tmp_path))
+    delegation = cfg.google.delegation
+    assert delegation is not None
+    assert delegation.service_account_file == tmp_path / "sa.json"
+    assert delegation.domains == ("example.com",)
+    assert delegation.service_account_info["client_email"] == KEY["client_email"]
+    assert "secret" not in repr(cfg)
+    assert delegation.covers("dora@EXAMPLE.com") and not delegation.covers("eve@other.org")
+    assert not delegation.covers(None)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"mode": 0o644}, "can be read by others (mode 0644); run: chmod 600"),
+        ({"key": "{not json"}, "is not a JSON key file"),
+        ({"key": {**KEY, "type": "authorized_user"}}, "is not a service-account key"),
+        ({"key": {k: v for k, v in KEY.items() if k != "private_key"}}, "lacks private_key"),
+        ({"domains": "example.com"}, "domains: must be a list of domain names"),
+        ({"domains": []}, "domains: must be a list of domain names"),
+        ({"domaine": ["x.com"]}, "google.delegation.domaine: unknown key"),
+    ],
+)
+def test_bad_delegation_settings_name_the_key_and_the_fix(
+    tmp_path: Path, change: dict[str, Any], expected: str
+) -> None:
+    found = problems(tmp_path, with_delegation(tmp_path, **change))
+    assert any(expected in p for p in found), found
+    assert not any("secret" in p for p in found)
+
+
+def test_a_missing_key_file_says_where_to_put_one(tmp_path: Path) -> None:
+    data = base_config()
+    data["google"]["delegation"] = {"service_account_file": "nope.json", "domains": ["x.com"]}
+    found = problems(tmp_path, data)
+    assert any("nope.json does not exist; download a JSON key" in p for p in found), found
