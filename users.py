@@ -1,11 +1,22 @@
 """Identity: one Discourse user per Google Chat user, stable across restarts.
 
 Naming is pure (`username_candidates`, `sanitize_username`); `UserDirectory` does the I/O: it
-links a Chat user to an existing Discourse user with the same email, or creates one, and
-remembers the link in the store. Two people who share a display name never share an account:
-candidates after the first carry a suffix derived from the Google user id, and every candidate
-is checked against the store and the forum before use. When no account can be had, posts go out
-as the API user with an attribution line instead of being dropped.
+links a Chat user to the forum account that signed in with the same Google account, else to an
+existing Discourse user with the same email, or creates one, and remembers the link in the
+store. Two people who share a display name never share an account: candidates after the first
+carry a suffix derived from the Google user id, and every candidate is checked against the
+store and the forum before use. When no account can be had, posts go out as the API user with
+an attribution line instead of being dropped.
+
+One identity per person: Google documents that a human Chat user's id (`users/{id}`) is the
+person's People API and Admin SDK Directory id, and Discourse keeps a Google login's account id
+(the OpenID `sub`, which Discourse's own Google group sync hands the Directory API as a user
+key) as `provider_uid`; so `GET /u/by-external/google_oauth2/{id}.json` (admin keys only) names
+the person's forum account even when its email differs. A forum without Google logins, or a
+key that may not ask, finds nobody and email matching decides, as before. A stored link is
+never revisited. Two answers that disagree (the Google login names an account linked to
+another Chat user, or the email names another account than the Google login) are not guessed
+between: `IdentityConflict` says why, and the sync modules park the message with that reason.
 
 Crash safety: a write intent `user:<google user>` is recorded before a user is created; if the
 link was never stored, the next attempt finds the user by email and, from the intent (or the
@@ -25,8 +36,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import formatting
-from db import Store, UserLink
-from discourse_client import DiscourseClient, DiscourseError, DiscourseRejected, DiscourseUser
+from db import LinkConflict, Store, UserLink
+from discourse_client import (
+    DiscourseAuthError,
+    DiscourseClient,
+    DiscourseError,
+    DiscourseRejected,
+    DiscourseUser,
+)
 from google_chat_client import ChatError, ChatUser, GoogleChatClient
 
 logger = logging.getLogger(__name__)
@@ -49,6 +66,20 @@ _FORBIDDEN_SUFFIXES = (
 _INVALID_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 _SPECIAL_RUN = re.compile(r"[-_.]{2,}")
 _MAX_CANDIDATES = 6
+# A human Chat user's `users/{id}`: the id is the Google account's (People API, Directory API).
+_GOOGLE_ACCOUNT_ID = re.compile(r"users/([0-9]+)")
+
+
+class IdentityConflict(Exception):
+    """Which forum account a Chat user is has two answers; a person must settle it.
+
+    Raised by `UserDirectory.author_for` instead of linking anything; the sync modules park the
+    item with `reason` (shown by `status`), and `retry` asks again once the forum is fixed.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +154,12 @@ def username_candidates(
             yield name
 
 
+def google_account_id(sender: ChatUser) -> str | None:
+    """The Google account id of a human Chat user (`users/123` -> "123"), else None."""
+    match = _GOOGLE_ACCOUNT_ID.fullmatch(sender.name)
+    return match.group(1) if match is not None and sender.type == "HUMAN" else None
+
+
 def placeholder_email(gchat_user_name: str, domain: str) -> str:
     """An address that receives no mail, unique per Chat user, for users without a known email."""
     return f"gchat-{gchat_user_name.rsplit('/', 1)[-1].lower()}@{domain}"
@@ -154,9 +191,17 @@ class UserDirectory:
         # message's sender under user auth (reference §6.3), so one members.list fills them in.
         self._members: dict[str, dict[str, ChatUser]] = {}
         self._asked: set[tuple[str, str]] = set()
+        # Set when the forum refuses the Google-login lookup (a non-admin acting user): asking
+        # again for every new person would only repeat the 403.
+        self._google_lookup_refused = False
 
     def author_for(self, sender: ChatUser, gchat_space_name: str) -> Author:
-        """The Discourse account to post as for `sender`; never raises for a Discourse refusal."""
+        """The Discourse account to post as for `sender`; never raises for a Discourse refusal.
+
+        Raises:
+            IdentityConflict: the Google login and the store or the email disagree (nothing is
+                linked; the caller parks the item).
+        """
         with self._lock:
             link = self._store.user_for_gchat(sender.name)
             if link is not None:
@@ -224,6 +269,9 @@ class UserDirectory:
         email = person.email or placeholder
         candidates = list(username_candidates(person.display_name, person.email, person.name))
         intent = f"user:{person.name}"
+        by_google = self._link_by_google_login(person, candidates, intent)
+        if by_google is not None:
+            return by_google
         if person.email or self._create_users:
             # The placeholder address is looked up too: only the bridge gives it out, so a user
             # holding it is one an earlier run created before it could store the link.
@@ -241,7 +289,7 @@ class UserDirectory:
                 )
                 if ours:
                     self._raise_trust_level(existing)  # the crash may have come before it
-                link = self._remember(person, existing, created_by_bridge=ours)
+                link = self._remember(person, existing, created_by_bridge=ours, how="email")
                 self._store.finish_write(intent)
                 return link
         if not self._create_users:
@@ -269,11 +317,72 @@ class UserDirectory:
                 continue
             self._raise_trust_level(created)
             logger.info("created Discourse user %s for %s", created.username, person.name)
-            link = self._remember(person, created, created_by_bridge=True)
+            link = self._remember(person, created, created_by_bridge=True, how="created")
             self._store.finish_write(intent)
             return link
         self._store.finish_write(intent)
         return None
+
+    def _link_by_google_login(
+        self, person: ChatUser, candidates: list[str], intent: str
+    ) -> UserLink | None:
+        """Link `person` to the account that signed in with their Google account, if any.
+
+        Raises:
+            IdentityConflict: their email is another account's, or that account is linked.
+        """
+        user = self._find_by_google_login(person)
+        if user is None:
+            return None
+        self._check_email_agrees(person, user)
+        # Made by the bridge only after a crash: the person then signed in with Google to the
+        # account made for them before its link was stored (Discourse matches logins by email).
+        ours = self._store.has_pending_write(intent) and user.username.lower() in {
+            c.lower() for c in candidates
+        }
+        link = self._remember(person, user, created_by_bridge=ours, how="Google login")
+        if ours:
+            self._raise_trust_level(user)
+        self._store.finish_write(intent)
+        logger.info(
+            "linked %s to %s, who signed in with the same Google account",
+            person.name,
+            user.username,
+        )
+        return link
+
+    def _find_by_google_login(self, person: ChatUser) -> DiscourseUser | None:
+        """The forum account that signed in with `person`'s Google account, if the forum says.
+
+        One request per person never linked before (the link then answers); none for an id that
+        is not a Google account's, or once the forum refused to answer.
+        """
+        google_id = google_account_id(person)
+        if google_id is None or self._google_lookup_refused:
+            return None
+        try:
+            return self._discourse.find_user_by_google_id(google_id)
+        except DiscourseAuthError as exc:
+            if exc.credentials_invalid:
+                raise
+            # Only admins may look up logins; a moderator's key still matches by email.
+            logger.warning(
+                "the forum refuses lookups by Google login (%s); matching people by email only",
+                exc,
+            )
+            self._google_lookup_refused = True
+            return None
+
+    def _check_email_agrees(self, person: ChatUser, by_google: DiscourseUser) -> None:
+        """Raise IdentityConflict if `person`'s email belongs to another account."""
+        if not person.email:
+            return
+        by_email = self._discourse.find_user_by_email(person.email)
+        if by_email is not None and by_email.id != by_google.id:
+            raise IdentityConflict(
+                f"identity conflict: {person.name} signed in to the forum as "
+                f"@{by_google.username}, but {person.email} is @{by_email.username}'s"
+            )
 
     def _raise_trust_level(self, user: DiscourseUser) -> None:
         if self._trust_level <= user.trust_level:
@@ -287,16 +396,27 @@ class UserDirectory:
             )
 
     def _remember(
-        self, person: ChatUser, user: DiscourseUser, *, created_by_bridge: bool
+        self, person: ChatUser, user: DiscourseUser, *, created_by_bridge: bool, how: str
     ) -> UserLink:
-        return self._store.link_user(
-            gchat_user_name=person.name,
-            discourse_username=user.username,
-            discourse_user_id=user.id,
-            display_name=person.display_name,
-            email=person.email,
-            created_by_bridge=created_by_bridge,
-        )
+        """Store the link; IdentityConflict if the account is another Chat user's already."""
+        other = self._store.user_for_discourse(user.username)
+        if other is not None and other.gchat_user_name != person.name:
+            raise IdentityConflict(
+                f"identity conflict: {person.name} is @{user.username} by {how}, "
+                f"but @{user.username} is linked to {other.gchat_user_name}"
+            )
+        try:
+            return self._store.link_user(
+                gchat_user_name=person.name,
+                discourse_username=user.username,
+                discourse_user_id=user.id,
+                display_name=person.display_name,
+                email=person.email,
+                created_by_bridge=created_by_bridge,
+            )
+        except LinkConflict as exc:
+            # The same account under another name (renamed), or a link stored meanwhile.
+            raise IdentityConflict(f"identity conflict: {person.name}: {exc}") from exc
 
 
 def _attribution(person: ChatUser) -> str:

@@ -843,6 +843,25 @@ def create_app(emu: Emulator) -> Flask:  # noqa: C901 - one route table, kept to
             detailed = bool(viewer and viewer.staff)
             return jsonify({"user_badges": [], "user": user_json(user, state, detailed)})
 
+    @api("/u/by-external/<provider>/<external_id>", ["GET"], "users/show")
+    def users_by_provider_external(provider: str, external_id: str) -> Any:
+        # ApplicationController#fetch_user_from_params, in its order: admins only (the id may be
+        # sensitive; anonymous callers and moderators alike get InvalidAccess), then an enabled
+        # managed authenticator of that name (else 404), then the UserAssociatedAccount row. The
+        # external-id branch does not filter inactive users; users#show then serializes for
+        # staff, the shape of `/u/{username}.json`.
+        viewer = current_user()
+        if viewer is None or not viewer.admin:
+            raise invalid_access()
+        with state.lock:
+            if not state.authenticator_enabled(provider):
+                raise not_found()
+            account = state.associated_account(provider, provider_uid=external_id)
+            user = state.users.get(account.user_id) if account is not None else None
+            if user is None:
+                raise not_found()
+            return jsonify({"user_badges": [], "user": user_json(user, state, True)})
+
     @api("/admin/users/<int:id>", ["GET"], "admin/users/show")
     def admin_user(id: int) -> Any:
         require_staff()

@@ -15,7 +15,15 @@ import requests
 from flask import Response, jsonify, request
 
 from emulators.discourse_forum import parse_time
-from emulators.discourse_model import EVENT_TYPE_IDS, ApiError, ApiKey, User, WebHook, iso
+from emulators.discourse_model import (
+    EVENT_TYPE_IDS,
+    ApiError,
+    ApiKey,
+    AssociatedAccount,
+    User,
+    WebHook,
+    iso,
+)
 from emulators.discourse_serialize import (
     category_json,
     chat_channel_json,
@@ -38,6 +46,15 @@ def _control_error(status: int, message: str) -> Response:
     response = jsonify({"error": message})
     response.status_code = status
     return response
+
+
+def _associated_account_json(account: AssociatedAccount) -> dict[str, Any]:
+    return {
+        "provider_name": account.provider_name,
+        "provider_uid": account.provider_uid,
+        "user_id": account.user_id,
+        "last_used": iso(account.last_used),
+    }
 
 
 def register_control(emu: Emulator, control: Any) -> None:  # noqa: C901 - a route table
@@ -120,6 +137,28 @@ def register_control(emu: Emulator, control: Any) -> None:  # noqa: C901 - a rou
             if "external_id" in data:
                 user.external_id = data["external_id"]
             return jsonify(user_json(user, state, True))
+
+    @control("/users/<username>/associated_accounts", ["POST"])
+    def add_associated_account(username: str) -> Any:
+        """The user signed in with (or connected) a provider account: a UserAssociatedAccount.
+
+        Both unique indexes of the table hold: one user per (provider, uid), one account of a
+        provider per user; a clash is refused here (Discourse would move or replace the row).
+        """
+        data = body()
+        provider = str(data.get("provider") or "")
+        uid = str(data.get("uid") or "")
+        if not provider or not uid:
+            return _control_error(400, "provider and uid are required")
+        with state.lock:
+            user = user_named(username)
+            if state.associated_account(provider, provider_uid=uid) is not None:
+                return _control_error(400, f"{provider} uid {uid!r} is already associated")
+            if state.associated_account(provider, user_id=user.id) is not None:
+                return _control_error(400, f"{username} already has a {provider} account")
+            account = AssociatedAccount(provider, uid, user.id, last_used=state.now())
+            state.associated_accounts.append(account)
+            return jsonify(_associated_account_json(account))
 
     @control("/api_keys", ["POST"])
     def create_api_key() -> Any:
@@ -246,6 +285,9 @@ def register_control(emu: Emulator, control: Any) -> None:  # noqa: C901 - a rou
             return jsonify(
                 {
                     "users": [user_json(u, state, True) for u in state.users.values()],
+                    "associated_accounts": [
+                        _associated_account_json(a) for a in state.associated_accounts
+                    ],
                     "categories": [category_json(state, c) for c in state.categories.values()],
                     "topics": [
                         {
@@ -398,6 +440,14 @@ class DiscourseControl:
 
     def update_user(self, username: str, **fields: Any) -> dict[str, Any]:
         return self._call("PUT", f"/users/{username}", fields)
+
+    def add_associated_account(
+        self, username: str, *, uid: str, provider: str = "google_oauth2"
+    ) -> dict[str, Any]:
+        """`username` signed in through `provider` as `uid` (Google: the account id, `sub`)."""
+        return self._call(
+            "POST", f"/users/{username}/associated_accounts", {"provider": provider, "uid": uid}
+        )
 
     def suspend_user(
         self, username: str, until: str | float | None = None, reason: str = "Suspended by test"

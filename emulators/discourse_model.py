@@ -125,7 +125,14 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     # secure upload answers 403 to a user who cannot see that post
     # (SecureUploadEndpointHelpers#check_secure_upload_permission).
     "secure_uploads": False,
+    # `Auth::GoogleOAuth2Authenticator#enabled?` (site_settings.yml default false). Only an enabled
+    # managed authenticator answers `/u/by-external/{provider}/{id}.json`; others are 404.
+    "enable_google_oauth2_logins": False,
 }
+
+# Managed authenticators (`Auth::ManagedAuthenticator`, whose logins are UserAssociatedAccount
+# rows) by provider name, with the site setting that enables each. Only Google is modelled.
+MANAGED_AUTHENTICATORS = {"google_oauth2": "enable_google_oauth2_logins"}
 
 GROUP_NAMES = ("admins", "moderators", "staff", "everyone") + tuple(
     f"trust_level_{n}" for n in range(5)
@@ -353,6 +360,18 @@ class User:
     @property
     def username_lower(self) -> str:
         return self.username.lower()
+
+
+@dataclass(slots=True)
+class AssociatedAccount:
+    """`UserAssociatedAccount`: a user's login through an auth provider (`provider_uid` is the
+    provider's id of the person; Google's OpenID `sub`). Unique per (provider, uid) and per
+    (provider, user), as the table's two unique indexes."""
+
+    provider_name: str
+    provider_uid: str
+    user_id: int
+    last_used: float = 0.0
 
 
 @dataclass(slots=True)
@@ -703,6 +722,7 @@ class ForumState:
         with self.lock:
             self.settings: dict[str, Any] = dict(DEFAULT_SETTINGS)
             self.users: dict[int, User] = {}
+            self.associated_accounts: list[AssociatedAccount] = []
             self.api_keys: dict[str, ApiKey] = {}
             self.categories: dict[int, Category] = {}
             self.topics: dict[int, Topic] = {}
@@ -776,6 +796,24 @@ class ForumState:
             if user.email.lower() == lower:
                 return user
         return None
+
+    def associated_account(
+        self, provider_name: str, *, provider_uid: str | None = None, user_id: int | None = None
+    ) -> AssociatedAccount | None:
+        """A provider's `UserAssociatedAccount` by uid or by user (each unique per provider)."""
+        for account in self.associated_accounts:
+            if account.provider_name != provider_name:
+                continue
+            if provider_uid is not None and account.provider_uid == provider_uid:
+                return account
+            if user_id is not None and account.user_id == user_id:
+                return account
+        return None
+
+    def authenticator_enabled(self, provider_name: str) -> bool:
+        """`Discourse.enabled_authenticators` holds a managed authenticator of this name."""
+        setting = MANAGED_AUTHENTICATORS.get(provider_name)
+        return setting is not None and bool(self.settings.get(setting))
 
     def topic_posts(self, topic_id: int, include_deleted: bool = False) -> list[Post]:
         posts = [p for p in self.posts.values() if p.topic_id == topic_id]

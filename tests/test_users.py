@@ -11,9 +11,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from db import Store
-from discourse_client import DiscourseClient
+from discourse_client import DiscourseAuthError, DiscourseClient
 from google_chat_client import ChatUser, GoogleChatClient
-from users import RESERVED_USERNAMES, UserDirectory, sanitize_username, username_candidates
+from users import (
+    RESERVED_USERNAMES,
+    Author,
+    IdentityConflict,
+    UserDirectory,
+    google_account_id,
+    sanitize_username,
+    username_candidates,
+)
 
 VALID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{1,18}[A-Za-z0-9]")
 BAD_ENDINGS = (".json", ".js", ".css", ".htm", ".html", ".xml", ".jpg", ".png", ".gif", ".woff")
@@ -207,3 +215,169 @@ def test_known_author_only_reads_it_never_makes_an_account(
     assert users.known_author(_sender(2), "spaces/g") == made
     assert made.attribution is None
     assert counts() == before
+
+
+# ------------------------------------------------------------- one identity per person (issue 16)
+
+BY_GOOGLE = "GET /u/by-external/{provider}/{external_id}.json"
+
+
+def _forum_counts(env: dict[str, Any]) -> dict[str, int]:
+    counts: dict[str, int] = env["forum"].control.requests()["counts"]
+    return counts
+
+
+def _forum_users(env: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {u["username"]: u for u in env["forum"].control.state()["users"]}
+
+
+def test_google_account_id_is_a_human_users_numeric_id() -> None:
+    assert google_account_id(ChatUser("users/108364523398145987654", None, None, "HUMAN")) == (
+        "108364523398145987654"
+    )
+    not_google = [
+        ("users/123", "BOT"),  # Google's equality holds for human users only
+        ("users/app", "HUMAN"),
+        ("users/a@b.c", "HUMAN"),
+        ("users/12/x", "HUMAN"),
+        ("spaces/1", "HUMAN"),
+        ("users/", "HUMAN"),
+    ]
+    for name, kind in not_google:
+        assert google_account_id(ChatUser(name, None, None, kind)) is None, name
+
+
+def test_the_google_login_account_wins_over_creation_even_with_another_email(
+    env: dict[str, Any],
+) -> None:
+    forum = env["forum"].control
+    forum.settings(enable_google_oauth2_logins=True)
+    # Alex signed in to the forum with Google under a private address; Dana's Google login and
+    # email name the same account.
+    forum.create_user("alex_g", name="Alex", email="alex@home.example", trust_level=0)
+    forum.add_associated_account("alex_g", uid="2")
+    forum.add_associated_account("dfox", uid="4")
+    accounts = len(_forum_users(env))
+    users = _directory(env)
+    assert users.author_for(_sender(2), "spaces/g") == Author("alex_g")
+    assert users.author_for(_sender(4), "spaces/g") == Author("dfox")
+    # Nobody signed in with users/3's Google account: email matching, then creation, as before.
+    assert users.author_for(_sender(3), "spaces/g") == Author("Alex_Kim")
+    made = _forum_users(env)
+    assert len(made) == accounts + 1 and made["Alex_Kim"]["email"] == "a2@x.com"
+    store: Store = env["store"]
+    alex = store.user_for_gchat("users/2")
+    assert alex is not None and not alex.created_by_bridge and alex.email == "a1@x.com"
+    assert made["alex_g"]["trust_level"] == 0  # a person's own account: the bridge leaves it
+    dana = store.user_for_gchat("users/4")
+    assert dana is not None and not dana.created_by_bridge
+    assert _forum_counts(env)[BY_GOOGLE] == 3  # one lookup per person, then the link answers
+    again = _directory(env)
+    assert [again.author_for(_sender(n), "spaces/g").discourse_username for n in (2, 3, 4)] == [
+        "alex_g",
+        "Alex_Kim",
+        "dfox",
+    ]
+    assert _forum_counts(env)[BY_GOOGLE] == 3
+
+
+def test_without_google_logins_the_lookup_finds_nobody_and_email_decides(
+    env: dict[str, Any],
+) -> None:
+    forum = env["forum"].control
+    # Associated, but the forum has Google logins off: Discourse answers 404 for every id.
+    forum.create_user("alex_g", name="Alex", email="alex@home.example")
+    forum.add_associated_account("alex_g", uid="2")
+    users = _directory(env)
+    assert users.author_for(_sender(2), "spaces/g") == Author("Alex_Kim")
+    assert users.author_for(_sender(4), "spaces/g") == Author("dfox")
+    assert _forum_counts(env)[BY_GOOGLE] == 2
+    log = env["forum"].control.requests()["requests"]
+    assert {r["status"] for r in log if r["path"].startswith("/u/by-external/")} == {404}
+
+
+def test_a_key_that_may_not_look_up_logins_falls_back_to_email_and_asks_once(
+    env: dict[str, Any],
+) -> None:
+    forum = env["forum"].control
+    forum.settings(enable_google_oauth2_logins=True)
+    forum.create_user("mod", moderator=True)
+    forum.create_user("alex_g", name="Alex", email="alex@home.example")
+    forum.add_associated_account("alex_g", uid="2")
+    forum.create_user("alex1", name="Alex", email="a1@x.com")
+    # A moderator's key: staff, so the email lookup works, but not an admin.
+    moderator = DiscourseClient(env["forum"].url, "test-api-key", "mod")
+    users = UserDirectory(
+        env["store"], moderator, env["chat"], api_username="mod", email_domain="x.invalid"
+    )
+    assert users.author_for(_sender(2), "spaces/g") == Author("alex1")
+    assert users.author_for(_sender(4), "spaces/g") == Author("dfox")
+    log = [r for r in forum.requests()["requests"] if r["path"].startswith("/u/by-external/")]
+    assert [(r["status"], r["api_username"]) for r in log] == [(403, "mod")]
+    # The client's answers: a refusal of this call only (the key is fine), a user, or None.
+    with pytest.raises(DiscourseAuthError) as refused:
+        moderator.find_user_by_google_id("2")
+    assert not refused.value.credentials_invalid
+    admin: DiscourseClient = env["discourse"]
+    found = admin.find_user_by_google_id("2")
+    assert found is not None and found.username == "alex_g"
+    assert admin.find_user_by_google_id("999") is None
+
+
+def test_an_existing_link_is_kept_whatever_the_google_login_says(env: dict[str, Any]) -> None:
+    forum = env["forum"].control
+    forum.settings(enable_google_oauth2_logins=True)
+    store: Store = env["store"]
+    first = _directory(env).author_for(_sender(2), "spaces/g")  # before the Google login
+    assert first == Author("Alex_Kim")
+    forum.create_user("alex_g", name="Alex", email="alex@home.example")
+    forum.add_associated_account("alex_g", uid="2")
+    forum.clear_requests()
+    for users in (_directory(env), _directory(env)):  # and after a restart
+        assert users.author_for(_sender(2), "spaces/g") == first
+    assert forum.requests()["requests"] == []
+    link = store.user_for_gchat("users/2")
+    assert link is not None and link.discourse_username == "Alex_Kim"
+
+
+def test_a_google_login_of_an_account_linked_to_someone_else_is_a_conflict(
+    env: dict[str, Any],
+) -> None:
+    forum = env["forum"].control
+    forum.settings(enable_google_oauth2_logins=True)
+    store: Store = env["store"]
+    # users/3 was linked to dfox earlier (by hand, or by an email since changed); now users/4's
+    # Google account is the one that signs in as dfox.
+    dfox = _forum_users(env)["dfox"]
+    store.link_user("users/3", "dfox", discourse_user_id=dfox["id"], created_by_bridge=False)
+    forum.add_associated_account("dfox", uid="4")
+    accounts = len(_forum_users(env))
+    users = _directory(env)
+    with pytest.raises(IdentityConflict) as caught:
+        users.author_for(_sender(4), "spaces/g")
+    reason = caught.value.reason
+    assert "users/4" in reason and "@dfox" in reason and "users/3" in reason, reason
+    assert store.user_for_gchat("users/4") is None
+    link = store.user_for_gchat("users/3")
+    assert link is not None and link.discourse_username == "dfox"
+    assert len(_forum_users(env)) == accounts
+    # Asked again (a retry), the same answer: nothing was guessed in between.
+    with pytest.raises(IdentityConflict):
+        users.author_for(_sender(4), "spaces/g")
+
+
+def test_a_google_login_and_an_email_naming_two_accounts_is_a_conflict(
+    env: dict[str, Any],
+) -> None:
+    forum = env["forum"].control
+    forum.settings(enable_google_oauth2_logins=True)
+    # Dana signed in with Google as dana_g; dfox holds the address Chat knows for her.
+    forum.create_user("dana_g", name="Dana", email="dana@home.example")
+    forum.add_associated_account("dana_g", uid="4")
+    accounts = len(_forum_users(env))
+    with pytest.raises(IdentityConflict) as caught:
+        _directory(env).author_for(_sender(4), "spaces/g")
+    reason = caught.value.reason
+    assert "@dana_g" in reason and "@dfox" in reason and "dana@x.com" in reason, reason
+    assert env["store"].user_for_gchat("users/4") is None
+    assert len(_forum_users(env)) == accounts

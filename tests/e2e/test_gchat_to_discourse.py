@@ -241,3 +241,78 @@ def test_an_idle_cycle_with_room_and_dm_mappings_lists_spaces_once(world: World)
     run_once(files)
     # The room poll and the DM poll share one spaces.list page; neither reads messages.
     assert [r["path"] for r in world.chat.control.requests()["requests"]] == ["/v1/spaces"]
+
+
+def test_a_chat_user_whose_google_account_signed_in_to_the_forum_posts_as_that_account(
+    world: World,
+) -> None:
+    """A Chat user whose Google account signed in to the forum is linked to that account, not to
+    a new one, even when the forum account's email differs."""
+    (ada,) = world.add_people("Ada Lovelace")
+    forum = world.discourse.control
+    forum.settings(enable_google_oauth2_logins=True)
+    forum.create_user("ada_home", name="Ada", email="ada@home.example", trust_level=1)
+    # Google's account id: the number in the Chat user's name (`users/{id}`).
+    forum.add_associated_account("ada_home", uid=ada.split("/", 1)[1])
+    space = world.add_space("Garden Room", [ada])
+    category = world.category("Garden Room")
+    sent = world.say(space, ada, "The tulips are finally out in the garden")
+    accounts = {u["username"] for u in forum.state()["users"]}
+    run_once(world.config([{"google_space_id": space, "discourse_category_id": category}]))
+    (post,) = world.live_posts()
+    assert post["username"] == "ada_home"
+    assert World.body(post) == "The tulips are finally out in the garden"
+    assert world.markers()[sent["name"]] == 1
+    assert {u["username"] for u in forum.state()["users"]} == accounts  # nobody new
+
+
+def test_a_google_login_and_an_email_naming_two_accounts_parks_the_message(
+    world: World,
+) -> None:
+    ada, bob = world.add_people("Ada Lovelace", "Bob Stone")
+    bob_email = next(p["email"] for p in world.people if p["name"] == bob)
+    forum = world.discourse.control
+    forum.settings(enable_google_oauth2_logins=True)
+    # Bob signed in with Google as bob_g; the address Chat knows for him is another account's.
+    forum.create_user("bob_g", name="Bob", email="bob@home.example", trust_level=1)
+    forum.add_associated_account("bob_g", uid=bob.split("/", 1)[1])
+    forum.create_user("bstone", name="Bob Stone", email=bob_email, trust_level=1)
+    space = world.add_space("Shed Room", [ada, bob])
+    category = world.category("Shed Room")
+    world.say(space, ada, "Who has the key to the garden shed?")
+    held = world.say(space, bob, "A second thread: the mower needs petrol")
+    accounts = {u["username"] for u in forum.state()["users"]}
+    files = world.config([{"google_space_id": space, "discourse_category_id": category}])
+    run_once(files)
+    # Ada's message crossed; Bob's waits for a person, under neither account.
+    assert [p["username"] for p in world.live_posts()] == ["Ada_Lovelace"]
+    assert world.markers()[held["name"]] == 0
+    assert {u["username"] for u in forum.state()["users"]} == accounts | {"Ada_Lovelace"}
+    status = run_main(["--config", str(files.config), "status"])
+    assert status.returncode == 0, status.stderr
+    parked = status.stdout.split("Parked items: 1", 1)[1]
+    assert held["name"] in parked, status.stdout
+    assert "identity conflict" in parked and "@bob_g" in parked and "@bstone" in parked, parked
+    # A second cycle neither guesses nor repeats it.
+    run_once(files)
+    assert world.markers()[held["name"]] == 0
+    assert "Parked items: 1" in run_main(["--config", str(files.config), "status"]).stdout
+
+
+def test_a_dm_whose_member_has_two_forum_accounts_waits_parked(world: World) -> None:
+    (bob,) = world.add_people("Bob Stone")
+    forum = world.discourse.control
+    forum.settings(enable_google_oauth2_logins=True)
+    forum.create_user("bob_g", name="Bob", email="bob@home.example", trust_level=1)
+    forum.add_associated_account("bob_g", uid=bob.split("/", 1)[1])
+    forum.create_user("bstone", name="Bob Stone", email=world.people[0]["email"], trust_level=1)
+    dm = world.add_dm([bob])
+    held = [world.say(dm, bob, text)["name"] for text in ("Are you there?", "Ping again")]
+    files = world.config([{"google_space_id": dm}])
+    run_once(files)
+    # No channel is made with a guessed member; each message is parked with the reason.
+    assert forum.state()["chat_channels"] == []
+    status = run_main(["--config", str(files.config), "status"])
+    parked = status.stdout.split("Parked items: 2", 1)[1]
+    assert all(name in parked for name in held), status.stdout
+    assert parked.count("identity conflict") == 2 and "@bob_g" in parked, parked

@@ -575,3 +575,75 @@ def test_chat_send_needs_a_membership_except_for_bots(
     assert joined.status_code == 200
     assert discourse_api.post(path, json={"message": "hello"}, user="alice").status_code == 200
     assert discourse_api.post(path, json={"message": "hi"}, user="system").status_code == 200
+
+
+# --- 23, 24. users by Google login (UserAssociatedAccount) ---------------------------------------
+
+GOOGLE_ID = "108364523398145987654"
+
+
+def test_lookup_by_google_login_is_for_admins_and_enabled_google_logins_only(
+    discourse_api: DiscourseApi, forum: dict[str, Any]
+) -> None:
+    control = forum["control"]
+    control.create_user("mod", moderator=True)
+    control.create_user("ssouser", external_id="ext-7")
+    control.add_associated_account("alice", provider="google_oauth2", uid=GOOGLE_ID)
+
+    def get(path: str, user: str | None = "system") -> requests.Response:
+        # Plain requests: the spec's closed UserSerializer schema, which the contract check
+        # waives for `/u/{username}.json` and the SSO form, is not waived for this path yet.
+        headers = {"Api-Key": "test-api-key", "Api-Username": user} if user else {}
+        return requests.get(discourse_api.url + path, headers=headers, timeout=10)
+
+    path = f"/u/by-external/google_oauth2/{GOOGLE_ID}.json"
+    # Google logins off (the default): no enabled managed authenticator of that name.
+    response = get(path)
+    assert response.status_code == 404 and response.json() == NOT_FOUND
+    control.settings(enable_google_oauth2_logins=True)
+    found = get(path)
+    assert found.status_code == 200
+    # users#show for an admin viewer: the shape of /u/{username}.json.
+    assert found.json() == discourse_api.get("/u/alice.json").json()
+    assert found.json()["user"]["username"] == "alice"
+    unknown = get("/u/by-external/google_oauth2/1.json")
+    assert unknown.status_code == 404 and unknown.json() == NOT_FOUND
+    other_provider = get(f"/u/by-external/github/{GOOGLE_ID}.json")
+    assert other_provider.status_code == 404 and other_provider.json() == NOT_FOUND
+    # Admins only, checked before anything else: moderators, users and anonymous callers get
+    # the generic 403 (not `not_logged_in`) for known and unknown ids alike.
+    for user in ("mod", "bob", None):
+        for asked in (path, "/u/by-external/google_oauth2/1.json"):
+            refused = get(asked, user=user)
+            assert refused.status_code == 403 and refused.json() == INVALID_ACCESS, (user, asked)
+    # The external-id branch does not filter inactive users.
+    control.deactivate_user("alice")
+    inactive = get(path)
+    assert inactive.status_code == 200 and inactive.json()["user"]["active"] is False
+    # The SSO form, one segment, is another lookup (SingleSignOnRecord) and still answers.
+    sso = discourse_api.get("/u/by-external/ext-7.json")
+    assert sso.status_code == 200 and sso.json()["user"]["username"] == "ssouser"
+    assert discourse_api.get(f"/u/by-external/{GOOGLE_ID}.json").status_code == 404
+
+
+def test_associated_accounts_are_unique_per_provider_uid_and_per_user(
+    forum: dict[str, Any],
+) -> None:
+    control = forum["control"]
+    control.add_associated_account("alice", uid="111")
+    with pytest.raises(requests.HTTPError, match="already associated"):
+        control.add_associated_account("bob", uid="111")
+    with pytest.raises(requests.HTTPError, match="already has a google_oauth2 account"):
+        control.add_associated_account("alice", uid="222")
+    control.add_associated_account("bob", uid="222")
+    control.add_associated_account("alice", provider="github", uid="111")
+    ids = {u["username"]: u["id"] for u in control.state()["users"]}
+    accounts = {
+        (a["provider_name"], a["provider_uid"]): a["user_id"]
+        for a in control.state()["associated_accounts"]
+    }
+    assert accounts == {
+        ("google_oauth2", "111"): ids["alice"],
+        ("google_oauth2", "222"): ids["bob"],
+        ("github", "111"): ids["alice"],
+    }
