@@ -13,7 +13,11 @@ Invariants:
 - `create_app(state)` is a factory: no module-level app, all state in the `ChatState` passed in.
 - Every error an API or control route answers is Google's `{"error": {code, message, status}}`
   shape (the OAuth `/token` route answers the OAuth error shape, as Google's token server does).
-- The request log holds API calls only (`/v1/`, `/upload/`, `/token`), never control or discovery.
+- The request log holds API calls only (`/v1/`, `/upload/`, `/token`), never control or discovery;
+  a `/token` row also names the `grant_type` asked for (`token_grants` counts them).
+- `/token` serves the refresh-token grant and the JWT-bearer grant of service accounts (control
+  `POST /_emulator/service_accounts`); a delegated token acts as its subject in every rule
+  (sender, membership, quotas); a service account's own token is refused by the Chat API.
 - Latency faults sleep outside the state lock so other requests proceed meanwhile.
 - An unexpected exception in a handler is an emulator bug: recorded (`ChatEmulator.errors`,
   `check_errors()`), logged, answered 500 INTERNAL "emulator bug: ..." (`emulators/_errors.py`).
@@ -25,12 +29,14 @@ import argparse
 import base64
 import json
 import logging
+import os
 import re
 import secrets
 import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -45,11 +51,14 @@ from emulators.google_chat_state import (
     APP_ONLY_FIELDS,
     CLIENT_ID_MAX,
     CLIENT_ID_RE,
+    GOOGLE_TOKEN_AUDIENCE,
     JSON,
+    JWT_BEARER_GRANT,
     MAX_MESSAGE_BYTES,
     MAX_UPLOAD_BYTES,
     MESSAGE_FIELDS,
     REPLY_OPTIONS,
+    SA_AUTH_UNSUPPORTED,
     SPACE_EVENT_WINDOW,
     STATUS_FOR_HTTP,
     UPDATE_MASK_PATHS,
@@ -65,6 +74,7 @@ from emulators.google_chat_state import (
     denied,
     invalid,
     new_message_id,
+    new_rsa_key,
     not_found,
     parse_fields,
     parse_member_filter,
@@ -253,6 +263,9 @@ def create_app(
         if not g.api:
             return None
         g.start = time.monotonic()
+        if path == "/token":
+            # Recorded even when a fault answers instead: benchmarks count grants asked for.
+            g.grant_type = request.form.get("grant_type", "")
         with state.lock:
             fault = next((f for f in state.faults if f.matches(request.method, path)), None)
             if fault is not None:
@@ -278,9 +291,15 @@ def create_app(
         scheme, _, token = auth.partition(" ")
         with state.lock:
             valid = state.valid_token(token.strip()) if scheme.lower() == "bearer" else None
+            principal = state.principal(valid) if valid is not None else None
         if valid is None:
             raise ApiError("UNAUTHENTICATED", _UNAUTH_INVALID)
-        g.user = valid.user
+        g.user = principal
+        if not valid.user:
+            # A service account's own token (JWT-bearer grant without `sub`): Chat apps
+            # (`chat.bot`, app authentication) are not emulated, so every call is refused as
+            # Chat refuses service accounts on user-only methods (stricter reading).
+            raise ApiError("PERMISSION_DENIED", SA_AUTH_UNSUPPORTED)
         g.token = valid  # its scopes and grant, for the Workspace Events routes
         return None
 
@@ -294,6 +313,7 @@ def create_app(
             user=g.get("user"),
             template=_template(rule),
             response_bytes=response_bytes,
+            grant_type=g.get("grant_type"),
         )
         with state.lock:
             state.log.append(entry)
@@ -355,6 +375,8 @@ def create_app(
     @app.post("/token")
     def _token() -> Response:
         form = request.form
+        if form.get("grant_type") == JWT_BEARER_GRANT:
+            return _jwt_bearer(form.get("assertion", ""))
         if form.get("grant_type") != "refresh_token":
             return _json_response(
                 {"error": "unsupported_grant_type", "error_description": "Invalid grant_type."},
@@ -377,6 +399,32 @@ def create_app(
                 # The grant's scopes, space-separated as OAuth answers them.
                 "scope": " ".join(sorted(token.scopes)),
             }
+        )
+
+    def _jwt_bearer(assertion: str) -> Response:
+        """RFC 7523 grant: a service account's signed assertion for an access token."""
+        if not assertion:
+            return _json_response(
+                {
+                    "error": "invalid_request",
+                    "error_description": "Missing required parameter: assertion",
+                },
+                400,
+            )
+        # The audience Google documents, or this endpoint's own URL (what a client that puts
+        # the key file's `token_uri` in `aud` sends; in production the two are the same).
+        audiences = (GOOGLE_TOKEN_AUDIENCE, request.base_url)
+        with state.lock:
+            try:
+                token = state.jwt_grant(assertion, audiences)
+            except OAuthError as err:
+                return _json_response(err.body(), err.status)
+            g.user = state.principal(token)
+            lifetime = int(state.config["access_token_lifetime"])
+        # No `scope` in the answer (observed answers leave it out for this grant; RFC 6749 §5.1
+        # makes it optional when it equals the request), so a client cannot rely on it.
+        return _json_response(
+            {"access_token": token.access_token, "expires_in": lifetime, "token_type": "Bearer"}
         )
 
     # ------------------------------------------------------------- spaces and members
@@ -856,6 +904,36 @@ def _register_control(app: Flask, state: ChatState, events: WorkspaceEvents) -> 
         with state.lock:
             return _json_response(state.add_token(body()))
 
+    @app.post("/_emulator/service_accounts")
+    def _add_service_account() -> Response:
+        data = body()
+        key = new_rsa_key()  # ~0.1 s of CPU: outside the lock
+        token_uri = f"{request.host_url}token"
+        with state.lock:
+            return _json_response(state.add_service_account(data, token_uri, key))
+
+    @app.get("/_emulator/service_accounts")
+    def _service_accounts() -> Response:
+        with state.lock:
+            accounts = [a.json() for a in state.service_accounts.values()]
+        return _json_response({"service_accounts": accounts})
+
+    @app.post("/_emulator/service_accounts/<client_id>/delegation")
+    def _delegation(client_id: str) -> Response:
+        data = body()
+        with state.lock:
+            return _json_response(state.set_delegation(client_id, data))
+
+    @app.post("/_emulator/users/<user_id>:suspend")
+    def _suspend_user(user_id: str) -> Response:
+        with state.lock:
+            return _json_response(state.set_suspended(f"users/{user_id}", True))
+
+    @app.post("/_emulator/users/<user_id>:unsuspend")
+    def _unsuspend_user(user_id: str) -> Response:
+        with state.lock:
+            return _json_response(state.set_suspended(f"users/{user_id}", False))
+
     @app.post("/_emulator/tokens/expire")
     def _expire() -> Response:
         access = body().get("access_token")
@@ -978,9 +1056,12 @@ def _register_control(app: Flask, state: ChatState, events: WorkspaceEvents) -> 
     def _requests() -> Response:
         with state.lock:
             counts: dict[str, int] = {}
+            grants: dict[str, int] = {}
             for e in state.log:
                 key = f"{e.method} {e.template}"
                 counts[key] = counts.get(key, 0) + 1
+                if e.grant_type is not None:
+                    grants[e.grant_type] = grants.get(e.grant_type, 0) + 1
             rows = [
                 {
                     "method": e.method,
@@ -989,10 +1070,15 @@ def _register_control(app: Flask, state: ChatState, events: WorkspaceEvents) -> 
                     "status": e.status,
                     "user": e.user,
                     "response_bytes": e.response_bytes,
+                    **({"grant_type": e.grant_type} if e.grant_type is not None else {}),
                 }
                 for e in state.log
             ]
-        return _json_response({"requests": rows, "counts": counts})
+        out: JSON = {"requests": rows, "counts": counts}
+        if grants:
+            # Only when the log holds token calls: an empty log stays `{requests, counts}`.
+            out["token_grants"] = grants
+        return _json_response(out)
 
     @app.delete("/_emulator/requests")
     def _clear_requests() -> Response:
@@ -1046,6 +1132,7 @@ def _register_control(app: Flask, state: ChatState, events: WorkspaceEvents) -> 
                 "subscription_max_ttl_seconds",
                 "subscription_max_ttl_seconds_without_resource",
                 "operation_latency_seconds",
+                "jwt_clock_skew_seconds",
             ):
                 if not _non_negative(config[key]):
                     raise invalid(f"{key} must be a non-negative number")
@@ -1138,6 +1225,54 @@ class ChatControl:
             scopes=scopes,
         )
         return self._call("POST", "/tokens", body)
+
+    def create_service_account(
+        self,
+        client_email: str | None = None,
+        domains: list[str] | None = None,
+        delegated_scopes: list[str] | None = None,
+        **body: Any,
+    ) -> JSON:
+        """A service account with a fresh key and the Workspace admin's domain-wide delegation
+        of `delegated_scopes` (none: no delegation) for users of `domains`; returns the complete
+        key JSON (`token_uri` = this emulator's `/token`). Keep it secret, as a real one."""
+        merged = _merge(
+            body, client_email=client_email, domains=domains, delegated_scopes=delegated_scopes
+        )
+        return self._call("POST", "/service_accounts", merged)
+
+    def write_service_account_file(
+        self,
+        path: str | os.PathLike[str],
+        client_email: str | None = None,
+        domains: list[str] | None = None,
+        delegated_scopes: list[str] | None = None,
+    ) -> JSON:
+        """`create_service_account` and write the key JSON to `path` (mode 0600); returns it."""
+        key = self.create_service_account(client_email, domains, delegated_scopes)
+        write_key_file(path, key)
+        return key
+
+    def service_accounts(self) -> JSON:
+        """`{"service_accounts": [{client_email, client_id, project_id, private_key_id,
+        domains, delegated_scopes}]}` (no private keys)."""
+        return self._call("GET", "/service_accounts")
+
+    def set_delegation(
+        self, client_id: str, scopes: list[str], domains: list[str] | None = None
+    ) -> JSON:
+        """The admin changes the domain-wide delegation of `client_id` (the numeric id, as in
+        the Admin console): `scopes` replaces the delegated scopes (`[]` removes delegation)."""
+        body = _merge({"scopes": scopes}, domains=domains)
+        return self._call("POST", f"/service_accounts/{client_id}/delegation", body)
+
+    def suspend_user(self, name: str) -> JSON:
+        """Suspend `users/{id}` (or `users/{email}`, or the bare id) in the Workspace admin
+        console: its tokens stop working and none is issued for it."""
+        return self._call("POST", f"/users/{name.removeprefix('users/')}:suspend")
+
+    def unsuspend_user(self, name: str) -> JSON:
+        return self._call("POST", f"/users/{name.removeprefix('users/')}:unsuspend")
 
     def expire_tokens(self, access_token: str | None = None) -> JSON:
         return self._call("POST", "/tokens/expire", _merge({}, access_token=access_token))
@@ -1250,6 +1385,18 @@ class ChatControl:
         """Mark the cause of a suspension fixed: `reactivate` may now succeed."""
         sid = name.removeprefix("subscriptions/")
         return self._call("POST", f"/subscriptions/{sid}:fix")
+
+
+def write_key_file(path: str | os.PathLike[str], key: JSON) -> Path:
+    """Write a service account key JSON to `path`, readable by the owner only (0600, also when
+    the file already existed), as a private key on disk must be."""
+    target = Path(path)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        os.fchmod(fh.fileno(), 0o600)
+        json.dump(key, fh, indent=2)
+        fh.write("\n")
+    return target
 
 
 def _non_negative(value: object) -> bool:

@@ -1,7 +1,9 @@
 """In-memory state of the Google Chat emulator: users, spaces, messages, tokens, quotas, faults.
 
 Role: the data model and the rules that do not depend on HTTP (threading, client ids, request ids,
-filters, paging, quotas, JSON rendering). `emulators/google_chat.py` wraps it in a Flask app.
+filters, paging, quotas, JSON rendering, the OAuth grants: refresh tokens and the JWT-bearer grant
+of service accounts with domain-wide delegation). `emulators/google_chat.py` wraps it in a Flask
+app.
 
 Invariants:
 - Every read or write of a `ChatState` happens under `ChatState.lock` (the server is threaded).
@@ -9,7 +11,10 @@ Invariants:
   out; everything that leaves the emulator is rendered to JSON under the lock first.
 - Message `createTime`s are strictly increasing per emulator, so ordering and `createTime`
   filters are deterministic even when two messages arrive within the same microsecond.
-- Errors are raised as `ApiError`, which the app renders in Google's `{"error": {...}}` shape.
+- Errors are raised as `ApiError`, which the app renders in Google's `{"error": {...}}` shape;
+  the token endpoint's refusals as `OAuthError` (`{"error", "error_description"}`).
+- A service account's private key leaves the emulator once, in the key JSON its creation answers;
+  the state keeps only the public key that verifies its assertions.
 """
 
 from __future__ import annotations
@@ -27,6 +32,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from emulators import google_chat_markup as markup
 
@@ -145,6 +154,10 @@ DEFAULT_CONFIG: JSON = {
     "project_write_limit": [3000, 60.0],
     "project_read_limit": [3000, 60.0],
     "access_token_lifetime": 3599,
+    # JWT-bearer grant: how far in the future an assertion's `iat` may lie (clock skew between
+    # the signer and the token endpoint). Google was observed to accept 300 s; the emulator
+    # allows less (stricter reading, docs silent).
+    "jwt_clock_skew_seconds": 60,
     "retry_after_header": False,
     # How `text` is read when a create/patch/update names no `markupSyntax`: "Newly created Chat
     # apps default to Markdown" (format-messages), the case of a new bridge install.
@@ -281,6 +294,8 @@ class User:
     display_name: str
     email: str | None
     type: str
+    # Suspended in the Workspace admin console: cannot sign in (no token works, none is issued).
+    suspended: bool = False
 
     @property
     def iam_email(self) -> str:
@@ -382,6 +397,10 @@ class Token:
     revoked: bool = False
     # The OAuth scopes granted: a refreshed access token carries its grant's scopes.
     scopes: frozenset[str] = field(default_factory=lambda: DEFAULT_SCOPES)
+    # The `client_id` of the service account whose JWT-bearer assertion minted this token (None
+    # for tokens of the refresh-token grant). With `user` empty it is the service account's own
+    # token; otherwise it acts as `user` through domain-wide delegation.
+    service_account: str | None = None
 
 
 @dataclass
@@ -394,12 +413,155 @@ class Grant:
 
 
 class OAuthError(Exception):
-    """A refusal by the OAuth token endpoint, answered `{"error", "error_description"}`."""
+    """A refusal by the OAuth token endpoint, answered `{"error", "error_description"}` with
+    HTTP `status` (400, or 401 for `unauthorized_client`)."""
 
-    def __init__(self, error: str, description: str) -> None:
+    def __init__(self, error: str, description: str, *, status: int = 400) -> None:
         super().__init__(description)
         self.error = error
         self.description = description
+        self.status = status
+
+    def body(self) -> JSON:
+        return {"error": self.error, "error_description": self.description}
+
+
+# --------------------------------------------------------------------------- service accounts
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+# The assertion's audience: "When making an access token request this value is always
+# https://oauth2.googleapis.com/token" (Google, "Using OAuth 2.0 for Server to Server
+# Applications"); google-auth puts this constant in `aud` whatever the key file's token_uri says.
+GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
+MAX_ASSERTION_LIFETIME = 3600  # `exp`: "a maximum of 1 hour after the issued time"
+# Token endpoint wordings, as Google's token server answers them (sources in FIDELITY.md, D rows).
+SA_NOT_FOUND = "Invalid grant: account not found"
+BAD_SIGNATURE = "Invalid JWT Signature."
+BAD_AUDIENCE = "Invalid JWT: Failed audience check."
+BAD_TIMEFRAME = (
+    "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe. "
+    "Check your iat and exp values and use a clock with skew to account for clock differences "
+    "between systems."
+)
+MISSING_SCOPE = "Empty or missing scope not allowed."
+BAD_SCOPE = "Invalid OAuth scope or ID token audience provided."
+BAD_SUBJECT = "Invalid email or User ID"
+NOT_DELEGATED = (
+    "Client is unauthorized to retrieve access tokens using this method, or client not "
+    "authorized for any of the scopes requested."
+)
+BAD_ASSERTION = "Bad Request"
+# Chat's answer to a service account's own token on a method it serves for users only
+# (googleapis/google-api-nodejs-client#3507); Chat apps (`chat.bot`) are not emulated.
+SA_AUTH_UNSUPPORTED = (
+    "This method doesn't support service account authentication. Authenticate with a user account."
+)
+# A key file's `client_email`: `{account id}@{project id}.iam.gserviceaccount.com`, both 6-30
+# characters of lowercase letters, digits and hyphens, starting with a letter.
+_SA_EMAIL_RE = re.compile(
+    r"^[a-z][a-z0-9-]{4,28}[a-z0-9]@([a-z][a-z0-9-]{4,28}[a-z0-9])\.iam\.gserviceaccount\.com$"
+)
+_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+DEFAULT_SA_EMAIL = "chat-bridge@emulator-project.iam.gserviceaccount.com"
+_B64URL_RE = re.compile(r"^[A-Za-z0-9_-]*$")
+
+
+@dataclass
+class ServiceAccount:
+    """A service account with one key, and the Workspace admin's domain-wide delegation grant.
+
+    Delegation is what the Admin console holds ("Security > API controls > Domain-wide
+    delegation"): the account's numeric `client_id` mapped to OAuth scopes, in the Workspace
+    account that owns `domains`. No scopes means no delegation.
+    """
+
+    client_email: str
+    client_id: str
+    project_id: str
+    key_id: str
+    public_key: rsa.RSAPublicKey
+    domains: frozenset[str]
+    delegated_scopes: frozenset[str]
+
+    def covers(self, email: str) -> bool:
+        """True when `email` belongs to a Workspace domain this delegation covers."""
+        return email.rpartition("@")[2].lower() in self.domains
+
+    def json(self) -> JSON:
+        """What the control API shows of the account (never the private key)."""
+        return {
+            "client_email": self.client_email,
+            "client_id": self.client_id,
+            "project_id": self.project_id,
+            "private_key_id": self.key_id,
+            "domains": sorted(self.domains),
+            "delegated_scopes": sorted(self.delegated_scopes),
+        }
+
+
+def _string_list(value: object, name: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(x, str) and x for x in value):
+        raise invalid(f"{name} must be a list of non-empty strings")
+    return list(value)
+
+
+def _domains(value: object) -> frozenset[str]:
+    domains = frozenset(d.lower() for d in _string_list(value, "domains"))
+    for domain in domains:
+        if not _DOMAIN_RE.match(domain):
+            raise invalid(f"Invalid domain: {domain!r}")
+    return domains
+
+
+def _scope_set(value: object, name: str) -> frozenset[str]:
+    """A list of scopes (the Admin console takes full scope URLs, comma-separated)."""
+    if isinstance(value, str):
+        value = [x.strip() for x in value.split(",") if x.strip()]
+    scopes = frozenset(_string_list(value, name))
+    for scope in scopes:
+        if not scope.startswith("https://"):
+            raise invalid(f"{name}: {scope!r} is not a scope URL")
+    return scopes
+
+
+def _b64url_decode(segment: str) -> bytes:
+    if not _B64URL_RE.match(segment):
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def parse_jwt(assertion: str) -> tuple[JSON, JSON, bytes, bytes]:
+    """(header, claims, signing input, signature) of a compact JWS; ValueError if malformed."""
+    parts = assertion.split(".")
+    if len(parts) != 3:
+        raise ValueError("a JWT has three parts")
+    header = json.loads(_b64url_decode(parts[0]))
+    claims = json.loads(_b64url_decode(parts[1]))
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        raise ValueError("JWT header and claims must be objects")
+    return header, claims, f"{parts[0]}.{parts[1]}".encode("ascii"), _b64url_decode(parts[2])
+
+
+def _seconds(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _verifies(key: rsa.RSAPublicKey, signed: bytes, signature: bytes) -> bool:
+    """RS256: RSASSA-PKCS1-v1_5 with SHA-256 (RFC 7518 §3.3)."""
+    try:
+        key.verify(signature, signed, padding.PKCS1v15(), hashes.SHA256())
+    except InvalidSignature:
+        return False
+    return True
+
+
+def new_rsa_key() -> rsa.RSAPrivateKey:
+    """A 2048-bit RSA key, as Google generates for service account keys (takes ~0.1 s: callers
+    make it outside the state lock)."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 @dataclass
@@ -427,6 +589,8 @@ class LogEntry:
     template: str
     # Bytes of the response body (media downloads: what a ranged read actually fetched).
     response_bytes: int = 0
+    # `/token` only: the `grant_type` the client asked for (whatever it was, even unsupported).
+    grant_type: str | None = None
 
 
 class ChatState:
@@ -458,6 +622,7 @@ class ChatState:
         self.request_ids: dict[tuple[str, str], tuple[str, str]] = {}  # -> (user, message name)
         self.tokens: dict[str, Token] = {}
         self.refresh_tokens: dict[str, Grant] = {}
+        self.service_accounts: dict[str, ServiceAccount] = {}  # client_id -> account
         self.faults: list[Fault] = []
         self.log: list[LogEntry] = []
         self.quota_hits: dict[tuple[str, str], collections.deque[float]] = {}
@@ -608,7 +773,7 @@ class ChatState:
                 include any scope not originally granted").
         """
         grant = self.refresh_tokens.get(refresh_token)
-        if grant is None or grant.revoked:
+        if grant is None or grant.revoked or self._suspended(grant.user):
             raise OAuthError("invalid_grant", "Token has been expired or revoked.")
         if scope and not set(scope.split()) <= grant.scopes:
             raise OAuthError("invalid_scope", "Some requested scopes were invalid.")
@@ -621,7 +786,11 @@ class ChatState:
         return token
 
     def valid_token(self, access: str) -> Token | None:
-        """The access token if it is known, unexpired and its grant not revoked."""
+        """The access token if it is known, unexpired and its grant not revoked.
+
+        Stricter readings (docs silent on propagation): a suspended user's tokens stop working
+        at once, and so does a delegated token once the admin no longer delegates its scopes
+        or its user's domain."""
         token = self.tokens.get(access)
         if token is None or token.revoked or token.expires_at <= self.clock():
             return None
@@ -629,7 +798,39 @@ class ChatState:
             grant = self.refresh_tokens.get(token.refresh_token)
             if grant is not None and grant.revoked:
                 return None
+        if self._suspended(token.user):
+            return None
+        if token.service_account is not None and not self._still_authorized(token):
+            return None
         return token
+
+    def _suspended(self, name: str) -> bool:
+        user = self.users.get(name)
+        return user is not None and user.suspended
+
+    def _still_authorized(self, token: Token) -> bool:
+        """A service account token: its account still exists and, for a delegated token, the
+        admin still delegates every scope of it for its user's domain."""
+        account = self.service_accounts.get(token.service_account or "")
+        if account is None:
+            return False
+        if not token.user:
+            return True
+        user = self.users.get(token.user)
+        return (
+            user is not None
+            and user.email is not None
+            and account.covers(user.email)
+            and token.scopes <= account.delegated_scopes
+        )
+
+    def principal(self, token: Token) -> str:
+        """Who a token acts as, for the request log: the user, or the service account's email
+        for its own token."""
+        if token.user or token.service_account is None:
+            return token.user
+        account = self.service_accounts.get(token.service_account)
+        return account.client_email if account is not None else ""
 
     def user_for_token(self, access: str) -> str | None:
         token = self.valid_token(access)
@@ -641,6 +842,9 @@ class ChatState:
         token = self.valid_token(access)
         if token is None:
             return None
+        if not token.user and token.service_account is not None:
+            # A service account's own token: IAM knows it as `serviceAccount:<email>`.
+            return f"serviceAccount:{self.principal(token)}", token.scopes
         user = self.users.get(token.user)
         if user is None:
             return None
@@ -649,6 +853,162 @@ class ChatState:
     def grant_revoked(self, refresh_token: str | None) -> bool:
         grant = self.refresh_tokens.get(refresh_token) if refresh_token else None
         return grant is not None and grant.revoked
+
+    # ----------------------------------------------------------------- service accounts
+    def add_service_account(
+        self, body: JSON, token_uri: str, key: rsa.RSAPrivateKey | None = None
+    ) -> JSON:
+        """Create a service account with one RSA key (`key`, generated when None) and the
+        admin's delegation grant; return its complete key JSON, as the Cloud console downloads
+        it, with `token_uri` pointing at this emulator.
+
+        Body: `client_email` (default DEFAULT_SA_EMAIL), `domains` (the Workspace domains whose
+        admin console holds the grant), `delegated_scopes` (empty = no delegation).
+        """
+        for name in body:
+            if name not in ("client_email", "domains", "delegated_scopes"):
+                raise invalid(f"Unknown service account field: {name!r}")
+        email = str(body.get("client_email") or DEFAULT_SA_EMAIL)
+        match = _SA_EMAIL_RE.match(email)
+        if match is None:
+            raise invalid(
+                f"Invalid client_email {email!r}: expected "
+                "{account}@{project}.iam.gserviceaccount.com"
+            )
+        if any(a.client_email == email for a in self.service_accounts.values()):
+            raise ApiError("ALREADY_EXISTS", f"Service account {email} already exists.")
+        domains = _domains(body.get("domains"))
+        scopes = _scope_set(body.get("delegated_scopes"), "delegated_scopes")
+        if key is None:
+            key = new_rsa_key()
+        account = ServiceAccount(
+            client_email=email,
+            client_id="1" + _rand(string.digits, 20),  # 21 digits, like Google's
+            project_id=match.group(1),
+            key_id=secrets.token_hex(20),
+            public_key=key.public_key(),
+            domains=domains,
+            delegated_scopes=scopes,
+        )
+        self.service_accounts[account.client_id] = account
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode("ascii")
+        return {
+            "type": "service_account",
+            "project_id": account.project_id,
+            "private_key_id": account.key_id,
+            "private_key": pem,
+            "client_email": email,
+            "client_id": account.client_id,
+            "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+            "token_uri": token_uri,
+            "auth_provider_x509_cert_url": "https://www.googleapis.com/oauth2/v1/certs",
+            "client_x509_cert_url": "https://www.googleapis.com/robot/v1/metadata/x509/"
+            + email.replace("@", "%40"),
+            "universe_domain": "googleapis.com",
+        }
+
+    def set_delegation(self, client_id: str, body: JSON) -> JSON:
+        """The admin edits the domain-wide delegation of `client_id`: `scopes` replaces the
+        delegated scopes (empty = delegation removed), optional `domains` the covered domains."""
+        account = self.service_accounts.get(client_id)
+        if account is None:
+            raise not_found()
+        for name in body:
+            if name not in ("scopes", "domains"):
+                raise invalid(f"Unknown delegation field: {name!r}")
+        if "scopes" not in body:
+            raise invalid("scopes is required (an empty list removes the delegation)")
+        scopes = _scope_set(body["scopes"], "scopes")
+        if "domains" in body:
+            account.domains = _domains(body["domains"])
+        account.delegated_scopes = scopes
+        return account.json()
+
+    def set_suspended(self, name: str, suspended: bool) -> JSON:
+        """Suspend (or restore) a user in the Workspace admin console."""
+        user = self.resolve_user(name)
+        user.suspended = suspended
+        return {"name": user.name, "email": user.email, "suspended": user.suspended}
+
+    def jwt_grant(self, assertion: str, audiences: Iterable[str]) -> Token:
+        """An access token for a service account's signed assertion (RFC 7523), checked as
+        Google's token endpoint does; with `sub`, a token acting as that Workspace user.
+
+        Raises:
+            OAuthError: `invalid_grant` (malformed JWT, unknown issuer, bad signature or key id,
+                wrong audience, bad times, unknown or suspended subject), `invalid_scope` (no
+                or malformed scope), `unauthorized_client` 401 (the subject's domain or one of
+                the scopes not delegated to the account's client id).
+        """
+        try:
+            header, claims, signed, signature = parse_jwt(assertion)
+        except ValueError:  # also JSON and base64 errors
+            raise OAuthError("invalid_grant", BAD_ASSERTION) from None
+        issuer = claims.get("iss")
+        account = next(
+            (a for a in self.service_accounts.values() if a.client_email == issuer), None
+        )
+        if account is None:
+            raise OAuthError("invalid_grant", SA_NOT_FOUND)
+        if (
+            header.get("alg") != "RS256"
+            or header.get("kid") != account.key_id
+            or not _verifies(account.public_key, signed, signature)
+        ):
+            raise OAuthError("invalid_grant", BAD_SIGNATURE)
+        if claims.get("aud") not in tuple(audiences):
+            raise OAuthError("invalid_grant", BAD_AUDIENCE)
+        now = self.clock()
+        iat, exp = _seconds(claims.get("iat")), _seconds(claims.get("exp"))
+        skew = float(self.config["jwt_clock_skew_seconds"])
+        if (
+            iat is None
+            or exp is None
+            or exp <= now
+            or iat > now + skew
+            or exp <= iat
+            or exp - iat > MAX_ASSERTION_LIFETIME
+        ):
+            raise OAuthError("invalid_grant", BAD_TIMEFRAME)
+        scope = claims.get("scope")
+        scopes = frozenset(scope.split()) if isinstance(scope, str) else frozenset()
+        if not scopes:
+            raise OAuthError("invalid_scope", MISSING_SCOPE)
+        if any(not s.startswith("https://") for s in scopes):
+            raise OAuthError("invalid_scope", BAD_SCOPE)
+        user_name = ""
+        if "sub" in claims:
+            user = self._workspace_user(claims["sub"])
+            if user is None or user.email is None or user.suspended:
+                raise OAuthError("invalid_grant", BAD_SUBJECT)
+            if not account.covers(user.email) or not scopes <= account.delegated_scopes:
+                raise OAuthError("unauthorized_client", NOT_DELEGATED, status=401)
+            user_name = user.name
+        access = "ya29.c.emu-" + secrets.token_urlsafe(24)
+        lifetime = float(self.config["access_token_lifetime"])
+        token = Token(
+            access,
+            user_name,
+            None,
+            now + lifetime,
+            scopes=scopes,
+            service_account=account.client_id,
+        )
+        self.tokens[access] = token
+        return token
+
+    def _workspace_user(self, subject: object) -> User | None:
+        """The human user whose primary email is `subject` (case-insensitive), else None."""
+        if not isinstance(subject, str) or "@" not in subject:
+            return None
+        for user in self.users.values():
+            if user.type == "HUMAN" and user.email and user.email.lower() == subject.lower():
+                return user
+        return None
 
     # ----------------------------------------------------------------- paging
     def page(
