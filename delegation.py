@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,7 @@ from google_chat_client import (
     ChatNotFound,
     ChatPermissionDenied,
     ChatRateLimited,
+    ChatRejected,
     ChatUnavailable,
     GoogleChatClient,
 )
@@ -223,6 +225,24 @@ class AuthorWriters:
         if email is None or self._delegation is None:
             return self._chat
         return self._delegation.client_for(email)
+
+    @contextmanager
+    def as_author_of(self, gchat_message_name: str) -> Iterator[GoogleChatClient]:
+        """The client for changing `gchat_message_name`; a refusal of the author's delegation
+        is this item's problem (counted, and raised as a rejection that parks or dead-letters
+        it), not the operator's credentials, which stall everything else while they fail."""
+        client = self.client_for_message(gchat_message_name)
+        try:
+            yield client
+        except ChatAuthError as exc:
+            if client is self._chat:
+                raise
+            self.count(fallback_reason(exc), f"change of {gchat_message_name}: {exc}")
+            raise ChatRejected(
+                f"{gchat_message_name} can only be changed by its author, whose delegation "
+                f"is refused: {exc}",
+                reason=exc.reason,
+            ) from exc
 
     def _email_of(self, username: str) -> str | None:
         with self._lock:

@@ -930,9 +930,12 @@ class DiscourseToGchat:
 
     def _edit(self, action: EditMessage) -> None:
         """Update the message and its later parts; add or delete parts as the length changed."""
-        parts, previous = action.parts, action.previous
         # Only a message's author can edit it in Chat: as the account that wrote it.
-        chat = self._authors.client_for_message(action.gchat_message_name)
+        with self._authors.as_author_of(action.gchat_message_name) as chat:
+            self._edit_as(action, chat)
+
+    def _edit_as(self, action: EditMessage, chat: GoogleChatClient) -> None:
+        parts, previous = action.parts, action.previous
         chat.update_message_text(action.gchat_message_name, parts[0])
         space = space_of_thread(action.gchat_message_name)
         if len(parts) > previous.count and origin.is_legacy_client_id(previous.client_id):
@@ -972,9 +975,9 @@ class DiscourseToGchat:
     def _delete(self, action: DeleteMessages) -> None:
         # Later parts carry no row of their own: they were written by the root's author.
         root = action.gchat_message_names[-1] if action.gchat_message_names else ""
-        chat = self._authors.client_for_message(root)
-        for name in action.gchat_message_names:
-            self._delete_chat_message(name, chat)
+        with self._authors.as_author_of(root) as chat:
+            for name in action.gchat_message_names:
+                self._delete_chat_message(name, chat)
         if action.unlink_thread is not None:
             self._store.unlink_thread(action.unlink_thread)
         elif action.unlink_message is not None:

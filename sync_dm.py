@@ -696,8 +696,8 @@ class DmSync:
         if digest == link.content_hash:
             return
         # Only a message's author can edit it in Chat: as the account that wrote it.
-        chat = self._authors.client_for_message(link.gchat_message_name)
-        chat.update_message_text(link.gchat_message_name, text)
+        with self._authors.as_author_of(link.gchat_message_name) as chat:
+            chat.update_message_text(link.gchat_message_name, text)
         self._store.update_chat_content_hash(link.gchat_message_name, digest)
         logger.info("edited %s from chat message %d", link.gchat_message_name, event.message.id)
 
@@ -714,8 +714,8 @@ class DmSync:
             )
             return
         try:
-            chat = self._authors.client_for_message(link.gchat_message_name)
-            chat.delete_message(link.gchat_message_name)
+            with self._authors.as_author_of(link.gchat_message_name) as chat:
+                chat.delete_message(link.gchat_message_name)
         except ChatNotFound:
             logger.info("%s was already gone", link.gchat_message_name)
         self._store.unlink_chat_message(link.gchat_message_name)

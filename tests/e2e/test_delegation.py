@@ -184,3 +184,43 @@ def test_a_user_unknown_to_workspace_falls_back_and_the_others_still_post_as_the
         assert "not_a_member: 1" in status or "user_refused: 1" in status, status
     finally:
         bridge.terminate()
+
+
+def test_an_edit_whose_author_lost_delegation_stops_only_that_edit(world: World) -> None:
+    """Only a message's author can edit it in Chat. With the delegation withdrawn, the edit
+    of Dora's message is refused: counted and dead-lettered (status shows it), while the
+    operator's credentials, and so everyone else's posts, keep working."""
+    files, space, category, key = delegated_world(world)
+    bridge = BridgeProcess(files)
+    try:
+        wait_for(bridge.ready, what="bridge ready")
+        bridge.wait_cycles(1)
+        topic = world.discourse.control.create_post(
+            "dora",
+            "Dora writes before the change",
+            title="Before the delegation goes",
+            category_id=category,
+        )
+        first = wait_for(lambda: message_with(world, space, "before the change"), timeout=20)
+        assert first["sender"]["name"] == DORA
+        world.chat.control.set_delegation(key["client_id"], [])
+        post_id = int(topic.get("id") or topic["post"]["id"])
+        world.discourse.control.edit_post(post_id, raw="Dora edits after the delegation went")
+        topic_id = int(topic.get("topic_id") or topic["post"]["topic_id"])
+        world.discourse.control.create_post(
+            "frank", "Frank still gets through fine", topic_id=topic_id
+        )
+        wait_for(lambda: message_with(world, space, "Frank still gets through"), timeout=20)
+        status = wait_for(
+            lambda: (
+                (out := run_main(["--config", str(files.config), "status"]).stdout)
+                and "Dead letters: 1" in out
+                and out
+            ),
+            timeout=20,
+        )
+        assert "can only be changed by its author" in status
+        assert "delegation_refused: 1" in status
+        assert message_with(world, space, "after the delegation went") is None
+    finally:
+        bridge.terminate()
