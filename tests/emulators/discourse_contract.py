@@ -84,6 +84,11 @@ KNOWN_SPEC_DEFECTS: tuple[SpecDefect, ...] = (
         "UserSerializer has ~100 keys; the emulator serves the subset a bridge reads",
     ),
     SpecDefect(
+        "GET /u/by-external/{provider}/{external_id}.json",
+        r"^user(\.|$)",
+        "UserSerializer has ~100 keys; the emulator serves the subset a bridge reads",
+    ),
+    SpecDefect(
         "POST /posts.json",
         r"^(reply_to_user|action_code|deleted_by)$",
         "conditional PostSerializer keys (reference §2.1) absent from the spec's closed schema",
