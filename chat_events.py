@@ -301,7 +301,9 @@ class SubscriptionKeeper:
         handle: Handler,
         clock: Callable[[], datetime],
         audit_every: timedelta = timedelta(minutes=15),
+        stop: threading.Event | None = None,
     ) -> None:
+        self._stop = stop or threading.Event()
         self._config = config
         self._audit_every = audit_every
         self._next_audit = clock()
@@ -340,6 +342,8 @@ class SubscriptionKeeper:
                 self._audit(now)
             wanted = set(self._spaces())
             for action in plan_subscriptions(wanted, self._store.chat_subscriptions(), now):
+                if self._stop.is_set():
+                    return  # what is left is due again at the next start
                 try:
                     self._apply(action, now)
                 except EventsAuthError as exc:

@@ -34,7 +34,7 @@ from delegation import Delegation
 from deps import Deps
 from discourse_client import DiscourseClient
 from google_chat_client import ChatAuthError, GoogleChatClient, SpaceMessageEvent, load_token_file
-from google_events_client import PubSubClient, WorkspaceEventsClient
+from google_events_client import EventsUnavailable, PubSubClient, WorkspaceEventsClient
 from inbox import (
     ChatMessageEvent,
     DiscourseEvent,
@@ -239,10 +239,17 @@ def build_events(
     settings = config.google.events
     if settings is None:
         return None
+
+    def until_stopped(seconds: float) -> None:
+        # A wait of the events clients (an operation's next look, a backoff) ends the call on
+        # shutdown: ending only the wait would turn the operation's polling into a tight loop.
+        if deps.stop.wait(seconds):
+            raise EventsUnavailable("the bridge is shutting down", reason="SHUTDOWN")
+
     workspace_events = WorkspaceEventsClient(
-        credentials, api_endpoint=settings.workspace_events_endpoint, sleep=sleep
+        credentials, api_endpoint=settings.workspace_events_endpoint, sleep=until_stopped
     )
-    pubsub = PubSubClient(credentials, api_endpoint=settings.pubsub_endpoint, sleep=sleep)
+    pubsub = PubSubClient(credentials, api_endpoint=settings.pubsub_endpoint, sleep=until_stopped)
 
     def handle(space_name: str, events: Sequence[SpaceMessageEvent]) -> EventOutcome:
         # Rooms belong to the room poll's handler, DMs to the DM sync's; neither: acknowledged.
@@ -254,6 +261,7 @@ def build_events(
         return outcome
 
     keeper = SubscriptionKeeper(
+        stop=deps.stop,
         config=settings,
         spaces=lambda: [m.google_space_id for m in config.mappings],
         store=deps.store,

@@ -28,12 +28,16 @@ bridge.
    the bridge left alone for IDLE_WINDOW s; Chat (by route), Workspace Events (by route, from the
    Chat emulator's log), Pub/Sub and Discourse requests are counted. Then, to measure what one
    safety poll costs, the bridge is restarted on the same database with `poll_interval_seconds`
-   SHORT_POLL (its restart work, a subscription check and a replay per space, is counted apart),
-   and CYCLES idle cycles are counted. For the 20-space world a third phase measures a renewal: a
-   fresh 20-space world whose emulator caps a subscription's life at RENEW_TTL s, so the bridge
-   renews each one every RENEW_TTL / 2 s; after every subscription was renewed once, the
-   Workspace Events requests of RENEW_WINDOW s ÷ its PATCH requests = requests per renewal.
-   `per_hour` extrapolates to Google's settings (see `extrapolation` in the JSON).
+   SHORT_POLL (its restart work, an audit of the subscriptions and a replay per space, is counted
+   apart), and CYCLES idle cycles are counted; the keeper's audit (`subscriptions.list`, paged),
+   which runs once per poll interval on its own timer, is priced per audit. The 1,000-space
+   world sets the emulator's `operation_latency_seconds` to 0 (creates done in their answer) to
+   keep its setup short. A third phase measures a renewal: a fresh 20-space world whose emulator
+   caps a subscription's life at RENEW_TTL s, so the bridge renews each one every RENEW_TTL / 2 s;
+   after every subscription was renewed once, the Workspace Events requests of RENEW_WINDOW s
+   are counted: requests per renewal = 1 PATCH + `operations.get` per operation. What the bridge
+   still sends after SIGTERM is recorded too (`after_sigterm`). `per_hour` extrapolates to
+   Google's settings (see `extrapolation` in the JSON).
 """
 
 from __future__ import annotations
@@ -215,6 +219,34 @@ def failures_now(bench: Bench) -> dict[str, int]:
         key = f"{row['method']} {kind}… {row['status']}"
         failed[key] = failed.get(key, 0) + 1
     return failed
+
+
+def operation_polls(bench: Bench) -> dict[str, int]:
+    """How many operations were read how many times (`operations.get` per operation)."""
+    per_operation: dict[str, int] = {}
+    for row in bench.chat.control.requests()["requests"]:
+        if row["method"] == "GET" and row["path"].startswith("/v1/operations/"):
+            per_operation[row["path"]] = per_operation.get(row["path"], 0) + 1
+    histogram: dict[str, int] = {}
+    for gets in per_operation.values():
+        histogram[str(gets)] = histogram.get(str(gets), 0) + 1
+    return dict(sorted(histogram.items(), key=lambda kv: int(kv[0])))
+
+
+def subscription_audits(bench: Bench) -> tuple[int, int]:
+    """The keeper's audits since the log was cleared: (audits, list pages they read). An audit
+    is a `subscriptions.list` of every message subscription (a filter on event types only; a
+    lookup of one space's subscription also names its target resource), paged."""
+    audits = pages = 0
+    for row in bench.chat.control.requests()["requests"]:
+        if row["method"] != "GET" or row["path"] != "/v1/subscriptions":
+            continue
+        if "target_resource" in row["query"].get("filter", ""):
+            continue
+        pages += 1
+        if not row["query"].get("pageToken"):
+            audits += 1
+    return audits, pages
 
 
 def totals(counts: dict[str, dict[str, int]]) -> dict[str, int]:
@@ -717,6 +749,7 @@ def measure_idle(
         clear_all(bench)
         bridge.wait_cycles(first + CYCLES, timeout=900)
         cycles = requests_now(bench)
+        audits, audit_pages = subscription_audits(bench)
         counted_cycles = bridge.completed_cycles() - first
     finally:
         bridge.terminate()
@@ -728,6 +761,8 @@ def measure_idle(
         "chat": round(cycle_totals["chat"] / counted_cycles, 3),
         "discourse": round(cycle_totals["discourse"] / counted_cycles, 3),
         "workspace_events": round(cycle_totals["workspace_events"] / counted_cycles, 3),
+        # Not tied to the cycle: the keeper audits on its own timer (every poll interval).
+        "workspace_events_per_audit": round(audit_pages / audits, 3) if audits else None,
     }
     pulls = _route_count(idle["pubsub"], "POST", ":pull")
     return {
@@ -744,6 +779,7 @@ def measure_idle(
             "poll_interval_seconds": SHORT_POLL,
             "cycles": counted_cycles,
             "requests_per_cycle": per_cycle,
+            "subscription_audits": audits,
             "requests": cycles,
         },
         "restart": {
@@ -774,16 +810,26 @@ def measure_renewal(bench: Bench, spaces: int, window: float) -> dict[str, Any]:
         clear_all(bench)
         time.sleep(window)
         now_subs = bench.chat.control.subscriptions()["subscriptions"]
-        # Stopped before counting: a renewal in flight finishes (its operations.get counted).
-        bridge.terminate()
         counts = requests_now(bench)
         failed = failures_now(bench)
+        polls = operation_polls(bench)
         log_text = bridge.log_text()[offset:]
+        # What the bridge still sends once told to stop (a renewal round may be under way).
+        clear_all(bench)
+        stopping = time.monotonic()
+        bridge.terminate()
+        shutdown = {
+            "seconds": round(time.monotonic() - stopping, 2),
+            "workspace_events": requests_now(bench)["workspace_events"],
+            "operations_by_gets": operation_polls(bench),
+        }
     finally:
         bridge.terminate()
     events = counts["workspace_events"]
     renewals = _route_count(events, "PATCH", "/v1/subscriptions")
     total = sum(events.values())
+    read = sum(polls.values())
+    gets_per_operation = sum(int(n) * k for n, k in polls.items()) / read if read else 0.0
     return {
         "spaces": spaces,
         "subscription_max_ttl_seconds": RENEW_TTL,
@@ -791,18 +837,19 @@ def measure_renewal(bench: Bench, spaces: int, window: float) -> dict[str, Any]:
         "renewals": renewals,
         "renewals_logged": log_text.count("renewed subscription of "),
         "workspace_events_requests": events,
-        "requests_per_renewal": round(total / renewals, 3) if renewals else None,
-        "operation_gets_per_renewal": (
-            round(_route_count(events, "GET", "/v1/operations") / renewals, 3)
-            if renewals
-            else None
-        ),
+        # One PATCH, then its operation read until done. Per operation rather than per window
+        # total, which a renewal cut by the window's edges would skew.
+        "requests_per_renewal": round(1 + gets_per_operation, 3) if renewals else None,
+        "operation_gets_per_renewal": round(gets_per_operation, 3),
+        "window_requests_per_patch": round(total / renewals, 3) if renewals else None,
         "subscriptions_created_in_window": _route_count(events, "POST", "/v1/subscriptions"),
         "same_subscriptions_active_at_end": sum(
             1 for s in now_subs if s["state"] == "ACTIVE" and s["name"] in subscribed
         ),
         "expired_or_gone_in_window": log_text.count("creating it again"),
+        "operations_by_gets": polls,
         "failed_requests": failed,
+        "after_sigterm": shutdown,
         "other_requests": {k: v for k, v in counts.items() if k != "workspace_events"},
         "seconds": round(time.monotonic() - started, 1),
     }
@@ -817,7 +864,7 @@ def per_hour(idle: dict[str, Any], per_renewal: float) -> dict[str, Any]:
     chat = cycle["chat"] * cycles_per_hour
     discourse = cycle["discourse"] * cycles_per_hour
     # The keeper's audit (subscriptions.list, paged) runs once per poll interval too.
-    audit = cycle["workspace_events"] * cycles_per_hour
+    audit = (cycle["workspace_events_per_audit"] or 0.0) * cycles_per_hour
     renewals = spaces / renew_hours
     return {
         "safety_poll_chat": round(chat, 2),
@@ -879,7 +926,9 @@ def main() -> None:
             "extrapolation": (
                 "per hour at Google's settings: safety-poll requests = requests per idle cycle "
                 f"(measured over {CYCLES} cycles after a restart with poll_interval "
-                f"{SHORT_POLL} s) x 4 (one poll every 900 s); renewals = spaces / 2 h (renewed "
+                f"{SHORT_POLL} s) x 4 (one poll every 900 s); the keeper's audit = its "
+                "subscriptions.list pages x 4 (once per poll interval); renewals = spaces / 2 h "
+                "(renewed "
                 f"at half of the {GOOGLE_MAX_TTL_HOURS:g} h maximum life with includeResource), "
                 "each costing requests_per_renewal Workspace Events requests (measured with "
                 f"subscription_max_ttl_seconds {RENEW_TTL}); Pub/Sub pulls = 3600 / the pull "

@@ -28,6 +28,7 @@ BENCHMARKS = (
     "latency",
     "two_way_latency",
     "footprint",
+    "events",
 )
 TIMEOUT_SECONDS = 1200
 
@@ -58,6 +59,30 @@ def _two_way(result: dict[str, Any], direction: str, run: str = "default") -> di
 
 def _p50_p99(latency: dict[str, float]) -> str:
     return f"{latency['p50']} / {latency['p99']}"
+
+
+def _events_latency(kind: str) -> Callable[[dict[str, Any]], str]:
+    def get(result: dict[str, Any]) -> str:
+        return _p50_p99(result["latency"][kind])
+
+    return get
+
+
+def _under_1_and_2(value: str) -> bool:
+    """Issue 15's latency target: p50 < 1 s and p99 < 2 s ("p50 / p99")."""
+    p50, p99 = (float(x) for x in value.split(" / "))
+    return p50 < 1 and p99 < 2
+
+
+def _events_idle_hour(spaces: str) -> Callable[[dict[str, Any]], str]:
+    def get(result: dict[str, Any]) -> str:
+        hour = result["idle"][spaces]["per_hour"]
+        return (
+            f"{hour['total_chat']:g} / {hour['total_discourse']:g} / "
+            f"{hour['total_workspace_events']:g}"
+        )
+
+    return get
 
 
 # (benchmark, label, getter, target text, is the target met)
@@ -123,6 +148,20 @@ ROWS: list[Row] = [
     ("footprint", "Discourse req/message after history",
      lambda r: r["after_history"]["discourse_requests_per_message"], "<= 1.1",
      lambda v: v <= 1.1),
+    # Issue 15: with events on (safety poll every 15 min), Chat -> Discourse in real time.
+    ("events", "Events: Chat->Discourse create p50/p99 (s)", _events_latency("create"),
+     "<1 / <2", _under_1_and_2),
+    ("events", "  edit p50/p99 (s)", _events_latency("edit"), "<1 / <2", _under_1_and_2),
+    ("events", "  deletion p50/p99 (s)", _events_latency("delete"), "<1 / <2",
+     _under_1_and_2),
+    ("events", "  Chat messages.list during the run",
+     lambda r: r["message_lists_during_latency_run"], "0", lambda v: v == 0),
+    ("events", "Events idle: messages.list between polls",
+     lambda r: sum(x["message_lists_in_window"] for x in r["idle"].values()), "0",
+     lambda v: v == 0),
+    ("events", "Events idle/h, 20 sp.: Chat/Disc./WEvents", _events_idle_hour("20"), "", None),
+    ("events", "Events idle/h, 1000 sp.: Chat/Disc./WEvents", _events_idle_hour("1000"), "",
+     None),
 ]  # fmt: skip
 
 
