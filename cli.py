@@ -478,7 +478,8 @@ def check_google(config: Config, *, fix: bool = False) -> Iterator[CheckResult]:
 
 
 def check_delegation(config: Config, chat: GoogleChatClient) -> Iterator[CheckResult]:
-    """A token for one member of each mapped space, as the forum's posts would be written."""
+    """A token for one member per delegated domain of each mapped space, as the forum's posts
+    would be written (Google's delegation may cover one domain and not another)."""
     settings = config.google.delegation
     if settings is None:
         return
@@ -491,25 +492,34 @@ def check_delegation(config: Config, chat: GoogleChatClient) -> Iterator[CheckRe
         except ChatError as exc:
             yield CheckResult(False, f"delegation in {space}: cannot list members: {exc}")
             continue
-        member = next((m for m in members if m.type == "HUMAN" and settings.covers(m.email)), None)
-        if member is None or member.email is None:
-            yield warning(
-                f"delegation in {space}: no member with an email in "
-                f"{', '.join(settings.domains)} to try a token for",
-                "nothing to fix if none of them posts on the forum",
+        for domain in settings.domains:
+            email = next(
+                (
+                    m.email
+                    for m in members
+                    if m.type == "HUMAN" and m.email and m.email.lower().endswith("@" + domain)
+                ),
+                None,
             )
-            continue
-        refused = delegation.try_token(member.email)
-        if refused is None:
-            yield CheckResult(True, f"delegation: {who} may act as {member.email} in {space}")
-            continue
-        reason = refused.split(":", 1)[0].strip()
-        fix = FIXES[USER_REFUSED] if reason == "invalid_grant" else FIXES[DELEGATION_REFUSED]
-        yield CheckResult(
-            False,
-            f"delegation: {who} may not act as {member.email}: {refused}",
-            fix.replace("the service account's client id", f"client id {delegation.client_id}"),
-        )
+            if email is None:
+                yield warning(
+                    f"delegation in {space}: no member with an email in {domain} to try",
+                    "nothing to fix if none of them posts on the forum",
+                )
+                continue
+            refused = delegation.try_token(email)
+            if refused is None:
+                yield CheckResult(True, f"delegation: {who} may act as {email} in {space}")
+                continue
+            reason = refused.split(":", 1)[0].strip()
+            fix = FIXES[USER_REFUSED] if reason == "invalid_grant" else FIXES[DELEGATION_REFUSED]
+            yield CheckResult(
+                False,
+                f"delegation: {who} may not act as {email}: {refused}",
+                fix.replace(
+                    "the service account's client id", f"client id {delegation.client_id}"
+                ),
+            )
 
 
 def _check_space(chat: GoogleChatClient, index: int, mapping: SpaceMapping) -> CheckResult:

@@ -31,7 +31,12 @@ ERIN = "users/300000000000000000002"
 
 
 def delegated_world(
-    world: World, *, scopes: list[str] | None = None, **kw: Any
+    world: World,
+    *,
+    scopes: list[str] | None = None,
+    first_members: tuple[str, ...] = (),
+    domains: tuple[str, ...] = (DOMAIN,),
+    **kw: Any,
 ) -> tuple[BridgeFiles, str, int, dict[str, Any]]:
     """A room with Alice, and Dora and Erin (Workspace users of the domain); forum accounts
     for Dora, Erin, Frank (outside the domain) and Olga (of the domain, unknown to Workspace);
@@ -41,7 +46,7 @@ def delegated_world(
         email = f"{name.split()[0].lower()}@{DOMAIN}"
         world.chat.control.create_user(name=user, displayName=name, email=email)
     dora, erin = DORA, ERIN
-    space = world.add_space("Authors", [alice, dora, erin])
+    space = world.add_space("Authors", [*first_members, alice, dora, erin])
     category = world.category("Authors")
     for username, name, email in (
         ("dora", "Dora Diaz", f"dora@{DOMAIN}"),
@@ -71,7 +76,7 @@ def delegated_world(
         extra_google={
             "delegation": {
                 "service_account_file": str(directory / "service-account.json"),
-                "domains": [DOMAIN],
+                "domains": list(domains),
             }
         },
         **kw,
@@ -224,3 +229,44 @@ def test_an_edit_whose_author_lost_delegation_stops_only_that_edit(world: World)
         assert message_with(world, space, "after the delegation went") is None
     finally:
         bridge.terminate()
+
+
+def test_delegation_refused_for_one_user_leaves_the_others_posting_as_themselves(
+    world: World,
+) -> None:
+    """Gina's Workspace domain (example.org) is in the bridge's `domains`, but the admin's
+    delegation covers example.com only: Google refuses her token (unauthorized_client). Her
+    posts fall back with attribution, Dora's still go out as Dora; `status` shows the reason
+    and `check` names the fix for the space where she is the one to try."""
+    gina = "users/300000000000000000009"
+    world.chat.control.create_user(name=gina, displayName="Gina Gale", email="gina@example.org")
+    # Gina first among the members: the one `check` tries a token for.
+    files, space, category, key = delegated_world(
+        world, first_members=(gina,), domains=(DOMAIN, "example.org")
+    )
+    world.discourse.control.create_user(
+        "gina", name="Gina Gale", email="gina@example.org", trust_level=1
+    )
+    bridge = BridgeProcess(files)
+    try:
+        wait_for(bridge.ready, what="bridge ready")
+        bridge.wait_cycles(1)
+        topic = world.discourse.control.create_post(
+            "dora", "Dora starts a topic as herself", title="Two domains", category_id=category
+        )
+        topic_id = int(topic.get("topic_id") or topic["post"]["topic_id"])
+        world.discourse.control.create_post(
+            "gina", "Gina replies from the other domain", topic_id=topic_id
+        )
+        dora = wait_for(lambda: message_with(world, space, "Dora starts a topic"), timeout=20)
+        reply = wait_for(lambda: message_with(world, space, "Gina replies"), timeout=20)
+        assert dora["sender"]["name"] == DORA
+        assert reply["sender"]["name"] == BRIDGE_USER
+        assert "Gina Gale" in reply["text"].split("\n")[0]
+    finally:
+        bridge.terminate()
+    status = run_main(["--config", str(files.config), "status"]).stdout
+    assert "delegation_refused: 1" in status, status
+    check = run_main(["--config", str(files.config), "check"]).stdout
+    assert "may not act as gina@example.org: unauthorized_client" in check, check
+    assert f"client id {key['client_id']}" in check
