@@ -207,6 +207,24 @@ class AuthorWriters:
         self._store.add_delegated_sender(member, email)
         return AuthorWriter(email, self._delegation.client_for(email))
 
+    def write(
+        self,
+        username: str,
+        gchat_space_name: str,
+        what: str,
+        write: Callable[[GoogleChatClient, str | None], None],
+    ) -> None:
+        """`write(client, email)` as the forum user `username` when delegation covers them,
+        else (or when that is refused) `write(operator's client, None)`."""
+        writer = self.writer_for(username, gchat_space_name, what)
+        if writer is not None:
+            try:
+                write(writer.client, writer.email)
+                return
+            except ChatError as exc:
+                self.refused(writer, exc, what)  # raises if transient
+        write(self._chat, None)
+
     def refused(self, writer: AuthorWriter, exc: ChatError, what: str) -> None:
         """A write as `writer` failed: count the fallback (the caller then writes as the
         operator), or re-raise a transient failure so that the item is tried again."""

@@ -60,7 +60,6 @@ from discourse_client import (
 from google_chat_client import (
     MEDIA_BLOCK,
     AttachmentRef,
-    ChatError,
     ChatMessage,
     ChatNotFound,
     ChatPermissionDenied,
@@ -848,16 +847,12 @@ class DiscourseToGchat:
     def _write(self, action: CreateMessage) -> None:
         """Write the post as its author when delegation covers them, else as the operator."""
         post = action.post
-        author = self._authors.writer_for(
-            post.username, action.gchat_space_name, f"post {post.id}"
+        self._authors.write(
+            post.username,
+            action.gchat_space_name,
+            f"post {post.id}",
+            lambda client, email: self._write_as(action, client, email),
         )
-        if author is not None:
-            try:
-                self._write_as(action, author.client, author.email)
-                return
-            except ChatError as exc:
-                self._authors.refused(author, exc, f"post {post.id}")  # raises if transient
-        self._write_as(action, self._chat, None)
 
     def _write_as(
         self, action: CreateMessage, client: GoogleChatClient, email: str | None

@@ -638,15 +638,12 @@ class DmSync:
         if any(key.startswith(prefix) for key in self._store.pending_writes()):
             # It may be the copy of a Chat message whose link is not stored yet (a crash).
             raise _Waiting(f"waiting for an unconfirmed write of {space}")
-        what = f"chat message {message.id}"
-        writer = self._authors.writer_for(message.username, space, what)
-        if writer is not None:
-            try:
-                self._write_to_chat(event, space, writer.client, writer.email)
-                return
-            except ChatError as exc:
-                self._authors.refused(writer, exc, what)  # raises if transient
-        self._write_to_chat(event, space, self._chat, None)
+        self._authors.write(
+            message.username,
+            space,
+            f"chat message {message.id}",
+            lambda client, email: self._write_to_chat(event, space, client, email),
+        )
 
     def _write_to_chat(
         self,

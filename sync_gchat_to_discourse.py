@@ -564,31 +564,12 @@ class GchatToDiscourse:
         if self._overtaken(messages):
             logger.info("an event of %s overtook an earlier one: reading the space", space.name)
             self._poll_space(mapping, self._chat.get_space(space.name), result, force=True)
-        links: dict[str, MessageLink] = {}
-        for m in messages:
-            link = self._store.message_link_by_message(m.name)
-            if link is not None:
-                links[m.name] = link
-        threads = {
-            thread_of(m)
-            for m in messages
-            if self._store.topic_for_thread(thread_of(m)) is not None
-        }
         # Unlinked messages the poll has passed were left alone on purpose (before the initial
         # history, or skipped): an edit event of one must not bring it now. Without a cursor
         # every event is of a message newer than the subscription, so new.
         cursor = self._store.chat_poll_state(space.name, "room").last_message_time
         new_after = parse_rfc3339(cursor) - CURSOR_OVERLAP if cursor is not None else None
-        for action in plan(
-            messages,
-            linked_messages=links.keys(),
-            linked_threads=threads,
-            space_label=space.display_name or space.name,
-            bridge=self._bridge(messages, links),
-            links=links,
-            rendered=self._render_for_comparison(messages, links, space),
-            new_after=new_after,
-        ):
+        for action in self._plan(space, messages, new_after):
             if self._stop.is_set():
                 return False
             if not self._apply(action, space, category_id, result):
@@ -651,26 +632,8 @@ class GchatToDiscourse:
         except ChatAuthError as exc:
             raise CycleAborted(f"Google refused the credentials: {exc}") from exc
         messages = sorted(by_name.values(), key=lambda m: m.create_time)
-        links: dict[str, MessageLink] = {}
-        for m in messages:
-            link = self._store.message_link_by_message(m.name)
-            if link is not None:
-                links[m.name] = link
-        threads = {
-            thread_of(m)
-            for m in messages
-            if self._store.topic_for_thread(thread_of(m)) is not None
-        }
-        for action in plan(
-            messages,
-            linked_messages=links.keys(),
-            linked_threads=threads,
-            space_label=space.display_name or space.name,
-            bridge=self._bridge(messages, links),
-            links=links,
-            rendered=self._render_for_comparison(messages, links, space),
-            new_after=parse_rfc3339(after) if after is not None else None,
-        ):
+        new_after = parse_rfc3339(after) if after is not None else None
+        for action in self._plan(space, messages, new_after):
             if self._stop.is_set():
                 return
             if not self._apply(action, space, category_id, result):
@@ -684,6 +647,32 @@ class GchatToDiscourse:
             # Google gives a space without messages no lastActiveTime (None); that is remembered
             # too, so that idle cycles do not read it again (a first message sets the time).
             self._store.mark_chat_poll_read(space.name, "room", space.last_active_time)
+
+    def _plan(
+        self, space: ChatSpace, messages: Sequence[ChatMessage], new_after: datetime | None
+    ) -> list[Action]:
+        """`plan` with what it needs resolved from the store (links, threads with a topic, the
+        bridge's identity, renderings of edited messages): the poll's and the events' step."""
+        links: dict[str, MessageLink] = {}
+        for m in messages:
+            link = self._store.message_link_by_message(m.name)
+            if link is not None:
+                links[m.name] = link
+        threads = {
+            thread_of(m)
+            for m in messages
+            if self._store.topic_for_thread(thread_of(m)) is not None
+        }
+        return plan(
+            messages,
+            linked_messages=links.keys(),
+            linked_threads=threads,
+            space_label=space.display_name or space.name,
+            bridge=self._bridge(messages, links),
+            links=links,
+            rendered=self._render_for_comparison(messages, links, space),
+            new_after=new_after,
+        )
 
     def _bridge(
         self, messages: Iterable[ChatMessage], links: Mapping[str, MessageLink]
