@@ -29,6 +29,7 @@ BENCHMARKS = (
     "two_way_latency",
     "footprint",
     "events",
+    "delegation",
 )
 TIMEOUT_SECONDS = 1200
 
@@ -162,6 +163,16 @@ ROWS: list[Row] = [
     ("events", "Events idle/h, 20 sp.: Chat/Disc./WEvents", _events_idle_hour("20"), "", None),
     ("events", "Events idle/h, 1000 sp.: Chat/Disc./WEvents", _events_idle_hour("1000"), "",
      None),
+    # Issue 16: per-user tokens are refreshed only when expired.
+    ("delegation", "Delegated tokens per 1,000 posts (1 h tokens)",
+     lambda r: r["runs"]["hour_tokens"]["token_requests_per_1000_posts"], "= authors (10)",
+     lambda v: v <= 10),
+    ("delegation", "  tokens expiring in the run: used / bound",
+     lambda r: (
+         f"{r['runs']['short_tokens']['token_requests']} / "
+         f"{r['runs']['short_tokens']['bound_if_only_when_expired']}"
+     ),
+     "used<=bound", lambda v: int(v.split(" / ")[0]) <= int(v.split(" / ")[1])),
 ]  # fmt: skip
 
 
