@@ -423,15 +423,6 @@ class SubscriptionKeeper:
         """Events of `space_name` up to `until` are handled (a later replay starts there)."""
         self._store.advance_events_seen(space_name, until)
 
-    def orphans(self) -> list[Subscription]:
-        """The caller's message subscriptions on this topic whose space is not mapped."""
-        wanted = set(self._spaces())
-        return [
-            sub
-            for sub in self._events.list_subscriptions(MESSAGE_EVENT_TYPES)
-            if sub.pubsub_topic == self._config.pubsub_topic and sub.space_name not in wanted
-        ]
-
     # -- actions
 
     def _apply(self, action: SubscriptionAction, now: datetime) -> None:
