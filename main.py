@@ -175,7 +175,7 @@ def build_runtime(config: Config, stop: threading.Event) -> Runtime:
             d2g.handle_event(event)
 
     worker = InboxWorker(inbox, store, handle, max_attempts=config.sync.max_attempts, stop=stop)
-    events = build_events(config, deps, credentials, g2d, dms, sleep)
+    events = build_events(config, deps, credentials, g2d, dms)
     metrics = BridgeMetrics()
     metrics.watch(
         inbox_depth=store.inbox_depth,
@@ -233,7 +233,6 @@ def build_events(
     credentials: Any,
     g2d: GchatToDiscourse,
     dms: DmSync,
-    sleep: Callable[[float], None],
 ) -> EventsRuntime | None:
     """The Workspace Events side, when `google.events` is configured."""
     settings = config.google.events
