@@ -589,6 +589,8 @@ class PubSubState:
         with self.lock:
             self.config: JSON = dict(DEFAULT_CONFIG)
             self.rng = random.Random()
+            # Pulls held open right now (a test waits on this instead of sleeping).
+            self.waiting_pulls = 0
             self.projects: dict[str, Project] = {}
             self.topics: dict[str, Topic] = {}
             self.subscriptions: dict[str, Subscription] = {}
@@ -747,6 +749,7 @@ class PubSubState:
                 ],
                 "subscriptions": subs,
                 "publish_count": self.publish_count,
+                "waiting_pulls": self.waiting_pulls,
                 "config": dict(self.config),
             }
 
@@ -1067,22 +1070,26 @@ class PubSubState:
             # The hold is real time (how long an HTTP request stays open), not the injected
             # clock: a test that freezes `monotonic` must not freeze its pulls too.
             give_up = time.monotonic() + float(self.config["pull_wait_seconds"])
-            while True:
-                sub = self.subscriptions.get(f"projects/{project}/subscriptions/{sub_id}")
-                if sub is None:
-                    raise _resource_not_found(sub_id)
-                received = self._take(sub, max_messages)
-                if received or immediately or self.closed:
-                    break
-                left = give_up - time.monotonic()
-                if left <= 0:
-                    break
-                # Wake for a publish (notify), a lease ending on the injected clock, or the
-                # end of the hold; re-read the injected clock at least every _WAIT_SLICE.
-                expiry = self._next_expiry(sub)
-                if expiry is not None:
-                    left = min(left, max(expiry - self.monotonic(), 0.0))
-                self.cond.wait(min(left, _WAIT_SLICE))
+            self.waiting_pulls += 1
+            try:
+                while True:
+                    sub = self.subscriptions.get(f"projects/{project}/subscriptions/{sub_id}")
+                    if sub is None:
+                        raise _resource_not_found(sub_id)
+                    received = self._take(sub, max_messages)
+                    if received or immediately or self.closed:
+                        break
+                    left = give_up - time.monotonic()
+                    if left <= 0:
+                        break
+                    # Wake for a publish (notify), a lease ending on the injected clock, or the
+                    # end of the hold; re-read the injected clock at least every _WAIT_SLICE.
+                    expiry = self._next_expiry(sub)
+                    if expiry is not None:
+                        left = min(left, max(expiry - self.monotonic(), 0.0))
+                    self.cond.wait(min(left, _WAIT_SLICE))
+            finally:
+                self.waiting_pulls -= 1
         # proto3 JSON: an empty response is `{}`, no `receivedMessages` key (PullResponse).
         return {"receivedMessages": received} if received else {}
 

@@ -48,6 +48,7 @@ from google_events_client import (
     Subscription,
     WorkspaceEventsClient,
 )
+from tests.e2e.harness import wait_for
 
 PROJECT = "bridge-project"
 TOPIC = f"projects/{PROJECT}/topics/chat-events"
@@ -278,7 +279,7 @@ def test_pull_waits_in_its_own_thread_while_other_calls_proceed(pubsub: PubSubWo
     puller.start()
     # While the pull is held open on the puller's connection, this thread's calls go through
     # on its own connection (httplib2 connections are not shared between threads).
-    time.sleep(0.2)
+    wait_for(lambda: pubsub.emu.state.state_json()["waiting_pulls"] == 1, timeout=5, what="held")
     for _ in range(5):
         assert client.get_subscription(SUBSCRIPTION) is not None
         assert client.get_topic(TOPIC)

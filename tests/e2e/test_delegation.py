@@ -5,7 +5,6 @@ domain appear in Chat as them; everyone else's as the operator with the attribut
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +125,9 @@ def test_posts_of_domain_users_are_theirs_in_chat_and_others_are_attributed(
         edited = wait_for(lambda: message_with(world, space, "edits it later"), timeout=20)
         assert edited["name"] == first["name"]
         assert edited["sender"]["name"] == DORA
-        # No echo: each forum post once, and the Chat side brought nothing back.
-        time.sleep(1.5)
+        # No echo: each forum post once, and the Chat side brought nothing back, after two
+        # more poll cycles (which read every space the bridge wrote to).
+        bridge.wait_cycles(bridge.completed_cycles() + 2)
         raws = [p.get("raw") or "" for p in world.live_posts()]
         assert sum("Dora opens the topic" in r for r in raws) == 1
         assert sum("Erin replies as herself" in r for r in raws) == 1

@@ -36,6 +36,7 @@ from emulators.pubsub import (
     create_app,
     load_discovery,
 )
+from tests.e2e.harness import wait_for
 
 JSON = dict[str, Any]
 
@@ -379,7 +380,8 @@ def test_long_poll_wakes_on_publish(emu: PubSubEmulator) -> None:
     waiter = threading.Thread(target=lambda: result.append(pull(service(emu), immediately=False)))
     started = time.monotonic()
     waiter.start()
-    time.sleep(0.3)
+    held = lambda: emu.state.state_json()["waiting_pulls"] == 1  # noqa: E731
+    wait_for(held, timeout=5, what="the pull held open")
     assert waiter.is_alive()  # held: nothing to deliver yet
     publish(ps, "wake up")
     waiter.join(timeout=5)
@@ -401,7 +403,7 @@ def test_deleting_a_subscription_ends_a_waiting_pull_with_404(emu: PubSubEmulato
 
     waiter = threading.Thread(target=wait)
     waiter.start()
-    time.sleep(0.3)
+    wait_for(lambda: emu.state.state_json()["waiting_pulls"] == 1, timeout=5, what="held")
     ps.subscriptions().delete(subscription=SUB).execute()
     waiter.join(timeout=5)
     assert outcome == [404]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +28,7 @@ from googleapiclient.errors import HttpError
 from emulators.google_chat import ChatEmulator
 from emulators.google_chat_state import parse_rfc3339
 from emulators.workspace_events import CHAT_PUBLISHER, SOURCE_PREFIX
+from tests.e2e.harness import wait_for
 from tests.emulators.chat_contract import RecordingHttp, contract_errors, routes, validate
 
 JSON = dict[str, Any]
@@ -124,28 +125,20 @@ class World:
 
 def wait_done(events: Any, op: JSON, timeout: float = 5.0) -> JSON:
     """Poll operations.get until the operation is done (as a client must)."""
-    deadline = time.monotonic() + timeout
-    while not op.get("done"):
-        assert time.monotonic() < deadline, f"operation {op['name']} not done in time"
-        time.sleep(0.02)
-        op = events.operations().get(name=op["name"]).execute()
-    return op
+    if op.get("done"):
+        return op
+
+    def done() -> JSON | None:
+        now: JSON = events.operations().get(name=op["name"]).execute()
+        return now if now.get("done") else None
+
+    return wait_for(done, timeout=timeout, interval=0.02, what=f"operation {op['name']} done")
 
 
 def decode(message: JSON) -> tuple[JSON, JSON, str]:
     """(attributes, data JSON, ordering key) of a pulled Pub/Sub message."""
     data = json.loads(base64.b64decode(message["data"]))
     return message.get("attributes", {}), data, message.get("orderingKey", "")
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("condition not met before the deadline")
 
 
 def grant_chat_publisher(pubsub: Any, topic: str = TOPIC) -> None:
