@@ -218,6 +218,8 @@ class DmSync:
         # Held around "check link -> write -> link" in both directions (webhook worker, poll).
         self._lock = threading.RLock()
         self._display_names: dict[str, str | None] = {}
+        # The spaces the last listing returned, so that an event needs no spaces.get.
+        self._known_spaces: dict[str, ChatSpace] = {}
         self._inbox = deps.inbox
         # Messages the catch-up pull read, by id, until the worker handles their inbox rows (the
         # rows hold ids only: the typed record is handed over here, not through JSON).
@@ -294,6 +296,7 @@ class DmSync:
             space = spaces.get(mapping.google_space_id)
             if space is None:
                 continue
+            self._known_spaces[space.name] = space
             problem = mapping_problem(mapping, space)
             if problem is not None:
                 result.errors.append(problem)
@@ -334,7 +337,8 @@ class DmSync:
         result = PollResult()
         with self._lock:
             try:
-                space = self._chat.get_space(space_name)
+                space = self._known_spaces.get(space_name) or self._chat.get_space(space_name)
+                self._known_spaces[space_name] = space
                 if space.space_type not in DM_SPACE_TYPES:
                     return EventOutcome.IGNORED
                 self._poll_space(space, result, force=True)
